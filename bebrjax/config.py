@@ -1,0 +1,160 @@
+"""Config files, their `:arg` string and `--config.key=value` overrides.
+
+A config is a Python file with `get_config(arg=None)` returning an
+`ml_collections.ConfigDict` (the big_vision convention). The text after `:` in
+`--config path.py:bits=2,steps=200` is handed to `get_config`, which types it
+with `parse_arg` against its defaults. Overrides `--config.a.b=value` are typed
+by the existing field. Every mistake raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file, argument or override that cannot be used."""
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce(key: str, text: str, default: Any) -> Any:
+    """Parses `text` into the type of `default`.
+
+    Args:
+      key: the key being set, for error messages.
+      text: the value as written on the command line.
+      default: the current value; its type decides the parse. `None` accepts a
+        Python literal or, failing that, the raw string.
+
+    Returns:
+      The typed value.
+
+    Raises:
+      ConfigError: when `text` is not a valid value of that type.
+    """
+    if isinstance(default, str):
+        return text
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in _TRUE | _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"config key '{key}': expected a boolean (true/false), got {text!r}")
+    if not (default is None or isinstance(default, int | float | tuple | list)):
+        raise ConfigError(f"config key '{key}' holds a {type(default).__name__}; set its fields")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        if default is None:
+            return text
+        raise ConfigError(
+            f"config key '{key}': expected {type(default).__name__}, got {text!r}"
+        ) from None
+    if default is None:
+        return value
+    if isinstance(default, float) and type(value) is int:
+        value = float(value)
+    if isinstance(default, tuple | list) and isinstance(value, tuple | list):
+        value = type(default)(value)
+    if type(value) is not type(default):
+        raise ConfigError(f"config key '{key}': expected {type(default).__name__}, got {text!r}")
+    return value
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses the `:arg` text of a config file against typed defaults.
+
+    Args:
+      arg: text like `"bits=2,steps=200"`; `None` or empty keeps the defaults.
+      **defaults: every accepted key with its default value (which types it).
+
+    Returns:
+      A ConfigDict with one entry per default.
+
+    Raises:
+      ConfigError: on an unknown key, a missing `=`, or a badly typed value.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"config argument {item!r}: expected key=value")
+        if key not in defaults:
+            raise ConfigError(
+                f"config argument '{key}' is unknown; known: {', '.join(sorted(defaults))}"
+            )
+        out[key] = coerce(key, text, defaults[key])
+    return ml_collections.ConfigDict(out)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` by calling the file's `get_config(arg)`.
+
+    Raises:
+      ConfigError: when the file is missing, has no `get_config`, or rejects `arg`.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    module_spec = importlib.util.spec_from_file_location("bebrjax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file '{path}' defines no get_config(arg=None)")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file '{path}': get_config returned {type(config).__name__}")
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Applies `a.b=value` overrides in place, typed by the existing fields.
+
+    Raises:
+      ConfigError: on an unknown key or a value of the wrong type.
+    """
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"config override {item!r}: expected --config.key=value")
+        *parents, leaf = dotted.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(
+                    f"config key '{'.'.join(parents[: i + 1])}' is unknown (in override {item!r})"
+                )
+            node = node[part]
+        if leaf not in node:
+            known = ", ".join(sorted(node.keys()))
+            raise ConfigError(f"config key '{dotted}' is unknown; known here: {known}")
+        node[leaf] = coerce(dotted, text, node[leaf])
+
+
+def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready plain dict of a config (tuples become lists)."""
+    plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return json.loads(json.dumps(plain))
+
+
+def diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain nested dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            keys += diff_keys(va, vb, f"{name}.")
+        elif va != vb:
+            keys.append(name)
+    return keys

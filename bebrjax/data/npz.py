@@ -1,0 +1,72 @@
+"""Paired embeddings from a user's files.
+
+`path` is either an `.npz` archive holding the arrays by key, or a directory
+holding one `<key>.npy` per array (memory-mapped, so validation streams
+through files larger than memory). Arrays: `query` [N, d] and `doc` [N, d]
+(row i of one pairs with row i of the other) and, optionally, `labels` [N];
+the key names are arguments. An empty `labels_key` ignores labels; a labels
+key absent from the file means the data has none.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from bebrjax.data.pairs import DataError, PairedEmbeddings, make_pairs
+
+
+class _Arrays:
+    """Read access to named arrays of an .npz file or a directory of .npy files."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if not path:
+            raise DataError("data.path is empty: give an .npz file or a directory of .npy files")
+        if os.path.isdir(path):
+            self._npz = None
+            self.keys = sorted(f[:-4] for f in os.listdir(path) if f.endswith(".npy"))
+        elif os.path.isfile(path):
+            if path.endswith(".npy"):
+                raise DataError(
+                    f"{path}: a .npy file holds one array; pairs need two. Give an .npz "
+                    "file, or a directory with one <key>.npy per array"
+                )
+            try:
+                self._npz = np.load(path, allow_pickle=False)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+                raise DataError(f"{path}: not a readable .npz file ({e})") from None
+            if not isinstance(self._npz, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not an .npz archive")
+            self.keys = sorted(self._npz.files)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self.keys:
+            raise DataError(
+                f"{self.path}: no array '{key}' (arrays present: {', '.join(self.keys) or 'none'})"
+            )
+        try:
+            if self._npz is not None:
+                return self._npz[key]
+            return np.load(os.path.join(self.path, f"{key}.npy"), mmap_mode="r")
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.path}: array '{key}' cannot be read ({e})") from None
+
+
+def get_data(
+    path: str, query_key: str = "query", doc_key: str = "doc", labels_key: str = "labels"
+) -> PairedEmbeddings:
+    """Loads and validates paired embeddings from `path`.
+
+    Raises:
+      DataError: naming the file and the problem (missing file or key, bad
+        shapes or dtypes, non-finite values, empty arrays).
+    """
+    arrays = _Arrays(path)
+    query, doc = arrays.get(query_key), arrays.get(doc_key)
+    labels = arrays.get(labels_key) if labels_key and labels_key in arrays.keys else None
+    return make_pairs(query, doc, labels, source=path, names=(query_key, doc_key, labels_key))

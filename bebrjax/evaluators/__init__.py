@@ -1,0 +1,1 @@
+"""Evaluators: retrieval metrics over encoded queries and docs."""

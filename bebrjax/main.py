@@ -1,0 +1,68 @@
+"""Runs a config: `python -m bebrjax.main --config FILE.py[:ARG] --workdir DIR [--config.k=v]`.
+
+The config names its trainer; `bebrjax.trainers.<config.trainer>` is imported
+and its `train_and_evaluate(config, workdir)` runs. A bad config, override
+or input file ends the program with a one-line error and exit status 2,
+before anything is written to the workdir.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from bebrjax.config import ConfigError, apply_overrides, load_config
+from bebrjax.data import DataError
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with ':arg'.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_OVERRIDE = "--config."
+
+
+def _parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Absl flags, with `--config.a.b=value` overrides taken out first."""
+    overrides = [a[len(_OVERRIDE):] for a in argv[1:] if a.startswith(_OVERRIDE)]
+    rest = flags.FLAGS([argv[0], *(a for a in argv[1:] if not a.startswith(_OVERRIDE))])
+    return rest, overrides
+
+
+def run(config_spec: str, workdir: str, overrides: list[str]) -> dict | None:
+    """Loads the config, applies overrides and runs its trainer."""
+    config = load_config(config_spec)
+    apply_overrides(config, overrides)
+    if "trainer" not in config:
+        raise ConfigError(f"config '{config_spec}' names no trainer (config.trainer)")
+    try:
+        trainer = importlib.import_module(f"bebrjax.trainers.{config.trainer}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"config.trainer={config.trainer!r}: no such trainer") from None
+    return trainer.train_and_evaluate(config, workdir)
+
+
+def main(parsed: tuple[list[str], list[str]]) -> None:
+    """Entry point for `app.run`."""
+    rest, overrides = parsed
+    if len(rest) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        results = run(_CONFIG.value, _WORKDIR.value, overrides)
+    except (ConfigError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if results is None:
+        return
+    print()
+    print(open(os.path.join(_WORKDIR.value, "results.md")).read())
+    print(f"results: {os.path.join(_WORKDIR.value, 'results.json')}")
+    print(json.dumps(results.get("train", {})))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,1 @@
+"""Models (flax linen); each module exposes `Model`."""

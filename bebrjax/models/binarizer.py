@@ -1,0 +1,128 @@
+"""BEBR's recurrent binarizer: float embeddings to u+1 bit planes per dimension.
+
+    b = sign(W(x))
+    for i in 1..u:
+        f = l2_normalize(B_i(b))      # reconstruct x from the code so far
+        r = sign(R_i(x - f))          # binarize the residual
+        b = b + 2^-i r
+
+The code is the weighted sum b = sum_i 2^-i s_i of its bit planes s_i in {-1, +1}^m,
+so every coordinate lies in {sum_i +-2^-i} (u = 1: {+-1.5, +-0.5}) and the whole
+code takes m(u+1) bits. The blocks learn only through the retrieval loss (no
+reconstruction loss), as in the authors' code.
+
+Choices where the paper leaves room:
+  * `sign(0)` is +1 (torch's `sign(0) = 0` would leave a coordinate outside the
+    code alphabet), so planes are always exactly +-1.
+  * The backward pass of `sign` is the straight-through estimator of the
+    authors' code: the gradient passes where |input| <= 1 and is zero elsewhere.
+  * `binarize=False` replaces sign by the identity: the same architecture as a
+    float transform, the reference's fine-tuned "float" baseline.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's xavier_normal_ (flax's glorot_normal is truncated).
+xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+@jax.custom_vjp
+def sign_ste(x: jax.Array) -> jax.Array:
+    """Sign with values in {-1, +1} (0 maps to +1); straight-through gradient on |x| <= 1."""
+    return jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
+
+
+def _sign_fwd(x):
+    return sign_ste(x), x
+
+
+def _sign_bwd(x, g):
+    return (jnp.where(jnp.abs(x) <= 1.0, g, jnp.zeros_like(g)),)
+
+
+sign_ste.defvjp(_sign_fwd, _sign_bwd)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Scales each row of `x` to unit L2 norm."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class MLPBlock(nn.Module):
+    """`depth` x (Linear -> BatchNorm -> ReLU), then Linear; depth 0 is one Linear.
+
+    Weights are xavier-normal and biases zero, as in the reference code.
+    BatchNorm follows PyTorch's defaults (momentum 0.1, epsilon 1e-5).
+    """
+
+    features: int
+    hidden: int
+    depth: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for _ in range(self.depth):
+            x = nn.Dense(self.hidden, kernel_init=xavier_normal)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            x = nn.relu(x)
+        return nn.Dense(self.features, kernel_init=xavier_normal)(x)
+
+
+class BinarizerOutput(NamedTuple):
+    """What the binarizer returns.
+
+    Attributes:
+      code: the recurrent vector b, [N, m] float32.
+      planes: its bit planes s_0..s_u, [N, u+1, m] int8 of +-1 (None when
+        `binarize=False`); code == sum_i 2^-i planes[:, i].
+    """
+
+    code: jax.Array
+    planes: jax.Array | None
+
+
+class Model(nn.Module):
+    """The recurrent binarizer (BEBR).
+
+    Attributes:
+      code_dim: m, the width of every bit plane.
+      loops: u, the number of residual loops; the code has u+1 bits per dimension.
+      hidden: width of the MLP blocks' hidden layers (0 means max(d, m)).
+      depth: number of Linear-BN-ReLU layers before each block's last Linear.
+      binarize: False swaps sign for the identity (the float baseline).
+    """
+
+    code_dim: int
+    loops: int = 1
+    hidden: int = 0
+    depth: int = 1
+    binarize: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> BinarizerOutput:
+        if self.loops < 0:
+            raise ValueError(f"loops must be >= 0, got {self.loops}")
+        dim = x.shape[-1]
+        hidden = self.hidden or max(dim, self.code_dim)
+        quantize = sign_ste if self.binarize else (lambda v: v)
+
+        def block(features, name):
+            return MLPBlock(features, hidden, self.depth, name=name)
+
+        plane = quantize(block(self.code_dim, "w")(x, train))
+        planes = [plane]
+        code = plane
+        for i in range(1, self.loops + 1):
+            recon = l2_normalize(block(dim, f"b{i}")(code, train))
+            plane = quantize(block(self.code_dim, f"r{i}")(x - recon, train))
+            planes.append(plane)
+            code = code + 2.0**-i * plane
+        if not self.binarize:
+            return BinarizerOutput(code, None)
+        return BinarizerOutput(code, jnp.stack(planes, axis=1).astype(jnp.int8))

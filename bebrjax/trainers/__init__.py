@@ -1,0 +1,1 @@
+"""Trainers: each module exposes `train_and_evaluate(config, workdir)`."""

@@ -1,0 +1,401 @@
+"""Trains BEBR's recurrent binarizer embedding-to-embedding, then evaluates retrieval.
+
+The contract of a trainer module: `train_and_evaluate(config, workdir)`.
+
+1. Load and validate the data, split it, resolve the config (code width,
+   step count) and record it in the workdir. Nothing is written before the
+   data has passed validation.
+2. Build the model and the optimizer, create the train state already
+   replicated on the mesh, and resume from the latest orbax checkpoint.
+3. Run the jit'd train step over deterministic batches sharded on `data`,
+   logging to metrics.jsonl and a progress bar, checkpointing on schedule.
+4. Encode the eval split and write results.json / results.md / results.png:
+   raw float, binary codes, a same-bits random hash and, on request, the same
+   model trained without the sign (the fine-tuned float baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from bebrjax import checkpoint, report, sharding
+from bebrjax import workdir as wd
+from bebrjax.config import to_dict
+from bebrjax.data import PairedEmbeddings, get_data
+from bebrjax.data.batching import batch_indices, steps_per_epoch
+from bebrjax.data.splits import train_eval_split
+from bebrjax.evaluators import retrieval
+from bebrjax.losses.pair_contrastive import pair_contrastive_loss
+from bebrjax.losses.similarity_distill import similarity_distillation_loss
+from bebrjax.optim import make_optimizer
+
+State = dict[str, Any]
+
+
+def default_config(
+    *, bits: int = 2, code_dim: int = 0, steps: int = 0, devices: int = 0
+) -> ml_collections.ConfigDict:
+    """The BEBR recipe of this trainer, less the `data` section (the config file's).
+
+    Args:
+      bits: bits per dimension (u + 1): 1 is a plain sign code, 2 is u = 1.
+      code_dim: m, the code width; 0 means the embedding width d.
+      steps: training steps; 0 means `train.epochs` epochs.
+      devices: devices of the mesh; 0 means all.
+    """
+    if bits < 1:
+        raise ValueError(f"bits={bits}: need at least one bit per dimension")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.trainer = "binarizer"
+    c.split = dict(eval_fraction=0.2, eval_indices="")
+    c.model_name = "binarizer"
+    c.model = dict(code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True)
+    c.loss = dict(
+        pair_weight=1.0,
+        temperature=0.05,
+        hard_negatives=5,
+        mask_same_label=False,
+        distill_weight=1.0,
+        teacher_temperature=0.05,
+        student_temperature=0.05,
+    )
+    c.optim = dict(
+        name="sgd",
+        lr=0.08,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-3,
+        clip_norm=5.0,
+        schedule="step",
+        decay_at=(0.6,),
+        decay_factor=0.1,
+        warmup_steps=0,
+    )
+    c.train = dict(
+        batch_size=512, epochs=10.0, steps=steps, log_every=20, checkpoint_every=200,
+        keep_checkpoints=2,
+    )
+    c.mesh = dict(num_devices=devices)
+    c.eval = dict(ks=(1, 5, 10), hash=True, float_baseline=False, batch_size=2048)
+    return c
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The `Model` of module `bebrjax.models.<config.model_name>`, built from `config.model`."""
+    module = importlib.import_module(f"bebrjax.models.{config.model_name}")
+    return module.Model(**config.model)
+
+
+def compute_loss(
+    loss: ml_collections.ConfigDict,
+    z1: jax.Array,
+    z2: jax.Array,
+    x1: jax.Array,
+    x2: jax.Array,
+    labels: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted training loss of a batch of encoded pairs.
+
+    Args:
+      loss: the `loss` section of the config (weights, temperatures, K).
+      z1: [n, m] codes of the queries; z2: [n, m] codes of their docs.
+      x1: [n, d] the float queries; x2: [n, d] the float docs (the teacher).
+      labels: [n] int labels, negative for unlabelled.
+
+    Returns:
+      (total, {term: value}) where total = pair_weight * pair + distill_weight * distill.
+    """
+    terms = {}
+    if loss.pair_weight:
+        terms["pair"] = pair_contrastive_loss(
+            z1,
+            z2,
+            temperature=loss.temperature,
+            hard_negatives=loss.hard_negatives,
+            labels=labels if loss.mask_same_label else None,
+        )
+    if loss.distill_weight:
+        terms["distill"] = similarity_distillation_loss(
+            jnp.concatenate([z1, z2]),
+            jnp.concatenate([x1, x2]),
+            teacher_temperature=loss.teacher_temperature,
+            student_temperature=loss.student_temperature,
+        )
+    total = loss.pair_weight * terms.get("pair", 0.0) + loss.distill_weight * terms.get(
+        "distill", 0.0
+    )
+    return total, terms
+
+
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, dim: int, seed: int, mesh
+) -> State:
+    """A fresh train state, created directly in its replicated sharding."""
+
+    def init(rng):
+        variables = model.init(rng, jnp.zeros((2, dim), jnp.float32), train=False)
+        params = variables["params"]
+        return {
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+
+
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, loss: ml_collections.ConfigDict, mesh
+):
+    """The jit'd step: batch sharded on `data`, state replicated and donated.
+
+    BatchNorm sees both members of every pair (queries and docs are encoded
+    in one call), and under jit its statistics span the global batch, so the
+    step computes the same thing on any number of devices.
+    """
+
+    def step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
+        n = batch["query"].shape[0]
+
+        def loss_fn(params):
+            x = jnp.concatenate([batch["query"], batch["doc"]])
+            out, updates = model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            total, terms = compute_loss(
+                loss, out.code[:n], out.code[n:], batch["query"], batch["doc"], batch["labels"]
+            )
+            return total, (terms, updates["batch_stats"])
+
+        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        metrics = {"loss": total, "grad_norm": optax.tree.norm(grads), **terms}
+        return new_state, metrics
+
+    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_batch(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of one batch; missing labels become -1 (unlabelled)."""
+    labels = data.labels[rows] if data.labels is not None else np.full(len(rows), -1, np.int32)
+    return {"query": data.query[rows], "doc": data.doc[rows], "labels": labels}
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    data: PairedEmbeddings,
+    workdir: str,
+    mesh,
+    *,
+    stop_after_steps: int | None = None,
+) -> State | None:
+    """Trains (or resumes) the model of `config` on `data`, checkpointing to `workdir`.
+
+    Args:
+      config: the resolved config (`train.steps` set).
+      data: the training pairs.
+      workdir: where checkpoints/ and metrics.jsonl go.
+      mesh: the device mesh.
+      stop_after_steps: run at most this many steps in this call, then save
+        and return None, as a preempted job would; the schedule still spans
+        `train.steps`, and the next call resumes.
+
+    Returns:
+      The final train state, or None when stopped before the end.
+    """
+    model = build_model(config)
+    total = config.train.steps
+    tx, schedule = make_optimizer(config.optim, total)
+    state = init_state(model, tx, data.dim, config.seed, mesh)
+    mngr = checkpoint.manager(
+        os.path.join(workdir, "checkpoints"),
+        every=config.train.checkpoint_every,
+        keep=config.train.keep_checkpoints,
+    )
+    state = checkpoint.restore_latest(mngr, state) or state
+    start = int(state["step"])
+    end = total if stop_after_steps is None else min(total, start + stop_after_steps)
+    log = wd.MetricsLog(workdir, start)
+    train_step = make_train_step(model, tx, config.loss, mesh)
+    put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
+
+    bar = tqdm(total=total, initial=start, desc=os.path.basename(workdir) or "train",
+               unit="step", dynamic_ncols=True, mininterval=1.0)
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start, end):
+        rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
+        state, metrics = train_step(state, put(make_batch(data, rows)))
+        done = step + 1
+        checkpoint.save(mngr, done, state, force=done in (end, total))
+        if done % config.train.log_every == 0 or done == end:
+            record = {k: float(v) for k, v in metrics.items()}
+            now = time.perf_counter()
+            record.update(step=done, lr=float(schedule(step)),
+                          steps_per_sec=(done - tick_step) / (now - tick))
+            tick, tick_step = now, done
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    return state if end == total else None
+
+
+def encode(
+    model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int
+) -> np.ndarray:
+    """The model's codes (recurrent vectors) for `x`, in eval mode, batch by batch."""
+    devices = mesh.shape[sharding.DATA_AXIS]
+    batch_size = -(-batch_size // devices) * devices
+    apply = jax.jit(
+        lambda v, xb: model.apply(v, xb, train=False).code,
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+        out_shardings=sharding.batch_sharded(mesh),
+    )
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start : start + batch_size]
+        padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
+        out.append(np.asarray(apply(variables, padded))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_collections.ConfigDict:
+    """A copy of `config` with the values that depend on the data filled in.
+
+    `model.code_dim = 0` becomes the embedding width d; `train.steps = 0`
+    becomes `train.epochs` epochs of full batches.
+    """
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        if not config.model.code_dim:
+            config.model.code_dim = data.dim
+        if not config.train.steps:
+            per_epoch = steps_per_epoch(len(data), config.train.batch_size)
+            config.train.steps = max(1, int(round(config.train.epochs * per_epoch)))
+    return config
+
+
+def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same model and recipe with the sign removed (the fine-tuned float baseline)."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.model.binarize = False
+    return config
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    state: State,
+    data: PairedEmbeddings,
+    mesh,
+    float_state: State | None = None,
+) -> dict[str, dict[str, float]]:
+    """Retrieval on the eval pairs.
+
+    Rows: the raw float embeddings, the binary codes, the same-bits random
+    hash (when `eval.hash`) and, given `float_state`, the float baseline.
+    """
+    entry = functools.partial(
+        retrieval.retrieval_entry, ks=tuple(config.eval.ks), float_bytes=4 * data.dim
+    )
+
+    def encode_pairs(model_config, model_state):
+        model = build_model(model_config)
+        return [encode(model, model_state, x, mesh, config.eval.batch_size)
+                for x in (data.query, data.doc)]
+
+    m = config.model.code_dim
+    bits = m * (config.model.loops + 1)
+    results = {"float": entry(data.query, data.doc, bits=32 * data.dim,
+                              bytes_per_vector=4 * data.dim)}
+    # A stored doc is its packed planes plus the 4-byte 1/||b|| that SDC search ranks with.
+    results["binary"] = entry(*encode_pairs(config, state), bits=bits,
+                              bytes_per_vector=bits / 8 + 4)
+    if config.eval.hash:
+        hashes = [retrieval.random_hash(x, bits, config.seed) for x in (data.query, data.doc)]
+        results["hash"] = entry(*hashes, bits=bits, bytes_per_vector=bits / 8)
+    if float_state is not None:
+        results["float_ft"] = entry(*encode_pairs(float_baseline_config(config), float_state),
+                                    bits=32 * m, bytes_per_vector=4 * m)
+    return results
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
+) -> dict[str, Any] | None:
+    """Trains the binarizer of `config` in `workdir` and evaluates it.
+
+    Args:
+      config: a config as returned by a `configs/bebr/*.py` file.
+      workdir: the run's directory; a run found there is resumed.
+      stop_after_steps: see `fit`; for preemptible schedules and tests.
+
+    Returns:
+      The results dict (also written to results.json), or None when stopped early.
+
+    Raises:
+      DataError: on bad input data, before anything is written.
+      ConfigError: when `workdir` holds a run with another config.
+    """
+    data = get_data(config.data)
+    train_rows, eval_rows = train_eval_split(
+        len(data), eval_fraction=config.split.eval_fraction,
+        eval_indices=config.split.eval_indices or None, seed=config.seed,
+    )
+    train_data, eval_data = data.subset(train_rows), data.subset(eval_rows)
+    config = resolve(config, train_data)
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    sharding.check_batch_size(config.train.batch_size, mesh)
+    wd.prepare(workdir, to_dict(config))
+
+    start = time.perf_counter()
+    state = fit(config, train_data, workdir, mesh, stop_after_steps=stop_after_steps)
+    if state is None:
+        return None
+    train_seconds = time.perf_counter() - start
+    float_state = None
+    if config.eval.float_baseline:
+        float_dir = os.path.join(workdir, "float_baseline")
+        os.makedirs(float_dir, exist_ok=True)
+        float_state = fit(float_baseline_config(config), train_data, float_dir, mesh)
+    results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state)}
+    results["data"] = {"source": data.source, "dim": data.dim,
+                       "train_pairs": len(train_data), "eval_pairs": len(eval_data)}
+    results["train"] = {"steps": config.train.steps, "seconds": round(train_seconds, 1),
+                        "devices": int(mesh.devices.size)}
+    table = report.retrieval_table(results["retrieval"])
+    wd.write_json(os.path.join(workdir, "results.json"), results)
+    wd.write_atomic(os.path.join(workdir, "results.md"), table + "\n")
+    metrics = wd.read_metrics(workdir)
+    report.plot_run(os.path.join(workdir, "results.png"), metrics, results["retrieval"])
+    return results

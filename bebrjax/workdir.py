@@ -1,0 +1,78 @@
+"""The files of a run's workdir: config.json, metrics.jsonl, results.{json,md}.
+
+Every file is written whole or not at all (a temporary file renamed into
+place), so an interrupted run never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from bebrjax.config import ConfigError, diff_keys
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def prepare(workdir: str, config: dict[str, Any]) -> None:
+    """Creates `workdir` and records the resolved config, or checks it matches.
+
+    A workdir belongs to one config: resuming into it with different settings
+    would mix two runs, so that is an error naming the differing keys.
+
+    Raises:
+      ConfigError: when the workdir holds a run with a different config.
+    """
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = diff_keys(saved, config)
+        if changed:
+            raise ConfigError(
+                f"workdir '{workdir}' holds a run with a different config "
+                f"(differs in: {', '.join(changed)}); use a new workdir"
+            )
+        return
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, config)
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step to `metrics.jsonl`.
+
+    On resume from step s it first drops the lines logged after s, so the file
+    reads as if the run had never stopped.
+    """
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self.path):
+            kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Appends one record."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of `workdir`'s metrics.jsonl (empty when there is none)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]

@@ -1,0 +1,36 @@
+r"""BEBR on your own paired embeddings.
+
+    python -m bebrjax.main --config configs/bebr/npz.py:path=pairs.npz,bits=2 --workdir DIR
+
+`path` is an .npz file (or a directory of <key>.npy files) holding `query`
+[N, d] and `doc` [N, d], row i of one pairing with row i of the other, and
+optionally `labels` [N]. Other key names: `--config.data.query_key=...`,
+`--config.data.doc_key=...`, `--config.data.labels_key=...` (empty: ignore).
+20% of the pairs, drawn with the seed, are held out for evaluation.
+
+Arguments after ':':
+  path: the embeddings file (required).
+  bits: bits per dimension, u + 1 (default 2).
+  m: code width (default 0 = d).
+  steps: training steps (default 0 = `train.epochs` epochs).
+  devices: devices of the mesh (default 0 = all).
+  query_key, doc_key: array names (defaults 'query', 'doc').
+
+The FOLDOC pairs of the README:
+  python -m bebrjax.main \
+    --config configs/bebr/npz.py:path=../shared/data/foldoc_minilm.npz,query_key=query_new,doc_key=doc_new \
+    --workdir /tmp/bebr_foldoc
+"""
+
+from bebrjax.config import parse_arg
+from bebrjax.trainers.binarizer import default_config
+
+
+def get_config(arg=None):
+    """The config for a user's .npz of paired embeddings."""
+    arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query",
+                    doc_key="doc")
+    c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
+    c.data = dict(name="npz", path=arg.path, query_key=arg.query_key, doc_key=arg.doc_key,
+                  labels_key="labels")
+    return c

@@ -1,0 +1,41 @@
+"""Test set-up: 8 forced CPU devices (set before jax is imported) and small configs."""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_overrides(steps: int = 12) -> list[str]:
+    """Overrides that shrink the demo to a few seconds."""
+    return [
+        "data.num_pairs=640",
+        "data.dim=16",
+        "data.latent_dim=4",
+        "data.num_clusters=10",
+        "model.hidden=32",
+        "train.batch_size=64",
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "eval.batch_size=64",
+    ]
+
+
+@pytest.fixture
+def tiny_config():
+    """The demo config shrunk for tests; extra overrides as arguments."""
+    from bebrjax.config import apply_overrides, load_config
+
+    def make(*extra: str, steps: int = 12, arg: str = ""):
+        config = load_config(os.path.join(ROOT, "configs/bebr/demo.py") + (f":{arg}" if arg else ""))
+        apply_overrides(config, [*tiny_overrides(steps), *extra])
+        return config
+
+    return make

@@ -1,0 +1,69 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bebrjax.models.binarizer import Model, sign_ste
+
+
+def _apply(model, x, train=False):
+    variables = model.init(jax.random.key(0), x)
+    if train:
+        out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return out
+    return model.apply(variables, x)
+
+
+@pytest.mark.parametrize("loops", [0, 1, 2, 3])
+def test_code_values_are_exactly_the_recurrent_alphabet(loops):
+    x = jax.random.normal(jax.random.key(1), (64, 12))
+    out = _apply(Model(code_dim=20, loops=loops, hidden=16), x, train=True)
+    alphabet = {
+        sum(s * 2.0**-i for i, s in enumerate(signs))
+        for signs in itertools.product([-1, 1], repeat=loops + 1)
+    }
+    assert out.code.shape == (64, 20)
+    assert set(np.unique(np.asarray(out.code)).tolist()) <= alphabet
+    planes = np.asarray(out.planes)
+    assert planes.shape == (64, loops + 1, 20) and planes.dtype == np.int8
+    assert set(np.unique(planes).tolist()) <= {-1, 1}
+    weights = 2.0 ** -np.arange(loops + 1)
+    np.testing.assert_array_equal(np.einsum("nim,i->nm", planes, weights), np.asarray(out.code))
+
+
+def test_sign_maps_zero_to_plus_one():
+    np.testing.assert_array_equal(sign_ste(jnp.array([-2.0, 0.0, 3.0])), [-1.0, 1.0, 1.0])
+
+
+def test_straight_through_gradient_passes_only_where_abs_input_at_most_one():
+    x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.7, 1.0, 1.01, 4.0])
+    w = jnp.arange(1.0, 9.0)
+    grad = jax.grad(lambda v: jnp.sum(sign_ste(v) * w))(x)
+    np.testing.assert_array_equal(grad, np.where(np.abs(np.asarray(x)) <= 1.0, w, 0.0))
+
+
+def test_gradients_reach_every_block():
+    model = Model(code_dim=8, loops=2, hidden=8)
+    x = jax.random.normal(jax.random.key(2), (32, 6))
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.sum(out.code * jnp.arange(8.0))
+
+    grads = jax.grad(loss)(variables["params"])
+    assert set(grads) == {"w", "b1", "r1", "b2", "r2"}
+    for name, g in grads.items():
+        assert any(float(jnp.abs(leaf).sum()) > 0 for leaf in jax.tree.leaves(g)), name
+
+
+def test_depth_zero_is_one_linear_and_float_variant_has_no_planes():
+    x = jnp.ones((4, 6))
+    params = Model(code_dim=5, loops=1, depth=0).init(jax.random.key(0), x)["params"]
+    assert set(params["w"]) == {"Dense_0"} and params["w"]["Dense_0"]["kernel"].shape == (6, 5)
+    out = _apply(Model(code_dim=5, loops=1, binarize=False), jax.random.normal(jax.random.key(3), (4, 6)))
+    assert out.planes is None
+    assert len(np.unique(np.asarray(out.code))) > 8

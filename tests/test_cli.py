@@ -1,0 +1,80 @@
+"""The command line: a whole run, and every bad input ending in a clear error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_overrides
+
+
+def _main(*args, cwd=ROOT):
+    env = {**os.environ, "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-m", "bebrjax.main", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_demo_run_writes_every_file(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _main("--config", "configs/bebr/demo.py:bits=2", "--workdir", str(workdir),
+                 *(f"--config.{o}" for o in tiny_overrides(steps=6)))
+    assert proc.returncode == 0, proc.stderr
+    assert "| binary (recurrent codes) |" in proc.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    for method in ("float", "binary", "hash"):
+        assert {"R@1", "R@5", "R@10", "bits", "bytes_per_vector"} <= set(results["retrieval"][method])
+    assert json.loads((workdir / "config.json").read_text())["model"]["code_dim"] == 16
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 6
+    assert (workdir / "results.md").exists() and (workdir / "results.png").exists()
+    assert any((workdir / "checkpoints").iterdir())
+
+
+def _pairs(tmp_path, **arrays):
+    path = tmp_path / "pairs.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+ONES = np.ones((40, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    "make_path, message",
+    [
+        (lambda t: str(t / "missing.npz"), "no such file"),
+        (lambda t: _pairs(t, query=ONES, other=ONES), "no array 'doc'"),
+        (lambda t: _pairs(t, query=ONES, doc=np.ones((39, 4))), "must have the same shape"),
+        (lambda t: _pairs(t, query=ONES, doc=np.where(ONES > 0, np.inf, 0)), "non-finite"),
+        (lambda t: _pairs(t, query=ONES.astype(int), doc=ONES), "expected float embeddings"),
+        (lambda t: _pairs(t, query=ONES[:0], doc=ONES[:0]), "is empty"),
+    ],
+)
+def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message):
+    path = make_path(tmp_path)
+    workdir = tmp_path / "run"
+    proc = _main("--config", f"configs/bebr/npz.py:path={path}", "--workdir", str(workdir))
+    assert proc.returncode != 0
+    assert message in proc.stderr and path in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "configs/bebr/demo.py", "--config.train.stepz=3"], "'train.stepz' is unknown"),
+        (["--config", "configs/bebr/demo.py", "--config.train.steps=many"],
+         "'train.steps': expected int"),
+        (["--config", "configs/bebr/demo.py:bitz=2"], "'bitz' is unknown"),
+        (["--config", "configs/bebr/nothere.py"], "does not exist"),
+    ],
+)
+def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    proc = _main(*args, "--workdir", str(workdir))
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not workdir.exists()

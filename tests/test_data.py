@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from bebrjax.data import DataError, npz, synthetic
+from bebrjax.data.batching import batch_indices
+from bebrjax.data.splits import train_eval_split
+from bebrjax.evaluators.retrieval import positive_ranks, recall_at_k
+
+
+def test_synthetic_is_deterministic_normalized_and_nontrivial():
+    a = synthetic.get_data(num_pairs=2000, seed=3)
+    b = synthetic.get_data(num_pairs=2000, seed=3)
+    np.testing.assert_array_equal(a.query, b.query)
+    np.testing.assert_allclose(np.linalg.norm(a.doc, axis=1), 1.0, rtol=1e-5)
+    r10 = recall_at_k(positive_ranks(a.query, a.doc), [10])["R@10"]
+    assert 0.3 < r10 < 0.95
+    assert not np.array_equal(a.query, synthetic.get_data(num_pairs=2000, seed=4).query)
+
+
+def _save(tmp_path, **arrays):
+    path = tmp_path / "pairs.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_and_npy_directory_load_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    q, d = rng.standard_normal((2, 30, 8)).astype(np.float16)
+    labels = np.arange(30) % 3
+    a = npz.get_data(_save(tmp_path, q=q, d=d, y=labels), "q", "d", "y")
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    for key, arr in {"query": q, "doc": d}.items():
+        np.save(folder / f"{key}.npy", arr)
+    b = npz.get_data(str(folder))
+    np.testing.assert_array_equal(a.query, b.query)
+    assert a.labels.tolist() == labels.tolist() and b.labels is None
+    assert a.query.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"query": np.ones((4, 3)), "docs": np.ones((4, 3))}, "no array 'doc'"),
+        ({"query": np.ones((4, 3)), "doc": np.ones((5, 3))}, "must have the same shape"),
+        ({"query": np.ones((4, 3)), "doc": np.full((4, 3), np.nan)}, "non-finite"),
+        ({"query": np.ones((4, 3), np.int64), "doc": np.ones((4, 3))}, "dtype int64"),
+        ({"query": np.ones((0, 3)), "doc": np.ones((0, 3))}, "is empty"),
+        ({"query": np.ones(4), "doc": np.ones(4)}, "must be 2-D"),
+        ({"query": np.zeros((4, 3)), "doc": np.ones((4, 3))}, "all zeros"),
+        ({"query": np.ones((4, 3)), "doc": np.ones((4, 3)), "labels": np.ones(3, int)},
+         "'labels' has shape"),
+    ],
+)
+def test_npz_bad_input_names_the_file_and_problem(tmp_path, arrays, message):
+    path = _save(tmp_path, **arrays)
+    with pytest.raises(DataError, match=message) as info:
+        npz.get_data(path)
+    assert path in str(info.value)
+
+
+def test_missing_foreign_and_single_npy_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        npz.get_data(str(tmp_path / "nope.npz"))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        npz.get_data(str(junk))
+    np.save(tmp_path / "one.npy", np.ones((3, 2)))
+    with pytest.raises(DataError, match="holds one array"):
+        npz.get_data(str(tmp_path / "one.npy"))
+
+
+def test_splits_are_seeded_disjoint_and_validated(tmp_path):
+    train, held = train_eval_split(100, eval_fraction=0.2, seed=1)
+    assert len(held) == 20 and not set(train) & set(held) and len(train) + len(held) == 100
+    np.testing.assert_array_equal(held, train_eval_split(100, eval_fraction=0.2, seed=1)[1])
+    np.save(tmp_path / "idx.npy", np.array([5, 1, 7]))
+    assert train_eval_split(10, eval_indices=str(tmp_path / "idx.npy"))[1].tolist() == [1, 5, 7]
+    for kwargs, message in [
+        ({"eval_fraction": 1.5}, "in \\(0, 1\\)"),
+        ({"eval_indices": np.array([1, 1])}, "duplicates"),
+        ({"eval_indices": np.array([10])}, "must lie in"),
+        ({"eval_indices": np.arange(10)}, "leaves 0 to train"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            train_eval_split(10, **kwargs)
+
+
+def test_batches_depend_only_on_seed_and_step():
+    first = [batch_indices(50, 16, s, seed=0) for s in range(6)]
+    np.testing.assert_array_equal(first[4], batch_indices(50, 16, 4, seed=0))
+    epoch = np.concatenate(first[:3])
+    assert len(set(epoch.tolist())) == 48
+    assert not np.array_equal(first[0], first[3])
+
+
+def test_ranks_break_ties_towards_the_lower_id():
+    q = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    d = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    # query 0: doc 0 ties doc 1 -> rank 0; query 1: doc 0 ties and is lower -> rank 1;
+    # query 2: doc 2 (cos 0.71) beats docs 0, 1 (cos 0) -> rank 0.
+    assert positive_ranks(q, d).tolist() == [0, 1, 0]
+
+
+def test_ranks_match_brute_force_in_blocks():
+    rng = np.random.default_rng(5)
+    q = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
+    d = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
+    scores = q @ d.T
+    want = [int(np.sum((scores[i] > scores[i, i]) | ((scores[i] == scores[i, i]) &
+                                                     (np.arange(70) < i)))) for i in range(70)]
+    assert positive_ranks(q, d, block=16).tolist() == want
+    assert recall_at_k(np.array([0, 3, 9, 12]), [1, 10]) == {"R@1": 0.25, "R@10": 0.75}

@@ -1,0 +1,63 @@
+import jax
+import numpy as np
+import pytest
+
+from bebrjax import sharding
+from bebrjax.config import ConfigError
+from bebrjax.data import get_data
+from bebrjax.trainers import binarizer
+from bebrjax.workdir import read_metrics
+
+
+def _fit(config, workdir, **kwargs):
+    data = get_data(config.data)
+    config = binarizer.resolve(config, data)
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    return binarizer.fit(config, data, str(workdir), mesh, **kwargs)
+
+
+def _losses(workdir):
+    return [m["loss"] for m in read_metrics(str(workdir))]
+
+
+def test_training_lowers_the_loss(tiny_config, tmp_path):
+    _fit(tiny_config("optim.lr=0.05", steps=40), tmp_path)
+    losses = _losses(tmp_path)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_one_and_eight_devices_agree(tiny_config, tmp_path):
+    assert jax.device_count() == 8
+    one = _fit(tiny_config("mesh.num_devices=1"), tmp_path / "one")
+    eight = _fit(tiny_config("mesh.num_devices=8"), tmp_path / "eight")
+    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "eight"), rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(eight["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_stop_and_resume_ends_with_the_same_parameters(tiny_config, tmp_path):
+    config = tiny_config("mesh.num_devices=2", steps=12)
+    straight = _fit(config, tmp_path / "straight")
+    assert _fit(config, tmp_path / "resumed", stop_after_steps=5) is None
+    assert [m["step"] for m in read_metrics(str(tmp_path / "resumed"))][-1] == 5
+    resumed = _fit(config, tmp_path / "resumed")
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+
+
+def test_workdir_refuses_a_different_config(tiny_config, tmp_path):
+    binarizer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+    with pytest.raises(ConfigError, match="differs in: optim.lr"):
+        binarizer.train_and_evaluate(tiny_config("optim.lr=0.5", steps=2), str(tmp_path))
+
+
+def test_float_baseline_and_results(tiny_config, tmp_path):
+    results = binarizer.train_and_evaluate(
+        tiny_config("eval.float_baseline=true", steps=4), str(tmp_path)
+    )
+    rows = results["retrieval"]
+    assert set(rows) == {"float", "binary", "hash", "float_ft"}
+    assert rows["binary"]["bits"] == 32 and rows["binary"]["bytes_per_vector"] == 8.0
+    assert rows["float_ft"]["bits"] == 32 * 16
+    assert (tmp_path / "float_baseline" / "checkpoints").is_dir()

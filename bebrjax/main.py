@@ -27,7 +27,7 @@ _OVERRIDE = "--config."
 
 def _parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """Absl flags, with `--config.a.b=value` overrides taken out first."""
-    overrides = [a[len(_OVERRIDE):] for a in argv[1:] if a.startswith(_OVERRIDE)]
+    overrides = [a[len(_OVERRIDE) :] for a in argv[1:] if a.startswith(_OVERRIDE)]
     rest = flags.FLAGS([argv[0], *(a for a in argv[1:] if not a.startswith(_OVERRIDE))])
     return rest, overrides
 

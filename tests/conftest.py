@@ -34,7 +34,9 @@ def tiny_config():
     from bebrjax.config import apply_overrides, load_config
 
     def make(*extra: str, steps: int = 12, arg: str = ""):
-        config = load_config(os.path.join(ROOT, "configs/bebr/demo.py") + (f":{arg}" if arg else ""))
+        config = load_config(
+            os.path.join(ROOT, "configs/bebr/demo.py") + (f":{arg}" if arg else "")
+        )
         apply_overrides(config, [*tiny_overrides(steps), *extra])
         return config
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bebrjax.models.binarizer import Model, sign_ste
+from bebrjax.models.binarizer import Model, lift_init, sign_ste
 
 
 def _apply(model, x, train=False):
@@ -50,8 +50,9 @@ def test_gradients_reach_every_block():
     variables = model.init(jax.random.key(0), x)
 
     def loss(params):
-        out, _ = model.apply({**variables, "params": params}, x, train=True,
-                             mutable=["batch_stats"])
+        out, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
         return jnp.sum(out.code * jnp.arange(8.0))
 
     grads = jax.grad(loss)(variables["params"])
@@ -62,8 +63,27 @@ def test_gradients_reach_every_block():
 
 def test_depth_zero_is_one_linear_and_float_variant_has_no_planes():
     x = jnp.ones((4, 6))
-    params = Model(code_dim=5, loops=1, depth=0).init(jax.random.key(0), x)["params"]
-    assert set(params["w"]) == {"Dense_0"} and params["w"]["Dense_0"]["kernel"].shape == (6, 5)
-    out = _apply(Model(code_dim=5, loops=1, binarize=False), jax.random.normal(jax.random.key(3), (4, 6)))
+    for skip in (True, False):
+        params = Model(code_dim=5, loops=1, depth=0, skip=skip).init(jax.random.key(0), x)["params"]
+        assert set(params["w"]) == {"linear"} and params["w"]["linear"]["kernel"].shape == (6, 5)
+    out = _apply(
+        Model(code_dim=5, loops=1, binarize=False), jax.random.normal(jax.random.key(3), (4, 6))
+    )
     assert out.planes is None
     assert len(np.unique(np.asarray(out.code))) > 8
+
+
+def test_untrained_skip_binarizer_is_the_recurrent_scalar_quantizer():
+    x = np.array(jax.random.normal(jax.random.key(4), (32, 10)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = _apply(Model(code_dim=10, loops=1, hidden=16), jnp.asarray(x), train=True)
+    s0 = np.where(x >= 0, 1.0, -1.0)
+    s1 = np.where(x - s0 / np.linalg.norm(s0, axis=1, keepdims=True) >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(np.asarray(out.planes), np.stack([s0, s1], 1))
+
+
+def test_lift_of_a_wider_code_is_inverted_by_the_reconstruction_block():
+    wide = lift_init(None, (6, 15))
+    np.testing.assert_allclose(wide @ wide.T, np.eye(6), atol=1e-5)
+    np.testing.assert_array_equal(lift_init(None, (15, 6)), wide.T)
+    np.testing.assert_array_equal(lift_init(None, (7, 7)), np.eye(7))

@@ -7,25 +7,37 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, tiny_overrides
 
 
 def _main(*args, cwd=ROOT):
     env = {**os.environ, "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", "bebrjax.main", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bebrjax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_demo_run_writes_every_file(tmp_path):
     workdir = tmp_path / "run"
-    proc = _main("--config", "configs/bebr/demo.py:bits=2", "--workdir", str(workdir),
-                 *(f"--config.{o}" for o in tiny_overrides(steps=6)))
+    proc = _main(
+        "--config",
+        "configs/bebr/demo.py:bits=2",
+        "--workdir",
+        str(workdir),
+        *(f"--config.{o}" for o in tiny_overrides(steps=6)),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| binary (recurrent codes) |" in proc.stdout
     results = json.loads((workdir / "results.json").read_text())
     for method in ("float", "binary", "hash"):
-        assert {"R@1", "R@5", "R@10", "bits", "bytes_per_vector"} <= set(results["retrieval"][method])
+        assert {"R@1", "R@5", "R@10", "bits", "bytes_per_vector"} <= set(
+            results["retrieval"][method]
+        )
     assert json.loads((workdir / "config.json").read_text())["model"]["code_dim"] == 16
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 6
     assert (workdir / "results.md").exists() and (workdir / "results.png").exists()
@@ -65,9 +77,14 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--config", "configs/bebr/demo.py", "--config.train.stepz=3"], "'train.stepz' is unknown"),
-        (["--config", "configs/bebr/demo.py", "--config.train.steps=many"],
-         "'train.steps': expected int"),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.train.stepz=3"],
+            "'train.stepz' is unknown",
+        ),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.train.steps=many"],
+            "'train.steps': expected int",
+        ),
         (["--config", "configs/bebr/demo.py:bitz=2"], "'bitz' is unknown"),
         (["--config", "configs/bebr/nothere.py"], "does not exist"),
     ],

@@ -48,8 +48,10 @@ def test_npz_and_npy_directory_load_the_same(tmp_path):
         ({"query": np.ones((0, 3)), "doc": np.ones((0, 3))}, "is empty"),
         ({"query": np.ones(4), "doc": np.ones(4)}, "must be 2-D"),
         ({"query": np.zeros((4, 3)), "doc": np.ones((4, 3))}, "all zeros"),
-        ({"query": np.ones((4, 3)), "doc": np.ones((4, 3)), "labels": np.ones(3, int)},
-         "'labels' has shape"),
+        (
+            {"query": np.ones((4, 3)), "doc": np.ones((4, 3)), "labels": np.ones(3, int)},
+            "'labels' has shape",
+        ),
     ],
 )
 def test_npz_bad_input_names_the_file_and_problem(tmp_path, arrays, message):
@@ -108,7 +110,11 @@ def test_ranks_match_brute_force_in_blocks():
     q = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
     d = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
     scores = q @ d.T
-    want = [int(np.sum((scores[i] > scores[i, i]) | ((scores[i] == scores[i, i]) &
-                                                     (np.arange(70) < i)))) for i in range(70)]
+    want = [
+        int(
+            np.sum((scores[i] > scores[i, i]) | ((scores[i] == scores[i, i]) & (np.arange(70) < i)))
+        )
+        for i in range(70)
+    ]
     assert positive_ranks(q, d, block=16).tolist() == want
     assert recall_at_k(np.array([0, 3, 9, 12]), [1, 10]) == {"R@1": 0.25, "R@10": 0.75}

@@ -18,8 +18,11 @@ def _log_softmax(a):
 def _one_direction(logits, labels, k):
     losses = []
     for j in range(len(logits)):
-        negs = [logits[j, c] for c in range(len(logits))
-                if c != j and (labels is None or labels[c] != labels[j] or labels[j] < 0)]
+        negs = [
+            logits[j, c]
+            for c in range(len(logits))
+            if c != j and (labels is None or labels[c] != labels[j] or labels[j] < 0)
+        ]
         if k:
             negs = sorted(negs, reverse=True)[:k]
         row = np.array([logits[j, j], *negs])
@@ -58,11 +61,13 @@ def test_distillation_matches_numpy_and_vanishes_for_a_perfect_student():
     np.fill_diagonal(log_p, 0.0)
     np.fill_diagonal(log_q, 0.0)
     want = np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1))
-    got = similarity_distillation_loss(student, teacher, teacher_temperature=0.07,
-                                       student_temperature=0.2)
+    got = similarity_distillation_loss(
+        student, teacher, teacher_temperature=0.07, student_temperature=0.2
+    )
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
-    same = similarity_distillation_loss(teacher, teacher, teacher_temperature=0.1,
-                                        student_temperature=0.1)
+    same = similarity_distillation_loss(
+        teacher, teacher, teacher_temperature=0.1, student_temperature=0.1
+    )
     assert abs(float(same)) < 1e-6
 
 

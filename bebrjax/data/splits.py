@@ -46,10 +46,14 @@ def train_eval_split(
     if eval_indices is not None and not isinstance(eval_indices, str):
         held = np.asarray(eval_indices)
         if held.ndim != 1 or not np.issubdtype(held.dtype, np.integer):
-            raise DataError(f"split.eval_indices must be a 1-D integer list, got {held.dtype} "
-                            f"of shape {held.shape}")
+            raise DataError(
+                f"split.eval_indices must be a 1-D integer list, got {held.dtype} "
+                f"of shape {held.shape}"
+            )
         if held.size and (held.min() < 0 or held.max() >= n):
-            raise DataError(f"split.eval_indices must lie in [0, {n}); got {held.min()}..{held.max()}")
+            raise DataError(
+                f"split.eval_indices must lie in [0, {n}); got {held.min()}..{held.max()}"
+            )
         if np.unique(held).size != held.size:
             raise DataError("split.eval_indices holds duplicates")
         held = np.sort(held).astype(np.int64)

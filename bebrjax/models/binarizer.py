@@ -54,24 +54,55 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
+def lift_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
+    """A fixed near-isometry of `shape` (in, out), the same whatever `key`.
+
+    The identity when in == out; otherwise the orthonormal columns Q (or rows
+    Q^T) of one fixed random matrix, so a d->m block and an m->d block get
+    transposes of each other: reconstructing from the code inverts the lift.
+    """
+    del key
+    rows, cols = shape
+    if rows == cols:
+        return jnp.eye(rows, dtype=dtype)
+    gauss = jax.random.normal(jax.random.key(0), (max(shape), min(shape)), jnp.float32)
+    q, _ = jnp.linalg.qr(gauss)
+    return (q if rows >= cols else q.T).astype(dtype)
+
+
 class MLPBlock(nn.Module):
     """`depth` x (Linear -> BatchNorm -> ReLU), then Linear; depth 0 is one Linear.
 
     Weights are xavier-normal and biases zero, as in the reference code.
     BatchNorm follows PyTorch's defaults (momentum 0.1, epsilon 1e-5).
+
+    With `skip`, the block also has a linear path initialized by `lift_init`
+    and the MLP's last Linear starts at zero, so the block starts as a fixed
+    near-isometry and the MLP learns a correction (depth 0: the one Linear
+    starts as the lift).
     """
 
     features: int
     hidden: int
     depth: int = 1
+    skip: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Maps [N, in] to [N, features]."""
+        linear = nn.Dense(
+            self.features, kernel_init=lift_init if self.skip else xavier_normal, name="linear"
+        )
+        if self.depth == 0:
+            return linear(x)
+        h = x
         for _ in range(self.depth):
-            x = nn.Dense(self.hidden, kernel_init=xavier_normal)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
-            x = nn.relu(x)
-        return nn.Dense(self.features, kernel_init=xavier_normal)(x)
+            h = nn.Dense(self.hidden, kernel_init=xavier_normal)(h)
+            h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h)
+            h = nn.relu(h)
+        if not self.skip:
+            return linear(h)
+        return linear(x) + nn.Dense(self.features, kernel_init=nn.initializers.zeros)(h)
 
 
 class BinarizerOutput(NamedTuple):
@@ -96,6 +127,9 @@ class Model(nn.Module):
       hidden: width of the MLP blocks' hidden layers (0 means max(d, m)).
       depth: number of Linear-BN-ReLU layers before each block's last Linear.
       binarize: False swaps sign for the identity (the float baseline).
+      skip: give every block a linear skip path (see `MLPBlock`); the
+        untrained binarizer is then the recurrent scalar quantizer of a fixed
+        isometry of its input, which already keeps most of the float ranking.
     """
 
     code_dim: int
@@ -103,9 +137,11 @@ class Model(nn.Module):
     hidden: int = 0
     depth: int = 1
     binarize: bool = True
+    skip: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> BinarizerOutput:
+        """Encodes [N, d] embeddings (L2-normalized) into codes of width m."""
         if self.loops < 0:
             raise ValueError(f"loops must be >= 0, got {self.loops}")
         dim = x.shape[-1]
@@ -113,7 +149,7 @@ class Model(nn.Module):
         quantize = sign_ste if self.binarize else (lambda v: v)
 
         def block(features, name):
-            return MLPBlock(features, hidden, self.depth, name=name)
+            return MLPBlock(features, hidden, self.depth, self.skip, name=name)
 
         plane = quantize(block(self.code_dim, "w")(x, train))
         planes = [plane]

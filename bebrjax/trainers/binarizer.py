@@ -63,7 +63,7 @@ def default_config(
     c.trainer = "binarizer"
     c.split = dict(eval_fraction=0.2, eval_indices="")
     c.model_name = "binarizer"
-    c.model = dict(code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True)
+    c.model = dict(code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True, skip=True)
     c.loss = dict(
         pair_weight=1.0,
         temperature=0.05,
@@ -73,9 +73,13 @@ def default_config(
         teacher_temperature=0.05,
         student_temperature=0.05,
     )
+    # The reference optimizer (SGD, Nesterov 0.9, weight decay 1e-3 off biases and
+    # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
+    # code, which the reference lr of 0.08 (tuned for random init) wrecks in the
+    # first steps. With model.skip=False, use lr=0.08 as in the reference.
     c.optim = dict(
         name="sgd",
-        lr=0.08,
+        lr=0.002,
         momentum=0.9,
         nesterov=True,
         weight_decay=1e-3,
@@ -86,7 +90,11 @@ def default_config(
         warmup_steps=0,
     )
     c.train = dict(
-        batch_size=512, epochs=10.0, steps=steps, log_every=20, checkpoint_every=200,
+        batch_size=512,
+        epochs=10.0,
+        steps=steps,
+        log_every=20,
+        checkpoint_every=200,
         keep_checkpoints=2,
     )
     c.mesh = dict(num_devices=devices)
@@ -112,8 +120,10 @@ def compute_loss(
 
     Args:
       loss: the `loss` section of the config (weights, temperatures, K).
-      z1: [n, m] codes of the queries; z2: [n, m] codes of their docs.
-      x1: [n, d] the float queries; x2: [n, d] the float docs (the teacher).
+      z1: [n, m] codes of the queries.
+      z2: [n, m] codes of their docs.
+      x1: [n, d] the float queries (with x2, the distillation teacher).
+      x2: [n, d] the float docs.
       labels: [n] int labels, negative for unlabelled.
 
     Returns:
@@ -246,8 +256,14 @@ def fit(
     train_step = make_train_step(model, tx, config.loss, mesh)
     put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
 
-    bar = tqdm(total=total, initial=start, desc=os.path.basename(workdir) or "train",
-               unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=os.path.basename(workdir) or "train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     tick, tick_step = time.perf_counter(), start
     for step in range(start, end):
         rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
@@ -257,8 +273,9 @@ def fit(
         if done % config.train.log_every == 0 or done == end:
             record = {k: float(v) for k, v in metrics.items()}
             now = time.perf_counter()
-            record.update(step=done, lr=float(schedule(step)),
-                          steps_per_sec=(done - tick_step) / (now - tick))
+            record.update(
+                step=done, lr=float(schedule(step)), steps_per_sec=(done - tick_step) / (now - tick)
+            )
             tick, tick_step = now, done
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -269,9 +286,7 @@ def fit(
     return state if end == total else None
 
 
-def encode(
-    model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int
-) -> np.ndarray:
+def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
     """The model's codes (recurrent vectors) for `x`, in eval mode, batch by batch."""
     devices = mesh.shape[sharding.DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
@@ -331,22 +346,29 @@ def evaluate(
 
     def encode_pairs(model_config, model_state):
         model = build_model(model_config)
-        return [encode(model, model_state, x, mesh, config.eval.batch_size)
-                for x in (data.query, data.doc)]
+        return [
+            encode(model, model_state, x, mesh, config.eval.batch_size)
+            for x in (data.query, data.doc)
+        ]
 
     m = config.model.code_dim
     bits = m * (config.model.loops + 1)
-    results = {"float": entry(data.query, data.doc, bits=32 * data.dim,
-                              bytes_per_vector=4 * data.dim)}
+    results = {
+        "float": entry(data.query, data.doc, bits=32 * data.dim, bytes_per_vector=4 * data.dim)
+    }
     # A stored doc is its packed planes plus the 4-byte 1/||b|| that SDC search ranks with.
-    results["binary"] = entry(*encode_pairs(config, state), bits=bits,
-                              bytes_per_vector=bits / 8 + 4)
+    results["binary"] = entry(
+        *encode_pairs(config, state), bits=bits, bytes_per_vector=bits / 8 + 4
+    )
     if config.eval.hash:
         hashes = [retrieval.random_hash(x, bits, config.seed) for x in (data.query, data.doc)]
         results["hash"] = entry(*hashes, bits=bits, bytes_per_vector=bits / 8)
     if float_state is not None:
-        results["float_ft"] = entry(*encode_pairs(float_baseline_config(config), float_state),
-                                    bits=32 * m, bytes_per_vector=4 * m)
+        results["float_ft"] = entry(
+            *encode_pairs(float_baseline_config(config), float_state),
+            bits=32 * m,
+            bytes_per_vector=4 * m,
+        )
     return results
 
 
@@ -369,8 +391,10 @@ def train_and_evaluate(
     """
     data = get_data(config.data)
     train_rows, eval_rows = train_eval_split(
-        len(data), eval_fraction=config.split.eval_fraction,
-        eval_indices=config.split.eval_indices or None, seed=config.seed,
+        len(data),
+        eval_fraction=config.split.eval_fraction,
+        eval_indices=config.split.eval_indices or None,
+        seed=config.seed,
     )
     train_data, eval_data = data.subset(train_rows), data.subset(eval_rows)
     config = resolve(config, train_data)
@@ -389,10 +413,17 @@ def train_and_evaluate(
         os.makedirs(float_dir, exist_ok=True)
         float_state = fit(float_baseline_config(config), train_data, float_dir, mesh)
     results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state)}
-    results["data"] = {"source": data.source, "dim": data.dim,
-                       "train_pairs": len(train_data), "eval_pairs": len(eval_data)}
-    results["train"] = {"steps": config.train.steps, "seconds": round(train_seconds, 1),
-                        "devices": int(mesh.devices.size)}
+    results["data"] = {
+        "source": data.source,
+        "dim": data.dim,
+        "train_pairs": len(train_data),
+        "eval_pairs": len(eval_data),
+    }
+    results["train"] = {
+        "steps": config.train.steps,
+        "seconds": round(train_seconds, 1),
+        "devices": int(mesh.devices.size),
+    }
     table = report.retrieval_table(results["retrieval"])
     wd.write_json(os.path.join(workdir, "results.json"), results)
     wd.write_atomic(os.path.join(workdir, "results.md"), table + "\n")

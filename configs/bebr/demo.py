@@ -21,6 +21,14 @@ def get_config(arg=None):
     """The demo config."""
     arg = parse_arg(arg, bits=2, m=0, steps=0, devices=0)
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
-    c.data = dict(name="synthetic", num_pairs=20000, dim=128, latent_dim=16, num_clusters=100,
-                  spread=0.6, noise=1.2, seed=0)
+    c.data = dict(
+        name="synthetic",
+        num_pairs=20000,
+        dim=128,
+        latent_dim=16,
+        num_clusters=100,
+        spread=0.6,
+        noise=1.2,
+        seed=0,
+    )
     return c

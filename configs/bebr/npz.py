@@ -16,10 +16,9 @@ Arguments after ':':
   devices: devices of the mesh (default 0 = all).
   query_key, doc_key: array names (defaults 'query', 'doc').
 
-The FOLDOC pairs of the README:
-  python -m bebrjax.main \
-    --config configs/bebr/npz.py:path=../shared/data/foldoc_minilm.npz,query_key=query_new,doc_key=doc_new \
-    --workdir /tmp/bebr_foldoc
+The FOLDOC pairs of the README (launch/foldoc.sh runs 1, 2 and 3 bits):
+  python -m bebrjax.main --workdir /tmp/bebr_foldoc --config \
+    configs/bebr/npz.py:path=../shared/data/foldoc_minilm.npz,query_key=query_new,doc_key=doc_new
 """
 
 from bebrjax.config import parse_arg
@@ -28,9 +27,9 @@ from bebrjax.trainers.binarizer import default_config
 
 def get_config(arg=None):
     """The config for a user's .npz of paired embeddings."""
-    arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query",
-                    doc_key="doc")
+    arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query", doc_key="doc")
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
-    c.data = dict(name="npz", path=arg.path, query_key=arg.query_key, doc_key=arg.doc_key,
-                  labels_key="labels")
+    c.data = dict(
+        name="npz", path=arg.path, query_key=arg.query_key, doc_key=arg.doc_key, labels_key="labels"
+    )
     return c

@@ -141,6 +141,30 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
         node[leaf] = coerce(dotted, text, node[leaf])
 
 
+def import_plugin(package: str, name: str, key: str):
+    """Imports the plug-in module `<package>.<name>` that config key `key` names.
+
+    Raises:
+      ConfigError: when there is no such module (an import error inside an
+        existing module is raised as is).
+    """
+    module_name = f"{package}.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise ConfigError(f"config key '{key}' = {name!r}: no module {module_name}") from None
+
+
+def lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    """The value at a dotted key, e.g. `lookup(config, "optim.lr")`."""
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready plain dict of a config (tuples become lists)."""
     plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)

@@ -8,14 +8,13 @@ before anything is written to the workdir.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 
 from absl import app, flags, logging
 
-from bebrjax.config import ConfigError, apply_overrides, load_config
+from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
 from bebrjax.data import DataError
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with ':arg'.")
@@ -38,10 +37,7 @@ def run(config_spec: str, workdir: str, overrides: list[str]) -> dict | None:
     apply_overrides(config, overrides)
     if "trainer" not in config:
         raise ConfigError(f"config '{config_spec}' names no trainer (config.trainer)")
-    try:
-        trainer = importlib.import_module(f"bebrjax.trainers.{config.trainer}")
-    except ModuleNotFoundError:
-        raise ConfigError(f"config.trainer={config.trainer!r}: no such trainer") from None
+    trainer = import_plugin("bebrjax.trainers", config.trainer, "trainer")
     return trainer.train_and_evaluate(config, workdir)
 
 
@@ -53,7 +49,7 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         results = run(_CONFIG.value, _WORKDIR.value, overrides)
-    except (ConfigError, DataError, ValueError) as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if results is None:

@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from bebrjax.config import ConfigError
+
 
 def decay_mask(params):
     """True for weight matrices; biases and normalization parameters get no decay."""
@@ -32,8 +34,9 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
     elif config.schedule == "constant":
         main = optax.constant_schedule(config.lr)
     else:
-        raise ValueError(
-            f"optim.schedule={config.schedule!r}: expected 'step', 'cosine' or 'constant'"
+        raise ConfigError(
+            f"config key 'optim.schedule' = {config.schedule!r}: expected 'step', 'cosine' "
+            "or 'constant'"
         )
     if not warmup:
         return main
@@ -59,5 +62,5 @@ def make_optimizer(
     elif config.name == "adamw":
         tail = [optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)]
     else:
-        raise ValueError(f"optim.name={config.name!r}: expected 'sgd' or 'adamw'")
+        raise ConfigError(f"config key 'optim.name' = {config.name!r}: expected 'sgd' or 'adamw'")
     return optax.chain(*clip, *tail), schedule

@@ -7,6 +7,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bebrjax.config import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -17,12 +19,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
       num_devices: how many devices to use; 0 means all of them.
 
     Raises:
-      ValueError: when more devices are asked for than exist.
+      ConfigError: when more devices are asked for than exist.
     """
     devices = jax.devices()
     if num_devices < 0 or num_devices > len(devices):
-        raise ValueError(
-            f"mesh.num_devices={num_devices}, but {len(devices)} devices are available"
+        raise ConfigError(
+            f"config key 'mesh.num_devices' = {num_devices}: {len(devices)} devices are available"
         )
     chosen = devices[: num_devices or len(devices)]
     return Mesh(np.asarray(chosen), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
@@ -39,7 +41,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """Raises ValueError unless the batch divides evenly over the data axis."""
+    """Raises ConfigError unless the batch divides evenly over the data axis."""
     n = mesh.shape[DATA_AXIS]
     if batch_size % n:
-        raise ValueError(f"batch_size={batch_size} is not divisible by the {n} devices of the mesh")
+        raise ConfigError(
+            f"config key 'train.batch_size' = {batch_size}: not divisible by the {n} devices "
+            "of the mesh"
+        )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import ml_collections
 
+from bebrjax.config import import_plugin
 from bebrjax.data.pairs import DataError, PairedEmbeddings
 
 __all__ = ["DataError", "PairedEmbeddings", "get_data"]
@@ -14,5 +13,5 @@ __all__ = ["DataError", "PairedEmbeddings", "get_data"]
 def get_data(config: ml_collections.ConfigDict) -> PairedEmbeddings:
     """Loads the data set named by `config.name` with the rest of `config` as arguments."""
     kwargs = {k: v for k, v in config.to_dict().items() if k != "name"}
-    module = importlib.import_module(f"bebrjax.data.{config.name}")
+    module = import_plugin("bebrjax.data", config.name, "data.name")
     return module.get_data(**kwargs)

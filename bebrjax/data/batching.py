@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from bebrjax.config import ConfigError
+
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per epoch; raises ValueError when not even one fits."""
+    """Full batches per epoch; raises ConfigError when not even one fits."""
     if batch_size <= 0 or batch_size > num_examples:
-        raise ValueError(
-            f"batch_size={batch_size} must be in [1, {num_examples}] (the training examples)"
+        raise ConfigError(
+            f"config key 'train.batch_size' = {batch_size}: must be in [1, {num_examples}] "
+            "(the number of training examples)"
         )
     return num_examples // batch_size
 

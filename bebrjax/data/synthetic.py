@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bebrjax.data.pairs import PairedEmbeddings, make_pairs
+from bebrjax.data.pairs import DataError, PairedEmbeddings, make_pairs
 
 
 def get_data(
@@ -44,7 +44,7 @@ def get_data(
       Normalized `PairedEmbeddings` with cluster labels.
     """
     if min(num_pairs, dim, latent_dim, num_clusters) <= 0:
-        raise ValueError("synthetic data: num_pairs, dim, latent_dim and num_clusters must be > 0")
+        raise DataError("synthetic data: num_pairs, dim, latent_dim and num_clusters must be > 0")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_clusters, latent_dim))
     lift = rng.standard_normal((latent_dim, 2 * dim)) / np.sqrt(latent_dim)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import os
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from bebrjax import checkpoint, report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import to_dict
+from bebrjax.config import ConfigError, import_plugin, lookup, to_dict
 from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.batching import batch_indices, steps_per_epoch
 from bebrjax.data.splits import train_eval_split
@@ -57,7 +56,7 @@ def default_config(
       devices: devices of the mesh; 0 means all.
     """
     if bits < 1:
-        raise ValueError(f"bits={bits}: need at least one bit per dimension")
+        raise ConfigError(f"config argument 'bits' = {bits}: need at least one bit per dimension")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.trainer = "binarizer"
@@ -104,8 +103,7 @@ def default_config(
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The `Model` of module `bebrjax.models.<config.model_name>`, built from `config.model`."""
-    module = importlib.import_module(f"bebrjax.models.{config.model_name}")
-    return module.Model(**config.model)
+    return import_plugin("bebrjax.models", config.model_name, "model_name").Model(**config.model)
 
 
 def compute_loss(
@@ -328,6 +326,41 @@ def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.C
     return config
 
 
+_RULES = (
+    ("model.code_dim", lambda v: v > 0, "> 0"),
+    ("model.loops", lambda v: v >= 0, ">= 0"),
+    ("model.hidden", lambda v: v >= 0, ">= 0 (0: max(d, m))"),
+    ("model.depth", lambda v: v >= 0, ">= 0"),
+    ("loss.pair_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.distill_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.temperature", lambda v: v > 0, "> 0"),
+    ("loss.teacher_temperature", lambda v: v > 0, "> 0"),
+    ("loss.student_temperature", lambda v: v > 0, "> 0"),
+    ("loss.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("train.steps", lambda v: v > 0, "> 0"),
+    ("train.log_every", lambda v: v > 0, "> 0"),
+    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
+    ("train.keep_checkpoints", lambda v: v > 0, "> 0"),
+    ("eval.ks", lambda v: len(v) > 0 and min(v) > 0, "positive integers"),
+    ("eval.batch_size", lambda v: v > 0, "> 0"),
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks a resolved config before anything is written.
+
+    Raises:
+      ConfigError: naming the first key whose value cannot be used.
+    """
+    for key, ok, need in _RULES:
+        value = lookup(config, key)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}' = {value!r}: must be {need}")
+    if not (config.loss.pair_weight or config.loss.distill_weight):
+        raise ConfigError("loss.pair_weight and loss.distill_weight are both 0: nothing to train")
+    make_optimizer(config.optim, config.train.steps)
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     state: State,
@@ -398,6 +431,7 @@ def train_and_evaluate(
     )
     train_data, eval_data = data.subset(train_rows), data.subset(eval_rows)
     config = resolve(config, train_data)
+    validate(config)
     mesh = sharding.make_mesh(config.mesh.num_devices)
     sharding.check_batch_size(config.train.batch_size, mesh)
     wd.prepare(workdir, to_dict(config))

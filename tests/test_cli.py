@@ -88,14 +88,22 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
         (["--config", "configs/bebr/demo.py:bitz=2"], "'bitz' is unknown"),
         (["--config", "configs/bebr/nothere.py"], "does not exist"),
         (["--config", "configs/bebr/demo.py", "--config.optim.name=lbfgs"], "'optim.name'"),
-        (["--config", "configs/bebr/demo.py", "--config.loss.temperature=0"],
-         "'loss.temperature' = 0.0: must be > 0"),
-        (["--config", "configs/bebr/demo.py", "--config.train.batch_size=99999"],
-         "'train.batch_size' = 99999"),
-        (["--config", "configs/bebr/demo.py", "--config.mesh.num_devices=64"],
-         "'mesh.num_devices' = 64"),
-        (["--config", "configs/bebr/demo.py", "--config.data.name=imagenet"],
-         "'data.name' = 'imagenet': no module bebrjax.data.imagenet"),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.loss.temperature=0"],
+            "'loss.temperature' = 0.0: must be > 0",
+        ),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.train.batch_size=99999"],
+            "'train.batch_size' = 99999",
+        ),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.mesh.num_devices=64"],
+            "'mesh.num_devices' = 64",
+        ),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.data.name=imagenet"],
+            "'data.name' = 'imagenet': no module bebrjax.data.imagenet",
+        ),
     ],
 )
 def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):

@@ -8,7 +8,6 @@ codes where ties are common).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -18,7 +17,7 @@ import numpy as np
 from bebrjax.models.binarizer import l2_normalize
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _block_ranks(queries: jax.Array, docs: jax.Array, offset: jax.Array) -> jax.Array:
     """0-based ranks of docs[offset + j] for queries[j], cosine similarity."""
     scores = l2_normalize(queries) @ l2_normalize(docs).T

@@ -1,0 +1,5 @@
+"""Search over packed recurrent binary codes (SDC, Hamming) and float vectors."""
+
+from bebrjax.search.index import BinaryIndex, FloatIndex, IndexFormatError
+
+__all__ = ["BinaryIndex", "FloatIndex", "IndexFormatError"]

@@ -4,7 +4,8 @@ import pytest
 from bebrjax.data import DataError, npz, synthetic
 from bebrjax.data.batching import batch_indices
 from bebrjax.data.splits import train_eval_split
-from bebrjax.evaluators.retrieval import positive_ranks, recall_at_k
+from bebrjax.evaluators import retrieval
+from bebrjax.evaluators.retrieval import float_recall, recall_at_k
 
 
 def test_synthetic_is_deterministic_normalized_and_nontrivial():
@@ -12,7 +13,7 @@ def test_synthetic_is_deterministic_normalized_and_nontrivial():
     b = synthetic.get_data(num_pairs=2000, seed=3)
     np.testing.assert_array_equal(a.query, b.query)
     np.testing.assert_allclose(np.linalg.norm(a.doc, axis=1), 1.0, rtol=1e-5)
-    r10 = recall_at_k(positive_ranks(a.query, a.doc), [10])["R@10"]
+    r10 = float_recall(a.query, a.doc, [10])["R@10"]
     assert 0.3 < r10 < 0.95
     assert not np.array_equal(a.query, synthetic.get_data(num_pairs=2000, seed=4).query)
 
@@ -97,24 +98,26 @@ def test_batches_depend_only_on_seed_and_step():
     assert not np.array_equal(first[0], first[3])
 
 
-def test_ranks_break_ties_towards_the_lower_id():
+def test_recall_counts_the_positive_within_k_with_ties_to_the_lower_id():
     q = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     d = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
-    # query 0: doc 0 ties doc 1 -> rank 0; query 1: doc 0 ties and is lower -> rank 1;
-    # query 2: doc 2 (cos 0.71) beats docs 0, 1 (cos 0) -> rank 0.
-    assert positive_ranks(q, d).tolist() == [0, 1, 0]
+    # query 0: doc 0 ties doc 1 and is lower -> rank 0; query 1: its doc 1 ties doc 0,
+    # which is lower -> rank 1; query 2: doc 2 (cos 0.71) beats docs 0, 1 (cos 0) -> rank 0.
+    assert float_recall(q, d, [1, 2]) == {"R@1": 2 / 3, "R@2": 1.0}
+    assert recall_at_k(np.array([[0, 5], [7, 1], [3, 4]]), [1, 2]) == {"R@1": 1 / 3, "R@2": 2 / 3}
 
 
-def test_ranks_match_brute_force_in_blocks():
+def test_hash_recall_matches_brute_force_hamming():
     rng = np.random.default_rng(5)
-    q = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
-    d = np.sign(rng.standard_normal((70, 16))).astype(np.float32)
-    scores = q @ d.T
-    want = [
-        int(
-            np.sum((scores[i] > scores[i, i]) | ((scores[i] == scores[i, i]) & (np.arange(70) < i)))
-        )
-        for i in range(70)
-    ]
-    assert positive_ranks(q, d, block=16).tolist() == want
-    assert recall_at_k(np.array([0, 3, 9, 12]), [1, 10]) == {"R@1": 0.25, "R@10": 0.75}
+    x = rng.standard_normal((90, 12)).astype(np.float32)
+    q, d = (
+        retrieval.random_hash(x + 0.5 * rng.standard_normal(x.shape), 24, 0),
+        retrieval.random_hash(x, 24, 0),
+    )
+    dist = (q[:, 0, None, :] != d[None, :, 0, :]).sum(-1)
+    ahead = (dist < np.diag(dist)[:, None]) | (
+        (dist == np.diag(dist)[:, None]) & (np.arange(90) < np.arange(90)[:, None])
+    )
+    ranks = ahead.sum(1)
+    want = {f"R@{k}": float(np.mean(ranks < k)) for k in (1, 5)}
+    assert retrieval.code_recall(q, d, [1, 5], metric="hamming") == want

@@ -61,3 +61,16 @@ def test_float_baseline_and_results(tiny_config, tmp_path):
     assert rows["binary"]["bits"] == 32 and rows["binary"]["bytes_per_vector"] == 8.0
     assert rows["float_ft"]["bits"] == 32 * 16
     assert (tmp_path / "float_baseline" / "checkpoints").is_dir()
+
+
+def test_evaluation_is_the_same_with_either_scoring_kernel(tiny_config, tmp_path):
+    config = binarizer.resolve(tiny_config(steps=3), get_data(tiny_config().data))
+    data = get_data(config.data)
+    mesh = sharding.make_mesh(1)
+    state = binarizer.fit(config, data, str(tmp_path), mesh)
+    results = {}
+    for kernel in ("popcount", "matmul"):
+        with config.unlocked():
+            config.eval.kernel = kernel
+        results[kernel] = binarizer.evaluate(config, state, data.subset(np.arange(200)), mesh)
+    assert results["popcount"] == results["matmul"]

@@ -42,10 +42,15 @@ TARGETS = {  # (case, reference): minimum ratio of bebrjax queries/s to the refe
 
 
 def _best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function, the functions taking turns so drift hits all alike."""
+    """Best wall time of each function, the functions taking turns so drift hits all alike.
+
+    Each run starts after a short idle pause, so that neither library's worker
+    threads are still spinning from the other's run.
+    """
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(0.5)
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)

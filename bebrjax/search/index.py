@@ -48,8 +48,8 @@ class IndexFormatError(ValueError):
 class _BlockedIndex:
     """Storage on the host, a tiled copy on the device(s), and batched exact search.
 
-    Subclasses define `_host_arrays` (per-document arrays [N, ...]),
-    `_score_fn` (a `topk.ScoreFn`) and `_encode_queries`.
+    Subclasses define `ntotal`, `_host_arrays` (a pytree of per-document
+    arrays [N, ...]) and `_score_fn` (a `topk.ScoreFn` over those arrays).
 
     Args:
       block_size: documents per scanned block (memory per query batch is
@@ -71,11 +71,6 @@ class _BlockedIndex:
         self.query_batch, self.mesh = query_batch, mesh
         self._device: tuple[Any, int] | None = None
         self._compiled: dict[int, Any] = {}
-
-    @property
-    def ntotal(self) -> int:
-        """Documents in the index."""
-        return len(jax.tree.leaves(self._host_arrays())[0])
 
     def _devices(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape[DATA_AXIS]
@@ -192,6 +187,11 @@ class BinaryIndex(_BlockedIndex):
         words = codes_lib.num_words(self.m)
         self._words = np.zeros((0, u + 1, words), np.uint32)
         self._inv_norms = np.zeros((0,), np.float32)
+
+    @property
+    def ntotal(self) -> int:
+        """Documents in the index."""
+        return len(self._inv_norms)
 
     @property
     def bytes_per_doc(self) -> int:
@@ -340,6 +340,11 @@ class FloatIndex(_BlockedIndex):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"queries must have shape [Q, {self.dim}]; got {list(x.shape)}")
         return self._search({"x": x}, k)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the index."""
+        return len(self._x)
 
     def _host_arrays(self) -> dict[str, np.ndarray]:
         return {"x": self._x}

@@ -40,6 +40,7 @@ from bebrjax.evaluators import retrieval
 from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
 from bebrjax.optim import make_optimizer
+from bebrjax.search import scoring
 
 State = dict[str, Any]
 
@@ -97,7 +98,9 @@ def default_config(
         keep_checkpoints=2,
     )
     c.mesh = dict(num_devices=devices)
-    c.eval = dict(ks=(1, 5, 10), hash=True, float_baseline=False, batch_size=2048)
+    # kernel: SDC/Hamming scoring, "auto" (popcount on CPU, int8 matmul on GPU/TPU),
+    # "popcount" or "matmul"; all give identical results.
+    c.eval = dict(ks=(1, 5, 10), hash=True, float_baseline=False, batch_size=2048, kernel="auto")
     return c
 
 
@@ -284,12 +287,17 @@ def fit(
     return state if end == total else None
 
 
-def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
-    """The model's codes (recurrent vectors) for `x`, in eval mode, batch by batch."""
+def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int):
+    """The model's output for `x` (codes and bit planes), in eval mode, batch by batch.
+
+    Returns:
+      A `BinarizerOutput` of numpy arrays: code [N, m] and planes [N, u+1, m]
+      (None for the float baseline).
+    """
     devices = mesh.shape[sharding.DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
     apply = jax.jit(
-        lambda v, xb: model.apply(v, xb, train=False).code,
+        lambda v, xb: model.apply(v, xb, train=False),
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.batch_sharded(mesh),
     )
@@ -298,8 +306,8 @@ def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int)
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start : start + batch_size]
         padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-        out.append(np.asarray(apply(variables, padded))[: len(chunk)])
-    return np.concatenate(out)
+        out.append(jax.tree.map(np.asarray, apply(variables, padded)))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[: x.shape[0]], *out)
 
 
 def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_collections.ConfigDict:
@@ -343,6 +351,7 @@ _RULES = (
     ("train.keep_checkpoints", lambda v: v > 0, "> 0"),
     ("eval.ks", lambda v: len(v) > 0 and min(v) > 0, "positive integers"),
     ("eval.batch_size", lambda v: v > 0, "> 0"),
+    ("eval.kernel", lambda v: v in ("auto", *scoring.KERNELS), "'auto', 'popcount' or 'matmul'"),
 )
 
 
@@ -368,14 +377,14 @@ def evaluate(
     mesh,
     float_state: State | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Retrieval on the eval pairs.
+    """Retrieval on the eval pairs, every method through an exact search index.
 
-    Rows: the raw float embeddings, the binary codes, the same-bits random
-    hash (when `eval.hash`) and, given `float_state`, the float baseline.
+    Rows: the raw float embeddings (cosine), the binary codes (SDC over their
+    packed planes), the same-bits random hash (Hamming, when `eval.hash`)
+    and, given `float_state`, the float baseline (cosine).
     """
-    entry = functools.partial(
-        retrieval.retrieval_entry, ks=tuple(config.eval.ks), float_bytes=4 * data.dim
-    )
+    ks, float_bytes, kernel = tuple(config.eval.ks), 4 * data.dim, config.eval.kernel
+    store = functools.partial(retrieval.storage, float_bytes=float_bytes)
 
     def encode_pairs(model_config, model_state):
         model = build_model(model_config)
@@ -387,21 +396,29 @@ def evaluate(
     m = config.model.code_dim
     bits = m * (config.model.loops + 1)
     results = {
-        "float": entry(data.query, data.doc, bits=32 * data.dim, bytes_per_vector=4 * data.dim)
+        "float": {
+            **retrieval.float_recall(data.query, data.doc, ks, mesh),
+            **store(32 * data.dim, float_bytes),
+        }
     }
+    queries, docs = encode_pairs(config, state)
     # A stored doc is its packed planes plus the 4-byte 1/||b|| that SDC search ranks with.
-    results["binary"] = entry(
-        *encode_pairs(config, state), bits=bits, bytes_per_vector=bits / 8 + 4
-    )
+    results["binary"] = {
+        **retrieval.code_recall(queries.planes, docs.planes, ks, mesh=mesh, kernel=kernel),
+        **store(bits, bits / 8 + 4),
+    }
     if config.eval.hash:
         hashes = [retrieval.random_hash(x, bits, config.seed) for x in (data.query, data.doc)]
-        results["hash"] = entry(*hashes, bits=bits, bytes_per_vector=bits / 8)
+        results["hash"] = {
+            **retrieval.code_recall(*hashes, ks, metric="hamming", mesh=mesh, kernel=kernel),
+            **store(bits, bits / 8),
+        }
     if float_state is not None:
-        results["float_ft"] = entry(
-            *encode_pairs(float_baseline_config(config), float_state),
-            bits=32 * m,
-            bytes_per_vector=4 * m,
-        )
+        queries, docs = encode_pairs(float_baseline_config(config), float_state)
+        results["float_ft"] = {
+            **retrieval.float_recall(queries.code, docs.code, ks, mesh),
+            **store(32 * m, 4 * m),
+        }
     return results
 
 

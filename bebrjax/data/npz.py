@@ -18,8 +18,12 @@ import numpy as np
 from bebrjax.data.pairs import DataError, PairedEmbeddings, make_pairs
 
 
-class _Arrays:
-    """Read access to named arrays of an .npz file or a directory of .npy files."""
+class NamedArrays:
+    """Read access to named arrays of an .npz file or a directory of .npy files.
+
+    Raises:
+      DataError: when `path` is missing, not an .npz archive, or a lone .npy file.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -31,8 +35,8 @@ class _Arrays:
         elif os.path.isfile(path):
             if path.endswith(".npy"):
                 raise DataError(
-                    f"{path}: a .npy file holds one array; pairs need two. Give an .npz "
-                    "file, or a directory with one <key>.npy per array"
+                    f"{path}: a .npy file holds one array; give an .npz file, or a "
+                    "directory with one <key>.npy per array"
                 )
             try:
                 self._npz = np.load(path, allow_pickle=False)
@@ -45,6 +49,7 @@ class _Arrays:
             raise DataError(f"{path}: no such file or directory")
 
     def get(self, key: str) -> np.ndarray:
+        """The array named `key` (memory-mapped from a directory of .npy files)."""
         if key not in self.keys:
             raise DataError(
                 f"{self.path}: no array '{key}' (arrays present: {', '.join(self.keys) or 'none'})"
@@ -66,7 +71,7 @@ def get_data(
       DataError: naming the file and the problem (missing file or key, bad
         shapes or dtypes, non-finite values, empty arrays).
     """
-    arrays = _Arrays(path)
+    arrays = NamedArrays(path)
     query, doc = arrays.get(query_key), arrays.get(doc_key)
     labels = arrays.get(labels_key) if labels_key and labels_key in arrays.keys else None
     return make_pairs(query, doc, labels, source=path, names=(query_key, doc_key, labels_key))

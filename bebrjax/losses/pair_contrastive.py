@@ -26,25 +26,38 @@ def cosine_logits(a: jax.Array, b: jax.Array, temperature: float) -> jax.Array:
     return l2_normalize(a) @ l2_normalize(b).T / temperature
 
 
-def hard_negative_cross_entropy(
-    logits: jax.Array, negatives: jax.Array, hard_negatives: int
+def positive_cross_entropy(
+    positives: jax.Array, negatives: jax.Array, hard_negatives: int
 ) -> jax.Array:
-    """Mean cross entropy of each row's diagonal positive against its negatives.
+    """Mean cross entropy of each row's positive logit against its negative logits.
 
     Args:
-      logits: [n, n] logits; the diagonal holds the positives.
-      negatives: [n, n] bool, True where an entry may serve as a negative.
+      positives: [n] the positive logit of each row.
+      negatives: [n, M] negative logits; `MASKED` entries are excluded.
       hard_negatives: K; each row keeps its K largest negatives (0 keeps all).
 
     Returns:
       A scalar: the mean over rows of logsumexp([pos, negatives]) - pos.
     """
-    positives = jnp.diagonal(logits)
-    negs = jnp.where(negatives, logits, MASKED)
-    if 0 < hard_negatives < negs.shape[1]:
-        negs, _ = jax.lax.top_k(negs, hard_negatives)
-    row = jnp.concatenate([positives[:, None], negs], axis=1)
+    if 0 < hard_negatives < negatives.shape[1]:
+        negatives, _ = jax.lax.top_k(negatives, hard_negatives)
+    row = jnp.concatenate([positives[:, None], negatives], axis=1)
     return jnp.mean(jax.nn.logsumexp(row, axis=1) - positives)
+
+
+def hard_negative_cross_entropy(
+    logits: jax.Array, negatives: jax.Array, hard_negatives: int
+) -> jax.Array:
+    """`positive_cross_entropy` with the positives on the diagonal of [n, n] logits.
+
+    Args:
+      logits: [n, n] logits; the diagonal holds the positives.
+      negatives: [n, n] bool, True where an entry may serve as a negative.
+      hard_negatives: K; each row keeps its K largest negatives (0 keeps all).
+    """
+    return positive_cross_entropy(
+        jnp.diagonal(logits), jnp.where(negatives, logits, MASKED), hard_negatives
+    )
 
 
 def negatives_mask(n: int, labels: jax.Array | None = None) -> jax.Array:

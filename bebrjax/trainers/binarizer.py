@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from bebrjax import checkpoint, report, sharding
+from bebrjax import report, sharding
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, import_plugin, lookup, to_dict
 from bebrjax.data import PairedEmbeddings, get_data
@@ -41,6 +40,7 @@ from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
 from bebrjax.optim import make_optimizer
 from bebrjax.search import scoring
+from bebrjax.trainers.loop import train_loop
 
 State = dict[str, Any]
 
@@ -242,49 +242,23 @@ def fit(
       The final train state, or None when stopped before the end.
     """
     model = build_model(config)
-    total = config.train.steps
-    tx, schedule = make_optimizer(config.optim, total)
+    tx, schedule = make_optimizer(config.optim, config.train.steps)
     state = init_state(model, tx, data.dim, config.seed, mesh)
-    mngr = checkpoint.manager(
-        os.path.join(workdir, "checkpoints"),
-        every=config.train.checkpoint_every,
-        keep=config.train.keep_checkpoints,
+    return train_loop(
+        state,
+        make_train_step(model, tx, config.loss, mesh),
+        lambda step: make_batch(
+            data, batch_indices(len(data), config.train.batch_size, step, config.seed)
+        ),
+        workdir=workdir,
+        total=config.train.steps,
+        schedule=schedule,
+        mesh=mesh,
+        log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints,
+        stop_after_steps=stop_after_steps,
     )
-    state = checkpoint.restore_latest(mngr, state) or state
-    start = int(state["step"])
-    end = total if stop_after_steps is None else min(total, start + stop_after_steps)
-    log = wd.MetricsLog(workdir, start)
-    train_step = make_train_step(model, tx, config.loss, mesh)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
-
-    bar = tqdm(
-        total=total,
-        initial=start,
-        desc=os.path.basename(workdir) or "train",
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    tick, tick_step = time.perf_counter(), start
-    for step in range(start, end):
-        rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
-        state, metrics = train_step(state, put(make_batch(data, rows)))
-        done = step + 1
-        checkpoint.save(mngr, done, state, force=done in (end, total))
-        if done % config.train.log_every == 0 or done == end:
-            record = {k: float(v) for k, v in metrics.items()}
-            now = time.perf_counter()
-            record.update(
-                step=done, lr=float(schedule(step)), steps_per_sec=(done - tick_step) / (now - tick)
-            )
-            tick, tick_step = now, done
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        bar.update(1)
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    return state if end == total else None
 
 
 def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int):

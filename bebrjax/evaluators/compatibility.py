@@ -1,0 +1,154 @@
+"""The cross-model evaluation protocol of compatible upgrades.
+
+Queries and a gallery, each item labelled; a gallery item is relevant to a
+query when it shares its label. For a pair of models (query model, gallery
+model) `retrieval_metrics` gives mAP@R, Recall@k and TAR@FAR; search goes
+through the exact `FloatIndex` (cosine, ties to the lower id). Across models
+the query embedding is fitted to the gallery's width (truncated or
+zero-padded) and renormalized, as the compatibility losses train it.
+
+`compatibility_matrix` fills old/old, new/new, new->old (new queries against
+the old gallery), old->new and the paragon's new/new, then
+
+  update_gain = (M(new->old) - M(old/old)) / (M(paragon) - M(old/old))   (on mAP@R)
+  negative_flip_rate = share of queries right at rank 1 under old/old and
+                       wrong under new->old.
+
+A model is compatible when M(new->old) > M(old/old).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from jax.sharding import Mesh
+
+from bebrjax.search import FloatIndex
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit_to(x: np.ndarray, width: int) -> np.ndarray:
+    """Truncates or zero-pads embeddings to `width` and renormalizes them."""
+    d = x.shape[1]
+    x = x[:, :width] if d >= width else np.pad(x, ((0, 0), (0, width - d)))
+    return _unit(x)
+
+
+def tar_at_far(
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    gallery: np.ndarray,
+    g_labels: np.ndarray,
+    fars: Sequence[float],
+    block: int = 1024,
+) -> dict[str, float]:
+    """True-accept rate at each false-accept rate over all query-gallery pairs.
+
+    Verification is pairwise by nature: scores of every pair are formed block
+    by block (memory O(block x gallery)) and split into genuine (same label)
+    and impostor pairs; the threshold for FAR f is the impostor score that
+    a fraction f of impostors exceeds.
+    """
+    genuine, impostor = [], []
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ gallery.T
+        same = q_labels[start : start + block, None] == g_labels[None, :]
+        genuine.append(scores[same])
+        impostor.append(scores[~same])
+    genuine, impostor = np.concatenate(genuine), np.sort(np.concatenate(impostor))[::-1]
+    out = {}
+    for far in fars:
+        index = min(int(far * len(impostor)), len(impostor) - 1)
+        out[f"TAR@FAR={far:g}"] = float(np.mean(genuine > impostor[index]))
+    return out
+
+
+def retrieval_metrics(
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    gallery: np.ndarray,
+    g_labels: np.ndarray,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    fars: Sequence[float] = (1e-2, 1e-3),
+    mesh: Mesh | None = None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """mAP@R, Recall@k and TAR@FAR of queries against a gallery.
+
+    Returns:
+      (metrics, top1_correct [Q] bool).
+    """
+    queries = fit_to(queries, gallery.shape[1])
+    gallery = _unit(gallery)
+    per_class = np.bincount(g_labels, minlength=int(max(q_labels.max(), g_labels.max())) + 1)
+    r = per_class[q_labels]
+    k = int(min(max(r.max(), max(ks)), len(gallery)))
+    index = FloatIndex(gallery.shape[1], mesh=mesh)
+    index.add(gallery)
+    _, ids = index.search(queries, k)
+    relevant = g_labels[ids] == q_labels[:, None]
+    ranks = np.arange(1, k + 1)
+    within_r = ranks[None, :] <= r[:, None]
+    precision = np.cumsum(relevant, axis=1) / ranks[None, :]
+    ap_r = np.sum(precision * relevant * within_r, axis=1) / np.maximum(r, 1)
+    metrics = {"mAP@R": float(np.mean(ap_r))}
+    metrics.update({f"R@{kk}": float(np.mean(relevant[:, :kk].any(axis=1))) for kk in ks})
+    metrics.update(tar_at_far(queries, q_labels, gallery, g_labels, fars))
+    return metrics, relevant[:, 0]
+
+
+def compatibility_matrix(
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    fars: Sequence[float] = (1e-2, 1e-3),
+    mesh: Mesh | None = None,
+) -> dict:
+    """The compatibility matrix, update gain and negative-flip rate.
+
+    Args:
+      embeddings: {"old": (queries, gallery), "new": (...), "paragon": (...)}.
+      q_labels: [Q] query labels.
+      g_labels: [G] gallery labels.
+      ks: the k of Recall@k.
+      fars: the FARs of TAR@FAR.
+      mesh: optional mesh to shard the searches over.
+
+    Returns:
+      {"matrix": {"old/old": .., "new/new": .., "new->old": .., "old->new": ..,
+      "paragon": ..}, "update_gain": .., "negative_flip_rate": .., "compatible": ..}
+    """
+    pairs = {
+        "old/old": ("old", "old"),
+        "new/new": ("new", "new"),
+        "new->old": ("new", "old"),
+        "old->new": ("old", "new"),
+        "paragon": ("paragon", "paragon"),
+    }
+    matrix, top1 = {}, {}
+    for name, (q_model, g_model) in pairs.items():
+        matrix[name], top1[name] = retrieval_metrics(
+            embeddings[q_model][0],
+            q_labels,
+            embeddings[g_model][1],
+            g_labels,
+            ks=ks,
+            fars=fars,
+            mesh=mesh,
+        )
+    old, cross, paragon = (matrix[n]["mAP@R"] for n in ("old/old", "new->old", "paragon"))
+    gain = (cross - old) / (paragon - old) if paragon != old else float("nan")
+    flips = float(np.mean(top1["old/old"] & ~top1["new->old"]))
+    return {
+        "matrix": matrix,
+        "update_gain": gain,
+        "negative_flip_rate": flips,
+        "compatible": bool(cross > old),
+    }

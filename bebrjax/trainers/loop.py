@@ -1,0 +1,101 @@
+"""The training loop every trainer shares: resume, step, log, checkpoint, progress.
+
+A trainer builds its state and a jit'd `train_step(state, batch) -> (state,
+metrics)`; `train_loop` restores the latest orbax checkpoint of `workdir`,
+feeds the batches of `batch_fn(step)` (a pure function of the step, so that
+resuming equals not stopping), writes metrics.jsonl and a progress bar, and
+checkpoints on schedule and at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from bebrjax import checkpoint, sharding
+from bebrjax import workdir as wd
+
+State = dict[str, Any]
+
+
+def train_loop(
+    state: State,
+    train_step: Callable[[State, Any], tuple[State, dict[str, jax.Array]]],
+    batch_fn: Callable[[int], dict[str, np.ndarray]],
+    *,
+    workdir: str,
+    total: int,
+    schedule: optax.Schedule,
+    mesh,
+    log_every: int,
+    checkpoint_every: int,
+    keep_checkpoints: int,
+    stop_after_steps: int | None = None,
+    hook: Callable[[int, State], State] | None = None,
+) -> State | None:
+    """Runs (or resumes) `total` steps of `train_step`, checkpointing to `workdir`.
+
+    Args:
+      state: a fresh state in its target sharding (the template to restore into);
+        it must hold an int "step".
+      train_step: the jit'd step.
+      batch_fn: the host batch of a step.
+      workdir: where checkpoints/ and metrics.jsonl go.
+      total: the number of steps of the schedule.
+      schedule: the learning rate per step, for the log.
+      mesh: the device mesh; batches are sharded over its `data` axis.
+      log_every: steps between metrics lines.
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: checkpoints kept.
+      stop_after_steps: run at most this many steps in this call, then save
+        and return None, as a preempted job would; the next call resumes.
+      hook: called as `state = hook(step, state)` before each step.
+
+    Returns:
+      The final state, or None when stopped before the end.
+    """
+    mngr = checkpoint.manager(
+        os.path.join(workdir, "checkpoints"), every=checkpoint_every, keep=keep_checkpoints
+    )
+    state = checkpoint.restore_latest(mngr, state) or state
+    start = int(state["step"])
+    end = total if stop_after_steps is None else min(total, start + stop_after_steps)
+    log = wd.MetricsLog(workdir, start)
+    put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=os.path.basename(workdir) or "train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start, end):
+        if hook is not None:
+            state = hook(step, state)
+        state, metrics = train_step(state, put(batch_fn(step)))
+        done = step + 1
+        checkpoint.save(mngr, done, state, force=done in (end, total))
+        if done % log_every == 0 or done == end:
+            record = {k: float(v) for k, v in metrics.items()}
+            now = time.perf_counter()
+            record.update(
+                step=done, lr=float(schedule(step)), steps_per_sec=(done - tick_step) / (now - tick)
+            )
+            tick, tick_step = now, done
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    return state if end == total else None

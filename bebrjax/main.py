@@ -57,7 +57,8 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
     print()
     print(open(os.path.join(_WORKDIR.value, "results.md")).read())
     print(f"results: {os.path.join(_WORKDIR.value, 'results.json')}")
-    print(json.dumps(results.get("train", {})))
+    if "train" in results:
+        print(json.dumps(results["train"]))
 
 
 if __name__ == "__main__":

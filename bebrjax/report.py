@@ -62,3 +62,105 @@ def plot_run(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+MATRIX_ROWS = {
+    "old/old": "old / old",
+    "new/new": "new / new",
+    "new->old": "new -> old (compatibility)",
+    "old->new": "old -> new",
+    "paragon": "paragon (independent new) / itself",
+}
+
+
+def matrix_table(results: Mapping[str, Any]) -> str:
+    """The compatibility matrix as a markdown table, with gain and flips below."""
+    matrix = results["matrix"]
+    metrics = list(next(iter(matrix.values())))
+    lines = [
+        "| queries / gallery | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 1),
+    ]
+    for key, label in MATRIX_ROWS.items():
+        lines.append(f"| {label} | " + " | ".join(f"{matrix[key][m]:.3f}" for m in metrics) + " |")
+    lines.append("")
+    lines.append(
+        f"update gain {results['update_gain']:.3f}; negative-flip rate "
+        f"{results['negative_flip_rate']:.3f}; compatible (new->old > old/old): "
+        f"{results['compatible']}"
+    )
+    return "\n".join(lines)
+
+
+def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") -> None:
+    """Saves a heatmap: queries of old/new models against galleries of old/new models."""
+    matrix = results["matrix"]
+    grid = [
+        [matrix["old/old"][metric], matrix["old->new"][metric]],
+        [matrix["new->old"][metric], matrix["new/new"][metric]],
+    ]
+    fig, ax = plt.subplots(figsize=(4.8, 4))
+    image = ax.imshow(
+        grid, vmin=0, vmax=max(1e-6, max(map(max, grid)), matrix["paragon"][metric]), cmap="viridis"
+    )
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{grid[i][j]:.3f}", ha="center", va="center", color="w")
+    ax.set_xticks([0, 1], ["old gallery", "new gallery"])
+    ax.set_yticks([0, 1], ["old queries", "new queries"])
+    ax.set_title(f"{results.get('method', '')}: {metric} (paragon {matrix['paragon'][metric]:.3f})")
+    fig.colorbar(image)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per method: mAP@R of every cell, new->old R@1, update gain, flips."""
+    head = [
+        "method",
+        "old/old",
+        "new/new",
+        "new->old",
+        "paragon",
+        "new->old R@1",
+        "update gain",
+        "negative flips",
+        "compatible",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, r in runs.items():
+        m = r["matrix"]
+        cells = [
+            method,
+            *(f"{m[k]['mAP@R']:.3f}" for k in ("old/old", "new/new", "new->old", "paragon")),
+            f"{m['new->old']['R@1']:.3f}",
+            f"{r['update_gain']:.3f}",
+            f"{r['negative_flip_rate']:.3f}",
+            "yes" if r["compatible"] else "no",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str) -> None:
+    """Saves grouped bars of new->old and new/new mAP@R per method, with old/old and paragon."""
+    methods = list(runs)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(methods)), 4))
+    xs = range(len(methods))
+    for offset, key, label in ((-0.2, "new->old", "new -> old"), (0.2, "new/new", "new / new")):
+        ax.bar(
+            [x + offset for x in xs],
+            [runs[m]["matrix"][key]["mAP@R"] for m in methods],
+            0.4,
+            label=label,
+        )
+    first = runs[methods[0]]["matrix"]
+    ax.axhline(first["old/old"]["mAP@R"], color="k", linestyle="--", label="old / old")
+    ax.axhline(first["paragon"]["mAP@R"], color="gray", linestyle=":", label="paragon")
+    ax.set_xticks(list(xs), methods)
+    ax.set(ylabel="mAP@R", ylim=(0, 1), title=f"compatible upgrades, {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,454 @@
+"""Compatible model upgrades: an old model, a new one trained against it, the paragon.
+
+The contract of a trainer module: `train_and_evaluate(config, workdir)`.
+
+1. Load and validate the labelled data, draw the universal split
+   (`split.kind`), validate the config and record it. Nothing is written
+   before the data and config have passed.
+2. Stage `old`: phi_old on the old training set with its classifier (cross
+   entropy), in `<old_workdir or workdir/old>`; a finished stage is reused.
+3. Stage `new` (workdir/new): phi_new on the new training set, cross entropy plus
+   `compat.weight` x the compatibility loss of `method` against the frozen
+   old model: `independent` (none), `l2`, `bct`, `contrastive`, `ract`,
+   `unibct`.
+4. Stage `paragon`: phi_new trained independently (the upper bound of
+   new/new), in `<paragon_workdir or workdir/paragon>`; the new model itself
+   when `method` is independent.
+5. Evaluate the compatibility matrix on the held-out queries and gallery and
+   write results.json, results.md and results.png (a heatmap).
+
+Every stage is a jit'd step on the data-parallel mesh, checkpointed with
+orbax and resumable, through the shared `train_loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bebrjax import report, sharding
+from bebrjax import workdir as wd
+from bebrjax.config import ConfigError, parse_arg, to_dict
+from bebrjax.data import get_data
+from bebrjax.data.batching import batch_indices, steps_per_epoch
+from bebrjax.data.labelled import Labelled
+from bebrjax.data.upgrade_splits import universal_split
+from bebrjax.evaluators.compatibility import compatibility_matrix
+from bebrjax.losses import compat
+from bebrjax.models.embedder import Model
+from bebrjax.models.heads import CLASSIFIERS
+from bebrjax.optim import make_optimizer
+from bebrjax.trainers.loop import train_loop
+
+State = dict[str, Any]
+METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
+
+
+def default_config(
+    *, method: str = "bct", split: str = "extended_class", steps: int = 0, devices: int = 0
+) -> ml_collections.ConfigDict:
+    """The upgrade recipe on the synthetic many-class data (the `data` section included).
+
+    Args:
+      method: the compatibility method of the new model.
+      split: the universal split.
+      steps: training steps of every stage; 0 means `train.epochs` epochs.
+      devices: devices of the mesh; 0 means all.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.trainer = "upgrade"
+    c.method = method
+    c.data = dict(
+        name="classes",
+        num_classes=100,
+        per_class=60,
+        dim=64,
+        latent_dim=12,
+        spread=0.35,
+        freq=1.5,
+        noise=0.3,
+        seed=0,
+    )
+    c.split = dict(kind=split, old_ratio=0.3, eval_fraction=0.2)
+    model = dict(backbone="mlp", classifier="cosine", scale=16.0, margin=0.0, embedding_bn=True)
+    c.old = dict(model=dict(model, backbone_args=dict(widths=(128,)), embedding_dim=32))
+    c.new = dict(model=dict(model, backbone_args=dict(widths=(512, 512)), embedding_dim=64))
+    c.compat = dict(
+        weight=1.0,
+        temperature=0.01,
+        hard_negatives=0,
+        unibct_lambda=0.9,
+        unibct_temperature=0.05,
+        refresh_every=50,
+    )
+    c.optim = dict(
+        name="adamw",
+        lr=2e-3,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        clip_norm=5.0,
+        schedule="cosine",
+        decay_at=(0.6,),
+        decay_factor=0.1,
+        warmup_steps=0,
+    )
+    c.train = dict(
+        batch_size=256,
+        epochs=30.0,
+        steps=steps,
+        log_every=20,
+        checkpoint_every=200,
+        keep_checkpoints=2,
+    )
+    c.mesh = dict(num_devices=devices)
+    c.eval = dict(ks=(1, 5, 10), fars=(1e-2, 1e-3), batch_size=1024)
+    c.old_workdir = ""
+    c.paragon_workdir = ""
+    return c
+
+
+def configure_data(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Switches the data set: "classes" (the default) or "digits" (8x8 images, ResNets)."""
+    if name == "classes":
+        return config
+    if name != "digits":
+        raise ConfigError(f"config argument 'data' = {name!r}: expected 'classes' or 'digits'")
+    config.data = dict(name="digits")
+    config.old.model.backbone = "resnet"
+    config.old.model.backbone_args = dict(stage_sizes=(1, 1), width=8)
+    config.new.model.backbone = "resnet"
+    config.new.model.backbone_args = dict(stage_sizes=(2, 2), width=16)
+    config.train.batch_size = 128
+    return config
+
+
+def config_from_arg(method: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The config of `configs/upgrade/<method>.py` for its `:arg` text."""
+    parsed = parse_arg(arg, split="extended_class", data="classes", steps=0, devices=0)
+    config = default_config(
+        method=method, split=parsed.split, steps=parsed.steps, devices=parsed.devices
+    )
+    return configure_data(config, parsed.data)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first unusable key."""
+    if config.method not in METHODS:
+        raise ConfigError(
+            f"config key 'method' = {config.method!r}: expected one of {', '.join(METHODS)}"
+        )
+    for stage in ("old", "new"):
+        model = config[stage].model
+        if model.classifier not in CLASSIFIERS:
+            raise ConfigError(
+                f"config key '{stage}.model.classifier' = {model.classifier!r}: "
+                f"expected one of {', '.join(CLASSIFIERS)}"
+            )
+        if model.embedding_dim <= 0:
+            raise ConfigError(f"config key '{stage}.model.embedding_dim' must be > 0")
+    if config.compat.weight < 0 or config.compat.temperature <= 0:
+        raise ConfigError("config keys 'compat.weight' >= 0 and 'compat.temperature' > 0")
+    if config.compat.refresh_every <= 0:
+        raise ConfigError("config key 'compat.refresh_every' must be > 0")
+    make_optimizer(config.optim, 10)
+
+
+def build(stage: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The embedding model of a stage's config."""
+    return Model(num_classes=num_classes, **stage.model.to_dict())
+
+
+def embed(model: nn.Module, variables: dict, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
+    """Eval-mode embeddings of `x`, batch by batch on the mesh."""
+    devices = mesh.shape[sharding.DATA_AXIS]
+    batch_size = -(-batch_size // devices) * devices
+    apply = jax.jit(
+        lambda v, xb: model.apply(v, xb, train=False)["embedding"],
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+        out_shardings=sharding.batch_sharded(mesh),
+    )
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
+        out.append(np.asarray(apply(variables, np.pad(chunk, pad))))
+    return np.concatenate(out)[: len(x)]
+
+
+def variables_of(state: State) -> dict:
+    """The flax variables of a train state."""
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+class Frozen:
+    """What a new model trains against: the old model, its classifier, the seen classes."""
+
+    def __init__(self, model: nn.Module, state: State, seen: np.ndarray, kind: str, scale: float):
+        self.model, self.variables = model, variables_of(state)
+        self.seen, self.kind, self.scale = seen, kind, scale
+
+    def embed(self, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
+        """Old-model embeddings of `x`."""
+        return embed(self.model, self.variables, x, mesh, batch_size)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The old classifier [C, d_old]."""
+        return np.asarray(self.variables["params"]["classifier"]["weights"])
+
+
+def make_train_step(
+    model: nn.Module, tx, method: str, c: ml_collections.ConfigDict, mesh, frozen: Frozen | None
+):
+    """The jit'd step: cross entropy plus c.weight x `method`'s compatibility term."""
+
+    def step(state: State, batch: dict[str, jax.Array]):
+        x, y = batch["x"], batch["y"]
+        old_emb = None
+        if method in ("l2", "contrastive", "ract"):
+            old_emb = frozen.model.apply(frozen.variables, x, train=False)["embedding"]
+
+        def loss_fn(params):
+            out, updates = model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                x,
+                train=True,
+                labels=y,
+                mutable=["batch_stats"],
+            )
+            ce = compat.cross_entropy(out["logits"], y)
+            emb = out["embedding"]
+            if method == "l2":
+                term = compat.l2_loss(emb, old_emb)
+            elif method in ("contrastive", "ract"):
+                term = compat.contrastive_loss(
+                    emb,
+                    old_emb,
+                    y,
+                    temperature=c.temperature,
+                    hard_negatives=c.hard_negatives,
+                    ract=method == "ract",
+                )
+            elif method in ("bct", "unibct"):
+                kind = "cosine" if method == "unibct" else frozen.kind
+                term = compat.influence_loss(
+                    emb, y, state["aux"]["classifier"], kind=kind, scale=frozen.scale
+                )
+            else:
+                term = jnp.zeros(())
+            return ce + c.weight * term, ({"ce": ce, "compat": term}, updates["batch_stats"])
+
+        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            **state,
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        return new_state, {"loss": total, **terms}
+
+    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def fit_stage(
+    config: ml_collections.ConfigDict,
+    stage: ml_collections.ConfigDict,
+    data: Labelled,
+    num_classes: int,
+    workdir: str,
+    mesh,
+    frozen: Frozen | None = None,
+) -> State:
+    """Trains (or resumes, or reuses) one model; `config.method` picks the compat term.
+
+    A stage directory records its own config in stage.json and refuses to be
+    reused by a run whose stage config differs.
+    """
+    method = config.method if frozen else "independent"
+    record = {
+        "method": method,
+        "stage": stage.to_dict(),
+        "data": config.data.to_dict(),
+        "split": config.split.to_dict(),
+        "optim": config.optim.to_dict(),
+        "train": config.train.to_dict(),
+        "compat": config.compat.to_dict() if frozen else None,
+        "seed": config.seed,
+    }
+    record = json.loads(json.dumps(record))
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "stage.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f) != record:
+                raise ConfigError(
+                    f"stage directory '{workdir}' holds a model trained with "
+                    "another config; use another directory"
+                )
+    else:
+        wd.write_json(path, record)
+
+    model = build(stage, num_classes)
+    steps = config.train.steps or max(
+        1, int(round(config.train.epochs * steps_per_epoch(len(data), config.train.batch_size)))
+    )
+    tx, schedule = make_optimizer(config.optim, steps)
+
+    def init(rng):
+        variables = model.init(rng, jnp.zeros((2, *data.x.shape[1:]), data.x.dtype))
+        return {
+            "params": variables["params"],
+            "batch_stats": variables["batch_stats"],
+            "opt_state": tx.init(variables["params"]),
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+    hook = None
+    if method in ("bct", "unibct"):
+        old_emb = frozen.embed(data.x, mesh, config.eval.batch_size)
+        classifier = compat.synthesize_classifier(frozen.weights, old_emb, data.y, frozen.seen)
+        state["aux"] = {"classifier": jax.device_put(classifier, sharding.replicated(mesh))}
+        if method == "unibct":
+
+            def hook(step, state):
+                if step % config.compat.refresh_every:
+                    return state
+                new_emb = embed(model, variables_of(state), data.x, mesh, config.eval.batch_size)
+                protos, present = compat.refine_prototypes(
+                    old_emb,
+                    new_emb,
+                    data.y,
+                    num_classes,
+                    lam=config.compat.unibct_lambda,
+                    temperature=config.compat.unibct_temperature,
+                )
+                refined = np.where(present[:, None], protos, classifier)
+                return {
+                    **state,
+                    "aux": {
+                        "classifier": jax.device_put(
+                            refined.astype(np.float32), sharding.replicated(mesh)
+                        )
+                    },
+                }
+
+    return train_loop(
+        state,
+        make_train_step(model, tx, method, config.compat, mesh, frozen),
+        lambda step: _batch(data, config, step),
+        workdir=workdir,
+        total=steps,
+        schedule=schedule,
+        mesh=mesh,
+        log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints,
+        hook=hook,
+    )
+
+
+def _batch(data: Labelled, config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
+    rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
+    return {"x": data.x[rows], "y": data.y[rows]}
+
+
+def evaluate(
+    config, models: dict[str, tuple[nn.Module, State]], data: Labelled, split, mesh
+) -> dict:
+    """The compatibility matrix of the old, new and paragon models on the held-out split."""
+    queries, gallery = data.subset(split.query), data.subset(split.gallery)
+    embeddings = {
+        name: tuple(
+            embed(model, variables_of(state), part.x, mesh, config.eval.batch_size)
+            for part in (queries, gallery)
+        )
+        for name, (model, state) in models.items()
+    }
+    return compatibility_matrix(
+        embeddings,
+        queries.y,
+        gallery.y,
+        ks=tuple(config.eval.ks),
+        fars=tuple(config.eval.fars),
+        mesh=mesh,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the old model (unless present), the new one and the paragon, then evaluates.
+
+    Raises:
+      DataError: on bad input data; ConfigError: on a bad config or a workdir
+        holding another run. Both before anything is written.
+    """
+    data = get_data(config.data)
+    split = universal_split(
+        data.y,
+        config.split.kind,
+        old_ratio=config.split.old_ratio,
+        eval_fraction=config.split.eval_fraction,
+        seed=config.seed,
+    )
+    validate(config)
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    sharding.check_batch_size(config.train.batch_size, mesh)
+    for part in ("old", "new"):
+        steps_per_epoch(len(getattr(split, part)), config.train.batch_size)
+    wd.prepare(workdir, to_dict(config))
+
+    classes = data.num_classes
+    old_data, new_data = data.subset(split.old), data.subset(split.new)
+    old_model = build(config.old, classes)
+    old_state = fit_stage(
+        config,
+        config.old,
+        old_data,
+        classes,
+        config.old_workdir or os.path.join(workdir, "old"),
+        mesh,
+    )
+    seen = np.bincount(old_data.y, minlength=classes) > 0
+    frozen = Frozen(old_model, old_state, seen, config.old.model.classifier, config.old.model.scale)
+    new_model = build(config.new, classes)
+    new_state = fit_stage(
+        config, config.new, new_data, classes, os.path.join(workdir, "new"), mesh, frozen
+    )
+    if config.method == "independent":
+        paragon_state = new_state
+    else:
+        paragon_state = fit_stage(
+            config,
+            config.new,
+            new_data,
+            classes,
+            config.paragon_workdir or os.path.join(workdir, "paragon"),
+            mesh,
+        )
+    models = {
+        "old": (old_model, old_state),
+        "new": (new_model, new_state),
+        "paragon": (new_model, paragon_state),
+    }
+    results = evaluate(config, models, data, split, mesh)
+    results["method"] = config.method
+    results["split"] = {"kind": split.kind, **split.accounting(data.y)}
+    wd.write_json(os.path.join(workdir, "results.json"), results)
+    wd.write_atomic(os.path.join(workdir, "results.md"), report.matrix_table(results) + "\n")
+    report.plot_matrix(os.path.join(workdir, "results.png"), results)
+    return results

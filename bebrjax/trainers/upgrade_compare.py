@@ -1,0 +1,61 @@
+"""Every compatibility method on one split, against one old model and one paragon.
+
+The contract of a trainer module: `train_and_evaluate(config, workdir)`.
+Each method runs as the `upgrade` trainer in `workdir/<method>`, sharing
+`workdir/old` and `workdir/paragon`, so the methods differ only in their
+compatibility loss. The comparison (mAP@R of every cell of the matrix, the
+new->old R@1, update gain and negative-flip rate) is written to
+results.json, results.md and results.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import ml_collections
+
+from bebrjax import report
+from bebrjax import workdir as wd
+from bebrjax.config import ConfigError, to_dict
+from bebrjax.data import get_data
+from bebrjax.data.upgrade_splits import universal_split
+from bebrjax.trainers import upgrade
+
+
+def method_configs(config: ml_collections.ConfigDict, workdir: str):
+    """The `upgrade` config of each method, sharing the old model and the paragon."""
+    out = {}
+    for method in config.methods:
+        sub = copy.deepcopy(config)
+        with sub.unlocked():
+            del sub.methods
+            sub.trainer = "upgrade"
+            sub.method = method
+            sub.old_workdir = os.path.join(workdir, "old")
+            sub.paragon_workdir = os.path.join(workdir, "paragon")
+        upgrade.validate(sub)
+        out[method] = sub
+    return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs every method of `config.methods` and writes the comparison."""
+    if not config.methods:
+        raise ConfigError("config key 'methods' is empty")
+    subs = method_configs(config, workdir)
+    data = get_data(config.data)  # validates the data before anything is written
+    universal_split(
+        data.y,
+        config.split.kind,
+        old_ratio=config.split.old_ratio,
+        eval_fraction=config.split.eval_fraction,
+        seed=config.seed,
+    )
+    wd.prepare(workdir, to_dict(config))
+    runs = {m: upgrade.train_and_evaluate(sub, os.path.join(workdir, m)) for m, sub in subs.items()}
+    results = {"split": config.split.kind, "methods": runs}
+    wd.write_json(os.path.join(workdir, "results.json"), results)
+    wd.write_atomic(os.path.join(workdir, "results.md"), report.comparison_table(runs) + "\n")
+    report.plot_comparison(os.path.join(workdir, "results.png"), runs, config.split.kind)
+    return results

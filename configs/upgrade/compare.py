@@ -1,0 +1,22 @@
+r"""Every compatibility method on one split, in one table.
+
+    python -m bebrjax.main --workdir DIR \
+      --config configs/upgrade/compare.py:split=extended_class
+
+Trains one old model and one paragon, then a new model per method
+(independent, l2, bct, contrastive, ract, unibct), each in DIR/<method>,
+and prints mAP@R of old/old, new/new, new->old and the paragon, new->old
+R@1, the update gain and the negative-flip rate of every method.
+
+Arguments after ':' as in the single-method configs (split, data, steps, devices).
+"""
+
+from bebrjax.trainers.upgrade import METHODS, config_from_arg
+
+
+def get_config(arg=None):
+    """The comparison config."""
+    config = config_from_arg("independent", arg)
+    config.trainer = "upgrade_compare"
+    config.methods = METHODS
+    return config

@@ -1,0 +1,23 @@
+r"""Model upgrade with the `independent` method.
+
+    python -m bebrjax.main --workdir DIR \
+      --config configs/upgrade/independent.py:split=extended_class
+
+Trains the old model (unless DIR/old holds it), the new model with the
+`independent` compatibility loss, and the independently trained paragon, then
+prints the compatibility matrix (mAP@R, R@k, TAR@FAR), the update gain and
+the negative-flip rate.
+
+Arguments after ':':
+  split: extended_data, extended_class (default), open_data or open_class.
+  data: classes (the synthetic default) or digits (scikit-learn's images).
+  steps: training steps of every stage (default 0 = `train.epochs` epochs).
+  devices: devices of the mesh (default 0 = all).
+"""
+
+from bebrjax.trainers.upgrade import config_from_arg
+
+
+def get_config(arg=None):
+    """The `independent` upgrade config."""
+    return config_from_arg("independent", arg)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import flax.linen as nn
@@ -117,12 +118,25 @@ def default_config(
     return c
 
 
-def configure_data(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """Switches the data set: "classes" (the default) or "digits" (8x8 images, ResNets)."""
+def configure_data(
+    config: ml_collections.ConfigDict, name: str, path: str = ""
+) -> ml_collections.ConfigDict:
+    """Switches the data set.
+
+    "classes" is the synthetic default; "digits" scikit-learn's 8x8 images,
+    with small ResNets; "labelled" a user's .npz of `x` and `y` at `path`,
+    with the MLP backbones (for images, set `--config.old.model.backbone=resnet`
+    and `--config.new.model.backbone=resnet` with their `backbone_args`).
+    """
     if name == "classes":
         return config
+    if name == "labelled":
+        config.data = dict(name="labelled", path=path, x_key="x", y_key="y")
+        return config
     if name != "digits":
-        raise ConfigError(f"config argument 'data' = {name!r}: expected 'classes' or 'digits'")
+        raise ConfigError(
+            f"config argument 'data' = {name!r}: expected 'classes', 'digits' or 'labelled'"
+        )
     config.data = dict(name="digits")
     config.old.model.backbone = "resnet"
     config.old.model.backbone_args = dict(stage_sizes=(1, 1), width=8)
@@ -134,11 +148,11 @@ def configure_data(config: ml_collections.ConfigDict, name: str) -> ml_collectio
 
 def config_from_arg(method: str, arg: str | None) -> ml_collections.ConfigDict:
     """The config of `configs/upgrade/<method>.py` for its `:arg` text."""
-    parsed = parse_arg(arg, split="extended_class", data="classes", steps=0, devices=0)
+    parsed = parse_arg(arg, split="extended_class", data="classes", path="", steps=0, devices=0)
     config = default_config(
         method=method, split=parsed.split, steps=parsed.steps, devices=parsed.devices
     )
-    return configure_data(config, parsed.data)
+    return configure_data(config, parsed.data, parsed.path)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -414,6 +428,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     classes = data.num_classes
     old_data, new_data = data.subset(split.old), data.subset(split.new)
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name], clock = round(now - clock, 1), now
+
     old_model = build(config.old, classes)
     old_state = fit_stage(
         config,
@@ -423,12 +444,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.old_workdir or os.path.join(workdir, "old"),
         mesh,
     )
+    lap("old")
     seen = np.bincount(old_data.y, minlength=classes) > 0
     frozen = Frozen(old_model, old_state, seen, config.old.model.classifier, config.old.model.scale)
     new_model = build(config.new, classes)
     new_state = fit_stage(
         config, config.new, new_data, classes, os.path.join(workdir, "new"), mesh, frozen
     )
+    lap("new")
     if config.method == "independent":
         paragon_state = new_state
     else:
@@ -446,7 +469,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "paragon": (new_model, paragon_state),
     }
     results = evaluate(config, models, data, split, mesh)
+    lap("evaluation")
     results["method"] = config.method
+    results["seconds"] = seconds
     results["split"] = {"kind": split.kind, **split.accounting(data.y)}
     wd.write_json(os.path.join(workdir, "results.json"), results)
     wd.write_atomic(os.path.join(workdir, "results.md"), report.matrix_table(results) + "\n")

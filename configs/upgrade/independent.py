@@ -10,7 +10,9 @@ the negative-flip rate.
 
 Arguments after ':':
   split: extended_data, extended_class (default), open_data or open_class.
-  data: classes (the synthetic default) or digits (scikit-learn's images).
+  data: classes (the synthetic default), digits (scikit-learn's images) or
+    labelled (your .npz of `x` [N, d] or uint8 [N, H, W, C] and int `y` [N]).
+  path: the .npz file, with data=labelled.
   steps: training steps of every stage (default 0 = `train.epochs` epochs).
   devices: devices of the mesh (default 0 = all).
 """

@@ -1,0 +1,141 @@
+"""The upgrade protocol: metrics by hand, the method orderings, the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from bebrjax.config import ConfigError, apply_overrides, load_config
+from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
+from bebrjax.trainers import upgrade, upgrade_compare
+
+# Three gallery items on the unit circle; labels a=0, b=1.
+GALLERY = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+G_LABELS = np.array([0, 1, 0])
+
+
+def test_map_at_r_recall_and_tar_by_hand():
+    # query 0 (label 0) at angle 0: order 0 (rel), 2 (rel), 1 -> R=2, AP@R = (1 + 1) / 2 = 1.
+    # query 1 (label 0) near (0, 1): order 1 (irr), 2 (rel), 0 (rel) -> P@2 = 1/2, AP@R = 0.25.
+    # query 2 (label 1) at (1, 0): order 0, 2, 1 (rel at 3) -> R=1, AP@R = 0; R@1 = 0, R@5 = 1.
+    queries = np.array([[1.0, 0.0], [0.1, 1.0], [1.0, 0.0]], np.float32)
+    q_labels = np.array([0, 0, 1])
+    metrics, top1 = retrieval_metrics(queries, q_labels, GALLERY, G_LABELS, ks=(1, 5), fars=(0.25,))
+    assert metrics["mAP@R"] == pytest.approx((1 + 0.25 + 0) / 3)
+    assert metrics["R@1"] == pytest.approx(1 / 3) and metrics["R@5"] == 1.0
+    assert top1.tolist() == [True, False, False]
+    # genuine scores: q0: 1, 0.6; q1: ~0.1, ~0.85; q2: 0. Impostors: q0: 0; q1: ~0.99; q2: 1, 0.6.
+    # FAR 0.25 of 4 impostors -> threshold = 2nd highest impostor (0.99): TAR = 1/5.
+    assert metrics["TAR@FAR=0.25"] == pytest.approx(1 / 5)
+
+
+def test_flip_rate_gain_and_width_fitting():
+    q_labels = np.array([0, 1, 0])
+    old_q = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # right, right, wrong
+    new_q = np.array([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0], [1.0, 0.0, 5.0]], np.float32)
+    # new queries are 3-d: truncated to the old gallery's 2 dims -> wrong, right, right.
+    out = compatibility_matrix(
+        {
+            "old": (old_q, GALLERY),
+            "new": (new_q, GALLERY[:, [0, 1, 1]]),
+            "paragon": (old_q, GALLERY),
+        },
+        q_labels,
+        G_LABELS,
+        ks=(1,),
+        fars=(0.5,),
+    )
+    assert out["negative_flip_rate"] == pytest.approx(1 / 3)
+    assert out["matrix"]["new->old"]["R@1"] == pytest.approx(2 / 3)
+    assert np.isnan(out["update_gain"])  # paragon equal to old/old: no room to gain
+
+
+def small_compare_config(*extra):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/compare.py"))
+    apply_overrides(
+        config,
+        [
+            "train.steps=120",
+            "data.num_classes=40",
+            "data.per_class=40",
+            "new.model.backbone_args.widths=(256,)",
+            "mesh.num_devices=1",
+            "train.log_every=50",
+            *extra,
+        ],
+    )
+    with config.unlocked():
+        config.methods = ("independent", "l2", "bct", "unibct")
+    return config
+
+
+def test_method_orderings_on_the_synthetic_default(tmp_path):
+    runs = upgrade_compare.train_and_evaluate(small_compare_config(), str(tmp_path))["methods"]
+
+    def cross(method):
+        return runs[method]["matrix"]["new->old"]["mAP@R"]
+
+    old = runs["bct"]["matrix"]["old/old"]["mAP@R"]
+    assert cross("bct") > old  # BCT meets the compatibility criterion
+    assert cross("independent") < 0.05  # near chance (40 classes)
+    assert cross("l2") < cross("bct")
+    assert cross("unibct") >= cross("bct")
+    assert len({r["matrix"]["old/old"]["mAP@R"] for r in runs.values()}) == 1  # one old model
+    for name in (
+        "results.json",
+        "results.md",
+        "results.png",
+        "old/stage.json",
+        "bct/results.png",
+        "paragon/checkpoints",
+    ):
+        assert (tmp_path / name).exists(), name
+    assert (
+        json.loads((tmp_path / "bct/results.json").read_text())["split"]["kind"] == "extended_class"
+    )
+
+
+def test_a_stage_refuses_reuse_under_another_config(tmp_path):
+    config = small_compare_config("train.steps=2")
+    sub = upgrade_compare.method_configs(config, str(tmp_path))["independent"]
+    upgrade.train_and_evaluate(sub, str(tmp_path / "a"))
+    apply_overrides(sub, ["old.model.embedding_dim=16"])
+    with pytest.raises(ConfigError, match="holds a model trained with another config"):
+        upgrade.train_and_evaluate(sub, str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.ones((10, 3)), "labels": np.zeros(10, int)}, "no array 'y'"),
+        ({"x": np.ones((10, 3), np.int32), "y": np.zeros(10, int)}, "floating point"),
+        ({"x": np.ones((10, 3)), "y": np.zeros(9, int)}, "expected [10]"),
+        ({"x": np.full((10, 3), np.inf), "y": np.zeros(10, int)}, "non-finite"),
+    ],
+)
+def test_bad_labelled_input_exits_nonzero_and_writes_nothing(tmp_path, arrays, message):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bebrjax.main",
+            "--workdir",
+            str(workdir),
+            "--config",
+            f"configs/upgrade/bct.py:data=labelled,path={path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert proc.returncode == 2 and message in proc.stderr and str(path) in proc.stderr
+    assert not workdir.exists()

@@ -40,7 +40,7 @@ from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
 from bebrjax.optim import make_optimizer
 from bebrjax.search import scoring
-from bebrjax.trainers.loop import train_loop
+from bebrjax.trainers.loop import batched_apply, train_loop, variables_of
 
 State = dict[str, Any]
 
@@ -268,20 +268,9 @@ def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int)
       A `BinarizerOutput` of numpy arrays: code [N, m] and planes [N, u+1, m]
       (None for the float baseline).
     """
-    devices = mesh.shape[sharding.DATA_AXIS]
-    batch_size = -(-batch_size // devices) * devices
-    apply = jax.jit(
-        lambda v, xb: model.apply(v, xb, train=False),
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-        out_shardings=sharding.batch_sharded(mesh),
+    return batched_apply(
+        lambda v, xb: model.apply(v, xb, train=False), variables_of(state), x, mesh, batch_size
     )
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start : start + batch_size]
-        padded = np.pad(chunk, ((0, batch_size - len(chunk)), (0, 0)))
-        out.append(jax.tree.map(np.asarray, apply(variables, padded)))
-    return jax.tree.map(lambda *parts: np.concatenate(parts)[: x.shape[0]], *out)
 
 
 def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_collections.ConfigDict:

@@ -47,7 +47,7 @@ from bebrjax.losses import compat
 from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer
-from bebrjax.trainers.loop import train_loop
+from bebrjax.trainers.loop import batched_apply, train_loop, variables_of
 
 State = dict[str, Any]
 METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
@@ -184,24 +184,9 @@ def build(stage: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
 
 def embed(model: nn.Module, variables: dict, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
     """Eval-mode embeddings of `x`, batch by batch on the mesh."""
-    devices = mesh.shape[sharding.DATA_AXIS]
-    batch_size = -(-batch_size // devices) * devices
-    apply = jax.jit(
-        lambda v, xb: model.apply(v, xb, train=False)["embedding"],
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-        out_shardings=sharding.batch_sharded(mesh),
+    return batched_apply(
+        lambda v, xb: model.apply(v, xb, train=False)["embedding"], variables, x, mesh, batch_size
     )
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
-        out.append(np.asarray(apply(variables, np.pad(chunk, pad))))
-    return np.concatenate(out)[: len(x)]
-
-
-def variables_of(state: State) -> dict:
-    """The flax variables of a train state."""
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
 class Frozen:
@@ -463,6 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config.paragon_workdir or os.path.join(workdir, "paragon"),
             mesh,
         )
+    lap("paragon")
     models = {
         "old": (old_model, old_state),
         "new": (new_model, new_state),

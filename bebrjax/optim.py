@@ -9,6 +9,30 @@ import optax
 from bebrjax.config import ConfigError
 
 
+def optim_config(**overrides) -> dict:
+    """The `optim` section of a config: BEBR's reference recipe, with `overrides`.
+
+    SGD with Nesterov momentum 0.9, lr 0.08, weight decay 1e-3 (matrices
+    only), global-norm clip 5, x0.1 at 60% of training, no warm-up.
+    """
+    section = dict(
+        name="sgd",
+        lr=0.08,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-3,
+        clip_norm=5.0,
+        schedule="step",
+        decay_at=(0.6,),
+        decay_factor=0.1,
+        warmup_steps=0,
+    )
+    unknown = set(overrides) - set(section)
+    if unknown:
+        raise ValueError(f"optim_config: unknown keys {sorted(unknown)}")
+    return {**section, **overrides}
+
+
 def decay_mask(params):
     """True for weight matrices; biases and normalization parameters get no decay."""
     return jax.tree.map(lambda p: p.ndim > 1, params)

@@ -38,9 +38,9 @@ from bebrjax.data.splits import train_eval_split
 from bebrjax.evaluators import retrieval
 from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
-from bebrjax.optim import make_optimizer
+from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
-from bebrjax.trainers.loop import batched_apply, train_loop, variables_of
+from bebrjax.trainers.loop import batched_apply, train_config, train_loop, variables_of
 
 State = dict[str, Any]
 
@@ -77,26 +77,8 @@ def default_config(
     # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
     # code, which the reference lr of 0.08 (tuned for random init) wrecks in the
     # first steps. With model.skip=False, use lr=0.08 as in the reference.
-    c.optim = dict(
-        name="sgd",
-        lr=0.002,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=1e-3,
-        clip_norm=5.0,
-        schedule="step",
-        decay_at=(0.6,),
-        decay_factor=0.1,
-        warmup_steps=0,
-    )
-    c.train = dict(
-        batch_size=512,
-        epochs=10.0,
-        steps=steps,
-        log_every=20,
-        checkpoint_every=200,
-        keep_checkpoints=2,
-    )
+    c.optim = optim_config(lr=0.002)
+    c.train = train_config(steps=steps)
     c.mesh = dict(num_devices=devices)
     # kernel: SDC/Hamming scoring, "auto" (popcount on CPU, int8 matmul on GPU/TPU),
     # "popcount" or "matmul"; all give identical results.

@@ -26,6 +26,26 @@ from bebrjax import workdir as wd
 State = dict[str, Any]
 
 
+def train_config(**overrides) -> dict:
+    """The `train` section of a config, with `overrides`.
+
+    batch_size, epochs (used when steps is 0), steps, log_every,
+    checkpoint_every, keep_checkpoints.
+    """
+    section = dict(
+        batch_size=512,
+        epochs=10.0,
+        steps=0,
+        log_every=20,
+        checkpoint_every=200,
+        keep_checkpoints=2,
+    )
+    unknown = set(overrides) - set(section)
+    if unknown:
+        raise ValueError(f"train_config: unknown keys {sorted(unknown)}")
+    return {**section, **overrides}
+
+
 def train_loop(
     state: State,
     train_step: Callable[[State, Any], tuple[State, dict[str, jax.Array]]],

@@ -46,8 +46,8 @@ from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.losses import compat
 from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
-from bebrjax.optim import make_optimizer
-from bebrjax.trainers.loop import batched_apply, train_loop, variables_of
+from bebrjax.optim import make_optimizer, optim_config
+from bebrjax.trainers.loop import batched_apply, train_config, train_loop, variables_of
 
 State = dict[str, Any]
 METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
@@ -91,26 +91,8 @@ def default_config(
         unibct_temperature=0.05,
         refresh_every=50,
     )
-    c.optim = dict(
-        name="adamw",
-        lr=2e-3,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=1e-4,
-        clip_norm=5.0,
-        schedule="cosine",
-        decay_at=(0.6,),
-        decay_factor=0.1,
-        warmup_steps=0,
-    )
-    c.train = dict(
-        batch_size=256,
-        epochs=30.0,
-        steps=steps,
-        log_every=20,
-        checkpoint_every=200,
-        keep_checkpoints=2,
-    )
+    c.optim = optim_config(name="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine")
+    c.train = train_config(batch_size=256, epochs=30.0, steps=steps)
     c.mesh = dict(num_devices=devices)
     c.eval = dict(ks=(1, 5, 10), fars=(1e-2, 1e-3), batch_size=1024)
     c.old_workdir = ""
@@ -147,7 +129,18 @@ def configure_data(
 
 
 def config_from_arg(method: str, arg: str | None) -> ml_collections.ConfigDict:
-    """The config of `configs/upgrade/<method>.py` for its `:arg` text."""
+    """The config of `configs/upgrade/<method>.py` for its `:arg` text.
+
+    Each config trains the old model (unless its directory holds it), the new
+    model with `method`'s compatibility loss and the paragon, then prints the
+    compatibility matrix. Arguments after ':' (e.g. `split=open_class,steps=300`):
+      split: extended_data, extended_class (default), open_data or open_class.
+      data: classes (the synthetic default), digits (scikit-learn's images) or
+        labelled (your .npz of `x` [N, d] or uint8 [N, H, W, C] and int `y` [N]).
+      path: the .npz file, with data=labelled.
+      steps: training steps of every stage (default 0 = `train.epochs` epochs).
+      devices: devices of the mesh (default 0 = all).
+    """
     parsed = parse_arg(arg, split="extended_class", data="classes", path="", steps=0, devices=0)
     config = default_config(
         method=method, split=parsed.split, steps=parsed.steps, devices=parsed.devices

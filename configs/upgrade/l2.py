@@ -1,24 +1,13 @@
-r"""Model upgrade with the `l2` method.
+r"""The L2 baseline: ||phi_new(x) - phi_old(x)||^2 beside the new model's own loss.
 
-    python -m bebrjax.main --config configs/upgrade/l2.py:split=extended_class --workdir DIR
+    python -m bebrjax.main --workdir DIR --config configs/upgrade/l2.py:split=extended_class
 
-Trains the old model (unless DIR/old holds it), the new model with the
-`l2` compatibility loss, and the independently trained paragon, then
-prints the compatibility matrix (mAP@R, R@k, TAR@FAR), the update gain and
-the negative-flip rate.
-
-Arguments after ':':
-  split: extended_data, extended_class (default), open_data or open_class.
-  data: classes (the synthetic default), digits (scikit-learn's images) or
-    labelled (your .npz of `x` [N, d] or uint8 [N, H, W, C] and int `y` [N]).
-  path: the .npz file, with data=labelled.
-  steps: training steps of every stage (default 0 = `train.epochs` epochs).
-  devices: devices of the mesh (default 0 = all).
+Arguments after ':': see `bebrjax.trainers.upgrade.config_from_arg`.
 """
 
 from bebrjax.trainers.upgrade import config_from_arg
 
 
 def get_config(arg=None):
-    """The `l2` upgrade config."""
+    """The config."""
     return config_from_arg("l2", arg)

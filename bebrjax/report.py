@@ -103,9 +103,11 @@ def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") ->
     image = ax.imshow(
         grid, vmin=0, vmax=max(1e-6, max(map(max, grid)), matrix["paragon"][metric]), cmap="viridis"
     )
+    top = image.get_clim()[1]
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{grid[i][j]:.3f}", ha="center", va="center", color="w")
+            color = "k" if grid[i][j] > 0.6 * top else "w"
+            ax.text(j, i, f"{grid[i][j]:.3f}", ha="center", va="center", color=color)
     ax.set_xticks([0, 1], ["old gallery", "new gallery"])
     ax.set_yticks([0, 1], ["old queries", "new queries"])
     ax.set_title(f"{results.get('method', '')}: {metric} (paragon {matrix['paragon'][metric]:.3f})")

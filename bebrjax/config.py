@@ -13,7 +13,7 @@ import ast
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -163,6 +163,38 @@ def lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+Rule = tuple[str, Callable[[Any], bool], str]
+
+# Rules every trainer shares: the `train` and `eval` sections.
+TRAIN_RULES: tuple[Rule, ...] = (
+    ("train.batch_size", lambda v: v > 0, "> 0"),
+    ("train.epochs", lambda v: v > 0, "> 0"),
+    ("train.steps", lambda v: v >= 0, ">= 0 (0: train.epochs epochs)"),
+    ("train.log_every", lambda v: v > 0, "> 0"),
+    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
+    ("train.keep_checkpoints", lambda v: v > 0, "> 0"),
+    ("eval.ks", lambda v: len(v) > 0 and min(v) > 0, "positive integers"),
+    ("eval.batch_size", lambda v: v > 0, "> 0"),
+)
+
+
+def check_rules(config: ml_collections.ConfigDict, rules: Iterable[Rule]) -> None:
+    """Raises ConfigError naming the first key whose value breaks its rule.
+
+    Args:
+      config: the config to check.
+      rules: (dotted key, predicate, what the value must be).
+    """
+    for key, ok, need in rules:
+        value = lookup(config, key)
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"config key '{key}' = {value!r}: must be {need}")
 
 
 def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,6 +188,16 @@ def test_truncated_and_foreign_files(tmp_path):
         BinaryIndex.load(str(path))
     np.save(codes, np.zeros((49, 2, 1), np.uint32))
     with pytest.raises(IndexFormatError, match="truncated"):
+        BinaryIndex.load(str(path))
+    np.save(codes, np.zeros((50, 2, 1), np.float32))
+    with pytest.raises(IndexFormatError, match="dtype float32"):
+        BinaryIndex.load(str(path))
+    header = json.loads((path / "header.json").read_text())
+    (path / "header.json").write_text(json.dumps({**header, "words_per_plane": 2}))
+    with pytest.raises(IndexFormatError, match="words_per_plane=2 does not fit m=12"):
+        BinaryIndex.load(str(path))
+    (path / "header.json").write_text(json.dumps({**header, "u": 9}))
+    with pytest.raises(IndexFormatError, match="u=9"):
         BinaryIndex.load(str(path))
     (path / "header.json").write_text('{"format": "faiss"}')
     with pytest.raises(IndexFormatError, match="not a bebrjax.BinaryIndex"):

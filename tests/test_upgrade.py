@@ -148,3 +148,37 @@ def test_bct_is_compatible_on_digits(tmp_path):
     results = upgrade.train_and_evaluate(config, str(tmp_path))
     assert results["compatible"]
     assert results["matrix"]["new->old"]["mAP@R"] > results["matrix"]["old/old"]["mAP@R"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("compat.unibct_lambda=1.0", "'compat.unibct_lambda' = 1.0: must be in [0, 1)"),
+        ("old.model.backbone=vit", "'old.model.backbone' = 'vit'"),
+        ("eval.fars=(0.1,2.0)", "'eval.fars'"),
+        ("train.log_every=0", "'train.log_every' = 0"),
+        ("method=bogus", "'method' = 'bogus'"),
+    ],
+)
+def test_upgrade_config_errors_name_the_key(override, message):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/bct.py"))
+    apply_overrides(config, [override])
+    with pytest.raises(ConfigError) as info:
+        upgrade.validate(config)
+    assert message in str(info.value)
+
+
+def test_image_backbone_argument_and_wrong_kind_of_data():
+    config = load_config(os.path.join(ROOT, "configs/upgrade/bct.py:backbone=resnet"))
+    assert config.new.model.backbone == "resnet" and "stage_sizes" in config.new.model.backbone_args
+    config = load_config(os.path.join(ROOT, "configs/upgrade/bct.py"))
+    config.data = load_config(os.path.join(ROOT, "configs/bebr/demo.py")).data
+    with pytest.raises(ConfigError, match="upgrades train on labelled data"):
+        upgrade.load_labelled(config)
+
+
+def test_tar_at_far_is_nan_without_impostors():
+    from bebrjax.evaluators.compatibility import tar_at_far
+
+    x = np.eye(3, dtype=np.float32)
+    assert np.isnan(tar_at_far(x, np.zeros(3, int), x, np.zeros(3, int), [0.1])["TAR@FAR=0.1"])

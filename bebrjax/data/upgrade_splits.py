@@ -1,7 +1,8 @@
 """The universal upgrade splits (UniBCT): old and new training sets, and a held-out eval.
 
-First, `eval_fraction` of the items of every class is held out, half as
-queries and half as gallery, so every class is evaluated, old or new. The
+First, `eval_fraction` of the items of every class with at least 3 items
+(and never fewer than 2) is held out, half as queries and half as gallery,
+so every such class is evaluated, old or new. The
 rest (the pool) is split by `kind`, with `old_ratio` (0.3 by default):
 
 | kind           | old training set                       | new training set            |

@@ -50,9 +50,10 @@ def tar_at_far(
     """True-accept rate at each false-accept rate over all query-gallery pairs.
 
     Verification is pairwise by nature: scores of every pair are formed block
-    by block (memory O(block x gallery)) and split into genuine (same label)
-    and impostor pairs; the threshold for FAR f is the impostor score that
-    a fraction f of impostors exceeds.
+    by block and split into genuine (same label) and impostor pairs, which
+    are kept (memory O(queries x gallery) floats); the threshold for FAR f is
+    the impostor score that a fraction f of impostors exceeds. Without
+    genuine or impostor pairs the rate is undefined (NaN).
     """
     genuine, impostor = [], []
     for start in range(0, len(queries), block):
@@ -61,6 +62,8 @@ def tar_at_far(
         genuine.append(scores[same])
         impostor.append(scores[~same])
     genuine, impostor = np.concatenate(genuine), np.sort(np.concatenate(impostor))[::-1]
+    if not len(genuine) or not len(impostor):
+        return {f"TAR@FAR={far:g}": float("nan") for far in fars}
     out = {}
     for far in fars:
         index = min(int(far * len(impostor)), len(impostor) - 1)

@@ -18,7 +18,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Maps [N, d] features to [N, widths[-1]]."""
+        """Maps [N, d] features (or uint8 images, flattened and scaled) to [N, widths[-1]]."""
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
             x = nn.Dense(width, kernel_init=xavier_normal)(x)

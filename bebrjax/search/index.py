@@ -282,13 +282,23 @@ class BinaryIndex(_BlockedIndex):
                 f"{path}: format version {header.get('version')} is not "
                 f"supported (this bebrjax reads version {VERSION})"
             )
-        index = cls(header["m"], header["u"], header["metric"], **kwargs)
+        missing = {"m", "u", "metric", "count", "words_per_plane"} - set(header)
+        if missing:
+            raise IndexFormatError(f"{path}: header.json lacks {', '.join(sorted(missing))}")
+        try:
+            index = cls(header["m"], header["u"], header["metric"], **kwargs)
+        except ValueError as e:
+            raise IndexFormatError(f"{path}: header.json: {e}") from None
+        if header["words_per_plane"] != codes_lib.num_words(index.m):
+            raise IndexFormatError(
+                f"{path}: words_per_plane={header['words_per_plane']} does not fit m={index.m}"
+            )
         want = {
-            "codes.npy": (header["count"], header["u"] + 1, header["words_per_plane"]),
-            "inv_norms.npy": (header["count"],),
+            "codes.npy": ((header["count"], header["u"] + 1, header["words_per_plane"]), "<u4"),
+            "inv_norms.npy": ((header["count"],), "<f4"),
         }
         arrays = {}
-        for name, shape in want.items():
+        for name, (shape, dtype) in want.items():
             try:
                 arrays[name] = np.load(os.path.join(path, name), mmap_mode="r")
             except (OSError, ValueError, EOFError) as e:
@@ -298,12 +308,21 @@ class BinaryIndex(_BlockedIndex):
                     f"{path}: {name} has shape {list(arrays[name].shape)}, "
                     f"the header says {list(shape)} (truncated?)"
                 )
+            if arrays[name].dtype != np.dtype(dtype):
+                raise IndexFormatError(
+                    f"{path}: {name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}"
+                )
         index._words, index._inv_norms = arrays["codes.npy"], arrays["inv_norms.npy"]
         return index
 
 
 class FloatIndex(_BlockedIndex):
     """Exact inner-product search over float32 vectors (the reference path).
+
+    Exact up to float32 rounding: the documents of the best groups are scored
+    a second time by a differently shaped product, whose last bit can differ
+    from the first pass's, so near-ties (within an ulp) may order either way.
+    Binary codes have no such caveat: their scores are exact integers.
 
     Args:
       dim: vector width.

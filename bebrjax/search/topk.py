@@ -7,7 +7,9 @@ only each group's best score joins a running top-k of *groups*. At the end
 the documents of the k best groups are scored again and the top k of those
 is the answer. Memory is O(block + k * group), whatever the gallery size.
 
-Why it is exact: a document in the true top k has at most k-1 documents
+Why it is exact (bit for bit when scores are computed exactly, as SDC and
+Hamming scores are; up to float rounding for float inner products, whose
+second pass may round differently): a document in the true top k has at most k-1 documents
 ahead of it, and every group ranked ahead of its own group (by best score,
 then by lower id) holds a distinct one of them, so its group is among the
 k best. Why ties go to the lower id, as in faiss: `lax.top_k` is stable, the

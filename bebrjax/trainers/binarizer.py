@@ -31,7 +31,7 @@ import optax
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, import_plugin, lookup, to_dict
+from bebrjax.config import TRAIN_RULES, ConfigError, check_rules, import_plugin, to_dict
 from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.batching import batch_indices, steps_per_epoch
 from bebrjax.data.splits import train_eval_split
@@ -280,8 +280,8 @@ def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 _RULES = (
-    ("model.code_dim", lambda v: v > 0, "> 0"),
-    ("model.loops", lambda v: v >= 0, ">= 0"),
+    ("model.code_dim", lambda v: 0 < v <= 65535, "in [1, 65535] (the search index's range)"),
+    ("model.loops", lambda v: 0 <= v <= 3, "in [0, 3] (bits per dimension 1..4)"),
     ("model.hidden", lambda v: v >= 0, ">= 0 (0: max(d, m))"),
     ("model.depth", lambda v: v >= 0, ">= 0"),
     ("loss.pair_weight", lambda v: v >= 0, ">= 0"),
@@ -290,28 +290,22 @@ _RULES = (
     ("loss.teacher_temperature", lambda v: v > 0, "> 0"),
     ("loss.student_temperature", lambda v: v > 0, "> 0"),
     ("loss.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
-    ("train.steps", lambda v: v > 0, "> 0"),
-    ("train.log_every", lambda v: v > 0, "> 0"),
-    ("train.checkpoint_every", lambda v: v > 0, "> 0"),
-    ("train.keep_checkpoints", lambda v: v > 0, "> 0"),
-    ("eval.ks", lambda v: len(v) > 0 and min(v) > 0, "positive integers"),
-    ("eval.batch_size", lambda v: v > 0, "> 0"),
     ("eval.kernel", lambda v: v in ("auto", *scoring.KERNELS), "'auto', 'popcount' or 'matmul'"),
 )
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks a resolved config before anything is written.
+def validate(config: ml_collections.ConfigDict, train_pairs: int) -> None:
+    """Checks a resolved config against the training set size, before anything is written.
 
     Raises:
       ConfigError: naming the first key whose value cannot be used.
     """
-    for key, ok, need in _RULES:
-        value = lookup(config, key)
-        if not ok(value):
-            raise ConfigError(f"config key '{key}' = {value!r}: must be {need}")
+    check_rules(config, (*TRAIN_RULES, *_RULES))
+    if config.eval.hash and config.model.code_dim * (config.model.loops + 1) > 65535:
+        raise ConfigError("eval.hash: the same-bits hash needs m(u+1) <= 65535 bits")
     if not (config.loss.pair_weight or config.loss.distill_weight):
         raise ConfigError("loss.pair_weight and loss.distill_weight are both 0: nothing to train")
+    steps_per_epoch(train_pairs, config.train.batch_size)
     make_optimizer(config.optim, config.train.steps)
 
 
@@ -385,6 +379,11 @@ def train_and_evaluate(
       ConfigError: when `workdir` holds a run with another config.
     """
     data = get_data(config.data)
+    if not isinstance(data, PairedEmbeddings):
+        raise ConfigError(
+            f"data.name={config.data.name!r} gives {type(data).__name__}; "
+            "the binarizer trains on paired embeddings"
+        )
     train_rows, eval_rows = train_eval_split(
         len(data),
         eval_fraction=config.split.eval_fraction,
@@ -393,7 +392,7 @@ def train_and_evaluate(
     )
     train_data, eval_data = data.subset(train_rows), data.subset(eval_rows)
     config = resolve(config, train_data)
-    validate(config)
+    validate(config, len(train_data))
     mesh = sharding.make_mesh(config.mesh.num_devices)
     sharding.check_batch_size(config.train.batch_size, mesh)
     wd.prepare(workdir, to_dict(config))

@@ -105,7 +105,7 @@ def train_loop(
         state, metrics = train_step(state, put(batch_fn(step)))
         done = step + 1
         checkpoint.save(mngr, done, state, force=done in (end, total))
-        if done % log_every == 0 or done == end:
+        if done % log_every == 0 or done == total:  # a stop mid-interval logs nothing extra
             record = {k: float(v) for k, v in metrics.items()}
             now = time.perf_counter()
             record.update(

@@ -37,13 +37,14 @@ import optax
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, parse_arg, to_dict
+from bebrjax.config import TRAIN_RULES, ConfigError, check_rules, parse_arg, to_dict
 from bebrjax.data import get_data
 from bebrjax.data.batching import batch_indices, steps_per_epoch
 from bebrjax.data.labelled import Labelled
 from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.losses import compat
+from bebrjax.models.backbones import BACKBONES
 from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer, optim_config
@@ -100,15 +101,24 @@ def default_config(
     return c
 
 
+def use_resnets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Small CIFAR-style ResNets for image data: old (1, 1) x 8 wide, new (2, 2) x 16."""
+    config.old.model.backbone = "resnet"
+    config.old.model.backbone_args = ml_collections.ConfigDict(dict(stage_sizes=(1, 1), width=8))
+    config.new.model.backbone = "resnet"
+    config.new.model.backbone_args = ml_collections.ConfigDict(dict(stage_sizes=(2, 2), width=16))
+    config.train.batch_size = 128
+    return config
+
+
 def configure_data(
     config: ml_collections.ConfigDict, name: str, path: str = ""
 ) -> ml_collections.ConfigDict:
     """Switches the data set.
 
     "classes" is the synthetic default; "digits" scikit-learn's 8x8 images,
-    with small ResNets; "labelled" a user's .npz of `x` and `y` at `path`,
-    with the MLP backbones (for images, set `--config.old.model.backbone=resnet`
-    and `--config.new.model.backbone=resnet` with their `backbone_args`).
+    with small ResNets; "labelled" a user's .npz of `x` and `y` at `path`
+    (with the MLP backbones; pass `backbone=resnet` for images).
     """
     if name == "classes":
         return config
@@ -120,12 +130,7 @@ def configure_data(
             f"config argument 'data' = {name!r}: expected 'classes', 'digits' or 'labelled'"
         )
     config.data = dict(name="digits")
-    config.old.model.backbone = "resnet"
-    config.old.model.backbone_args = dict(stage_sizes=(1, 1), width=8)
-    config.new.model.backbone = "resnet"
-    config.new.model.backbone_args = dict(stage_sizes=(2, 2), width=16)
-    config.train.batch_size = 128
-    return config
+    return use_resnets(config)
 
 
 def config_from_arg(method: str, arg: str | None) -> ml_collections.ConfigDict:
@@ -138,35 +143,55 @@ def config_from_arg(method: str, arg: str | None) -> ml_collections.ConfigDict:
       data: classes (the synthetic default), digits (scikit-learn's images) or
         labelled (your .npz of `x` [N, d] or uint8 [N, H, W, C] and int `y` [N]).
       path: the .npz file, with data=labelled.
+      backbone: "mlp" or "resnet" (for images); default: the data set's own.
       steps: training steps of every stage (default 0 = `train.epochs` epochs).
       devices: devices of the mesh (default 0 = all).
     """
-    parsed = parse_arg(arg, split="extended_class", data="classes", path="", steps=0, devices=0)
+    parsed = parse_arg(
+        arg, split="extended_class", data="classes", path="", backbone="", steps=0, devices=0
+    )
     config = default_config(
         method=method, split=parsed.split, steps=parsed.steps, devices=parsed.devices
     )
-    return configure_data(config, parsed.data, parsed.path)
+    config = configure_data(config, parsed.data, parsed.path)
+    if parsed.backbone == "resnet":
+        use_resnets(config)
+    elif parsed.backbone not in ("", "mlp"):
+        raise ConfigError(
+            f"config argument 'backbone' = {parsed.backbone!r}: expected 'mlp' or 'resnet'"
+        )
+    return config
+
+
+_RULES = (
+    ("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
+    *(
+        rule
+        for stage in ("old", "new")
+        for rule in (
+            (f"{stage}.model.backbone", lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+            (
+                f"{stage}.model.classifier",
+                lambda v: v in CLASSIFIERS,
+                f"one of {', '.join(CLASSIFIERS)}",
+            ),
+            (f"{stage}.model.embedding_dim", lambda v: v > 0, "> 0"),
+            (f"{stage}.model.scale", lambda v: v > 0, "> 0"),
+        )
+    ),
+    ("compat.weight", lambda v: v >= 0, ">= 0"),
+    ("compat.temperature", lambda v: v > 0, "> 0"),
+    ("compat.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("compat.unibct_lambda", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("compat.unibct_temperature", lambda v: v > 0, "> 0"),
+    ("compat.refresh_every", lambda v: v > 0, "> 0"),
+    ("eval.fars", lambda v: len(v) > 0 and all(0 < f < 1 for f in v), "rates in (0, 1)"),
+)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first unusable key."""
-    if config.method not in METHODS:
-        raise ConfigError(
-            f"config key 'method' = {config.method!r}: expected one of {', '.join(METHODS)}"
-        )
-    for stage in ("old", "new"):
-        model = config[stage].model
-        if model.classifier not in CLASSIFIERS:
-            raise ConfigError(
-                f"config key '{stage}.model.classifier' = {model.classifier!r}: "
-                f"expected one of {', '.join(CLASSIFIERS)}"
-            )
-        if model.embedding_dim <= 0:
-            raise ConfigError(f"config key '{stage}.model.embedding_dim' must be > 0")
-    if config.compat.weight < 0 or config.compat.temperature <= 0:
-        raise ConfigError("config keys 'compat.weight' >= 0 and 'compat.temperature' > 0")
-    if config.compat.refresh_every <= 0:
-        raise ConfigError("config key 'compat.refresh_every' must be > 0")
+    check_rules(config, (*TRAIN_RULES, *_RULES))
     make_optimizer(config.optim, 10)
 
 
@@ -278,7 +303,7 @@ def fit_stage(
         "data": config.data.to_dict(),
         "split": config.split.to_dict(),
         "optim": config.optim.to_dict(),
-        "train": config.train.to_dict(),
+        "train": {k: config.train[k] for k in ("batch_size", "epochs", "steps")},
         "compat": config.compat.to_dict() if frozen else None,
         "seed": config.seed,
     }
@@ -382,14 +407,19 @@ def evaluate(
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains the old model (unless present), the new one and the paragon, then evaluates.
+def load_labelled(config: ml_collections.ConfigDict):
+    """The labelled data of `config.data` and its universal split, validated.
 
     Raises:
-      DataError: on bad input data; ConfigError: on a bad config or a workdir
-        holding another run. Both before anything is written.
+      DataError: on bad data or a split that leaves a part empty.
+      ConfigError: when the data set named is not labelled data.
     """
     data = get_data(config.data)
+    if not isinstance(data, Labelled):
+        raise ConfigError(
+            f"data.name={config.data.name!r} gives {type(data).__name__}; "
+            "upgrades train on labelled data"
+        )
     split = universal_split(
         data.y,
         config.split.kind,
@@ -397,6 +427,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_fraction=config.split.eval_fraction,
         seed=config.seed,
     )
+    return data, split
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the old model (unless present), the new one and the paragon, then evaluates.
+
+    Raises:
+      DataError: on bad input data; ConfigError: on a bad config or a workdir
+        holding another run. Both before anything is written.
+    """
+    data, split = load_labelled(config)
     validate(config)
     mesh = sharding.make_mesh(config.mesh.num_devices)
     sharding.check_batch_size(config.train.batch_size, mesh)

@@ -18,8 +18,6 @@ import ml_collections
 from bebrjax import report
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, to_dict
-from bebrjax.data import get_data
-from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.trainers import upgrade
 
 
@@ -44,14 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not config.methods:
         raise ConfigError("config key 'methods' is empty")
     subs = method_configs(config, workdir)
-    data = get_data(config.data)  # validates the data before anything is written
-    universal_split(
-        data.y,
-        config.split.kind,
-        old_ratio=config.split.old_ratio,
-        eval_fraction=config.split.eval_fraction,
-        seed=config.seed,
-    )
+    upgrade.load_labelled(config)  # validates the data before anything is written
     wd.prepare(workdir, to_dict(config))
     runs = {m: upgrade.train_and_evaluate(sub, os.path.join(workdir, m)) for m, sub in subs.items()}
     results = {"split": config.split.kind, "methods": runs}

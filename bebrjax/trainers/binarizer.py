@@ -40,7 +40,13 @@ from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
-from bebrjax.trainers.loop import batched_apply, train_config, train_loop, variables_of
+from bebrjax.trainers.loop import (
+    batched_apply,
+    optimizer_step,
+    train_config,
+    train_loop,
+    variables_of,
+)
 
 State = dict[str, Any]
 
@@ -178,18 +184,7 @@ def make_train_step(
             )
             return total, (terms, updates["batch_stats"])
 
-        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "params": optax.apply_updates(state["params"], updates),
-            "batch_stats": batch_stats,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        metrics = {"loss": total, "grad_norm": optax.tree.norm(grads), **terms}
-        return new_state, metrics
+        return optimizer_step(state, tx, loss_fn)
 
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)

@@ -46,6 +46,36 @@ def train_config(**overrides) -> dict:
     return {**section, **overrides}
 
 
+def optimizer_step(
+    state: State,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[Any], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]],
+) -> tuple[State, dict[str, jax.Array]]:
+    """One update of `state["params"]` by `tx` (inside a jit'd step).
+
+    Args:
+      state: holds params, batch_stats, opt_state and step (and anything else,
+        which is carried over).
+      tx: the optimizer.
+      loss_fn: params -> (loss, ({term: value}, new batch_stats)).
+
+    Returns:
+      (the new state, {"loss", "grad_norm", and each term}).
+    """
+    (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"]
+    )
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {
+        **state,
+        "params": optax.apply_updates(state["params"], updates),
+        "batch_stats": batch_stats,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+    }
+    return new_state, {"loss": total, "grad_norm": optax.tree.norm(grads), **terms}
+
+
 def train_loop(
     state: State,
     train_step: Callable[[State, Any], tuple[State, dict[str, jax.Array]]],

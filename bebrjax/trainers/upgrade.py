@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
@@ -48,7 +47,13 @@ from bebrjax.models.backbones import BACKBONES
 from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer, optim_config
-from bebrjax.trainers.loop import batched_apply, train_config, train_loop, variables_of
+from bebrjax.trainers.loop import (
+    batched_apply,
+    optimizer_step,
+    train_config,
+    train_loop,
+    variables_of,
+)
 
 State = dict[str, Any]
 METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
@@ -265,18 +270,7 @@ def make_train_step(
                 term = jnp.zeros(())
             return ce + c.weight * term, ({"ce": ce, "compat": term}, updates["batch_stats"])
 
-        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            **state,
-            "params": optax.apply_updates(state["params"], updates),
-            "batch_stats": batch_stats,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        return new_state, {"loss": total, **terms}
+        return optimizer_step(state, tx, loss_fn)
 
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)

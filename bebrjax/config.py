@@ -197,6 +197,18 @@ def check_rules(config: ml_collections.ConfigDict, rules: Iterable[Rule]) -> Non
             raise ConfigError(f"config key '{key}' = {value!r}: must be {need}")
 
 
+def section(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` updated by `overrides`; an override of a key not in `defaults` is an error.
+
+    Raises:
+      ValueError: naming the section and the unknown keys.
+    """
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
+    return {**defaults, **overrides}
+
+
 def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready plain dict of a config (tuples become lists)."""
     plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from bebrjax.config import ConfigError
+from bebrjax.config import ConfigError, section
 
 
 def optim_config(**overrides) -> dict:
@@ -15,7 +15,7 @@ def optim_config(**overrides) -> dict:
     SGD with Nesterov momentum 0.9, lr 0.08, weight decay 1e-3 (matrices
     only), global-norm clip 5, x0.1 at 60% of training, no warm-up.
     """
-    section = dict(
+    defaults = dict(
         name="sgd",
         lr=0.08,
         momentum=0.9,
@@ -27,10 +27,7 @@ def optim_config(**overrides) -> dict:
         decay_factor=0.1,
         warmup_steps=0,
     )
-    unknown = set(overrides) - set(section)
-    if unknown:
-        raise ValueError(f"optim_config: unknown keys {sorted(unknown)}")
-    return {**section, **overrides}
+    return section("optim_config", defaults, overrides)
 
 
 def decay_mask(params):

@@ -41,14 +41,14 @@ from bebrjax.losses.similarity_distill import similarity_distillation_loss
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
 from bebrjax.trainers.loop import (
+    State,
     batched_apply,
+    init_state,
     optimizer_step,
     train_config,
     train_loop,
     variables_of,
 )
-
-State = dict[str, Any]
 
 
 def default_config(
@@ -140,24 +140,6 @@ def compute_loss(
     return total, terms
 
 
-def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, dim: int, seed: int, mesh
-) -> State:
-    """A fresh train state, created directly in its replicated sharding."""
-
-    def init(rng):
-        variables = model.init(rng, jnp.zeros((2, dim), jnp.float32), train=False)
-        params = variables["params"]
-        return {
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-        }
-
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
-
-
 def make_train_step(
     model: nn.Module, tx: optax.GradientTransformation, loss: ml_collections.ConfigDict, mesh
 ):
@@ -220,7 +202,7 @@ def fit(
     """
     model = build_model(config)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
-    state = init_state(model, tx, data.dim, config.seed, mesh)
+    state = init_state(model, tx, jnp.zeros((2, data.dim), jnp.float32), config.seed, mesh)
     return train_loop(
         state,
         make_train_step(model, tx, config.loss, mesh),

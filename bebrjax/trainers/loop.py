@@ -15,13 +15,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 from bebrjax import checkpoint, sharding
 from bebrjax import workdir as wd
+from bebrjax.config import section
 
 State = dict[str, Any]
 
@@ -32,7 +35,7 @@ def train_config(**overrides) -> dict:
     batch_size, epochs (used when steps is 0), steps, log_every,
     checkpoint_every, keep_checkpoints.
     """
-    section = dict(
+    defaults = dict(
         batch_size=512,
         epochs=10.0,
         steps=0,
@@ -40,10 +43,33 @@ def train_config(**overrides) -> dict:
         checkpoint_every=200,
         keep_checkpoints=2,
     )
-    unknown = set(overrides) - set(section)
-    if unknown:
-        raise ValueError(f"train_config: unknown keys {sorted(unknown)}")
-    return {**section, **overrides}
+    return section("train_config", defaults, overrides)
+
+
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, example: jax.Array, seed: int, mesh
+) -> State:
+    """A fresh train state for `model`, created directly in its replicated sharding.
+
+    Args:
+      model: a flax module taking `(x, train)`.
+      tx: the optimizer.
+      example: an input batch of the right shape and dtype (its values are unused).
+      seed: the initialization seed.
+      mesh: the device mesh.
+    """
+
+    def init(rng):
+        variables = model.init(rng, example, train=False)
+        params = variables["params"]
+        return {
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
 
 
 def optimizer_step(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,14 +47,15 @@ from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.trainers.loop import (
+    State,
     batched_apply,
+    init_state,
     optimizer_step,
     train_config,
     train_loop,
     variables_of,
 )
 
-State = dict[str, Any]
 METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
 
 
@@ -320,16 +320,8 @@ def fit_stage(
     )
     tx, schedule = make_optimizer(config.optim, steps)
 
-    def init(rng):
-        variables = model.init(rng, jnp.zeros((2, *data.x.shape[1:]), data.x.dtype))
-        return {
-            "params": variables["params"],
-            "batch_stats": variables["batch_stats"],
-            "opt_state": tx.init(variables["params"]),
-            "step": jnp.zeros((), jnp.int32),
-        }
-
-    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+    example = jnp.zeros((2, *data.x.shape[1:]), data.x.dtype)
+    state = init_state(model, tx, example, config.seed, mesh)
     hook = None
     if method in ("bct", "unibct"):
         old_emb = frozen.embed(data.x, mesh, config.eval.batch_size)

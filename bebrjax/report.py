@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -70,6 +71,7 @@ MATRIX_ROWS = {
     "new->old": "new -> old (compatibility)",
     "old->new": "old -> new",
     "paragon": "paragon (independent new) / itself",
+    "new->psi(old)": "new -> psi(old) (upgraded gallery)",
 }
 
 
@@ -82,33 +84,43 @@ def matrix_table(results: Mapping[str, Any]) -> str:
         "|" + "---|" * (len(metrics) + 1),
     ]
     for key, label in MATRIX_ROWS.items():
-        lines.append(f"| {label} | " + " | ".join(f"{matrix[key][m]:.3f}" for m in metrics) + " |")
+        if key in matrix:
+            cells = " | ".join(f"{matrix[key][m]:.3f}" for m in metrics)
+            lines.append(f"| {label} | {cells} |")
     lines.append("")
-    lines.append(
-        f"update gain {results['update_gain']:.3f}; negative-flip rate "
-        f"{results['negative_flip_rate']:.3f}; compatible (new->old > old/old): "
-        f"{results['compatible']}"
-    )
+    for cross, r in (("new->old", results), ("new->psi(old)", results.get("adapted"))):
+        if r is not None:
+            lines.append(
+                f"{cross}: update gain {r['update_gain']:.3f}; negative-flip rate "
+                f"{r['negative_flip_rate']:.3f}; compatible ({cross} > old/old): {r['compatible']}"
+            )
     return "\n".join(lines)
 
 
 def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") -> None:
-    """Saves a heatmap: queries of old/new models against galleries of old/new models."""
+    """Saves a heatmap: queries of old/new models against galleries of old/new models.
+
+    With an upgraded gallery a third column holds new -> psi(old).
+    """
     matrix = results["matrix"]
     grid = [
         [matrix["old/old"][metric], matrix["old->new"][metric]],
         [matrix["new->old"][metric], matrix["new/new"][metric]],
     ]
-    fig, ax = plt.subplots(figsize=(4.8, 4))
-    image = ax.imshow(
-        grid, vmin=0, vmax=max(1e-6, max(map(max, grid)), matrix["paragon"][metric]), cmap="viridis"
-    )
-    top = image.get_clim()[1]
-    for i in range(2):
-        for j in range(2):
-            color = "k" if grid[i][j] > 0.6 * top else "w"
-            ax.text(j, i, f"{grid[i][j]:.3f}", ha="center", va="center", color=color)
-    ax.set_xticks([0, 1], ["old gallery", "new gallery"])
+    columns = ["old gallery", "new gallery"]
+    if "new->psi(old)" in matrix:
+        grid[0].append(float("nan"))
+        grid[1].append(matrix["new->psi(old)"][metric])
+        columns.append("psi(old) gallery")
+    values = np.array(grid)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(columns), 4))
+    top = max(1e-6, np.nanmax(values), matrix["paragon"][metric])
+    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=top, cmap="viridis")
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            color = "k" if value > 0.6 * top else "w"
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=color)
+    ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks([0, 1], ["old queries", "new queries"])
     ax.set_title(f"{results.get('method', '')}: {metric} (paragon {matrix['paragon'][metric]:.3f})")
     fig.colorbar(image)
@@ -124,6 +136,7 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
         "old/old",
         "new/new",
         "new->old",
+        "new->psi(old)",
         "paragon",
         "new->old R@1",
         "update gain",
@@ -135,7 +148,9 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
         m = r["matrix"]
         cells = [
             method,
-            *(f"{m[k]['mAP@R']:.3f}" for k in ("old/old", "new/new", "new->old", "paragon")),
+            *(f"{m[k]['mAP@R']:.3f}" for k in ("old/old", "new/new", "new->old")),
+            f"{m['new->psi(old)']['mAP@R']:.3f}" if "new->psi(old)" in m else "-",
+            f"{m['paragon']['mAP@R']:.3f}",
             f"{m['new->old']['R@1']:.3f}",
             f"{r['update_gain']:.3f}",
             f"{r['negative_flip_rate']:.3f}",
@@ -150,11 +165,16 @@ def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str
     methods = list(runs)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(methods)), 4))
     xs = range(len(methods))
-    for offset, key, label in ((-0.2, "new->old", "new -> old"), (0.2, "new/new", "new / new")):
+    bars = (
+        (-0.27, "new->old", "new -> old"),
+        (0.0, "new->psi(old)", "new -> psi(old)"),
+        (0.27, "new/new", "new / new"),
+    )
+    for offset, key, label in bars:
         ax.bar(
             [x + offset for x in xs],
-            [runs[m]["matrix"][key]["mAP@R"] for m in methods],
-            0.4,
+            [runs[m]["matrix"].get(key, {}).get("mAP@R", 0.0) for m in methods],
+            0.27,
             label=label,
         )
     first = runs[methods[0]]["matrix"]

@@ -1,6 +1,13 @@
-"""Device mesh and shardings: the batch split on `data`, parameters replicated."""
+"""Device mesh and shardings: the batch split on `data`, parameters replicated.
+
+`batched_apply` runs a jit'd function over a host array batch by batch on the mesh
+(evaluation embeddings, gallery upgrades).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,3 +55,26 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
             f"config key 'train.batch_size' = {batch_size}: not divisible by the {n} devices "
             "of the mesh"
         )
+
+
+def batched_apply(
+    fn: Callable[[Any, jax.Array], Any], variables: Any, x: np.ndarray, mesh, batch_size: int
+) -> Any:
+    """`fn(variables, batch)` over `x` in batches sharded on the mesh, as numpy.
+
+    The batch size is rounded up to a multiple of the devices and the last
+    batch is padded (one compiled shape); the padding is cut from the result.
+    """
+    devices = mesh.shape[DATA_AXIS]
+    batch_size = -(-batch_size // devices) * devices
+    apply = jax.jit(
+        fn,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=batch_sharded(mesh),
+    )
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
+        out.append(jax.tree.map(np.asarray, apply(variables, np.pad(chunk, pad))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(x)], *out)

@@ -15,6 +15,10 @@ the old gallery), old->new and the paragon's new/new, then
                        wrong under new->old.
 
 A model is compatible when M(new->old) > M(old/old).
+
+With a forward adapter psi (DMU, BiCT) the stored old gallery is upgraded to
+psi(old): the cell new->psi(old) holds new queries against it, and the same
+gain, flip rate and criterion are reported for it under "adapted".
 """
 
 from __future__ import annotations
@@ -117,7 +121,8 @@ def compatibility_matrix(
     """The compatibility matrix, update gain and negative-flip rate.
 
     Args:
-      embeddings: {"old": (queries, gallery), "new": (...), "paragon": (...)}.
+      embeddings: {"old": (queries, gallery), "new": (...), "paragon": (...)},
+        and optionally "adapted": (None, psi(old gallery)).
       q_labels: [Q] query labels.
       g_labels: [G] gallery labels.
       ks: the k of Recall@k.
@@ -126,7 +131,8 @@ def compatibility_matrix(
 
     Returns:
       {"matrix": {"old/old": .., "new/new": .., "new->old": .., "old->new": ..,
-      "paragon": ..}, "update_gain": .., "negative_flip_rate": .., "compatible": ..}
+      "paragon": .., ["new->psi(old)": ..]}, "update_gain": .., "negative_flip_rate": ..,
+      "compatible": .., ["adapted": {"update_gain", "negative_flip_rate", "compatible"}]}
     """
     pairs = {
         "old/old": ("old", "old"),
@@ -135,6 +141,8 @@ def compatibility_matrix(
         "old->new": ("old", "new"),
         "paragon": ("paragon", "paragon"),
     }
+    if "adapted" in embeddings:
+        pairs["new->psi(old)"] = ("new", "adapted")
     matrix, top1 = {}, {}
     for name, (q_model, g_model) in pairs.items():
         matrix[name], top1[name] = retrieval_metrics(
@@ -146,12 +154,17 @@ def compatibility_matrix(
             fars=fars,
             mesh=mesh,
         )
-    old, cross, paragon = (matrix[n]["mAP@R"] for n in ("old/old", "new->old", "paragon"))
-    gain = (cross - old) / (paragon - old) if paragon != old else float("nan")
-    flips = float(np.mean(top1["old/old"] & ~top1["new->old"]))
-    return {
-        "matrix": matrix,
-        "update_gain": gain,
-        "negative_flip_rate": flips,
-        "compatible": bool(cross > old),
-    }
+    old, paragon = matrix["old/old"]["mAP@R"], matrix["paragon"]["mAP@R"]
+
+    def criteria(cross: str) -> dict:
+        m = matrix[cross]["mAP@R"]
+        return {
+            "update_gain": (m - old) / (paragon - old) if paragon != old else float("nan"),
+            "negative_flip_rate": float(np.mean(top1["old/old"] & ~top1[cross])),
+            "compatible": bool(m > old),
+        }
+
+    out = {"matrix": matrix, **criteria("new->old")}
+    if "adapted" in embeddings:
+        out["adapted"] = criteria("new->psi(old)")
+    return out

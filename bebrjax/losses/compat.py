@@ -15,6 +15,10 @@ the old width first (`fit_width`: truncated, or zero-padded).
     gradient: under data parallelism they are gathered copies; treating them
     so in every case makes the loss the same on any number of devices.
   * `refine_prototypes` (UniBCT): structural prototype refinement, in closed form.
+  * `discriminativeness` and `darwinian_weights` (DMU): per-sample weights
+    of the compatibility loss and of the forward adaptation.
+
+Every loss takes optional per-sample `weights` (no gradient flows into them).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bebrjax.losses.pair_contrastive import MASKED, positive_cross_entropy
+from bebrjax.losses.pair_contrastive import MASKED, positive_cross_entropy, weighted_mean
 from bebrjax.models.binarizer import l2_normalize
 from bebrjax.models.heads import classifier_logits
 
@@ -36,16 +40,18 @@ def fit_width(embeddings: jax.Array, width: int) -> jax.Array:
     return jnp.pad(embeddings, [(0, 0)] * (embeddings.ndim - 1) + [(0, width - d)])
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross entropy with integer labels."""
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """(Weighted) mean softmax cross entropy with integer labels."""
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
+    return weighted_mean(-jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0], weights)
 
 
-def l2_loss(new: jax.Array, old: jax.Array) -> jax.Array:
-    """Mean squared distance between new embeddings (fitted) and frozen old ones."""
+def l2_loss(new: jax.Array, old: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """(Weighted) mean squared distance between new embeddings (fitted) and frozen old ones."""
     diff = fit_width(new, old.shape[-1]) - jax.lax.stop_gradient(old)
-    return jnp.mean(jnp.sum(diff * diff, axis=-1))
+    return weighted_mean(jnp.sum(diff * diff, axis=-1), weights)
 
 
 def influence_loss(
@@ -55,13 +61,19 @@ def influence_loss(
     *,
     kind: str = "cosine",
     scale: float = 16.0,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
-    """BCT: cross entropy of new embeddings under the frozen old classifier [C, d_old]."""
-    weights = jax.lax.stop_gradient(old_weights)
-    fitted = fit_width(new, weights.shape[-1])
+    """BCT: cross entropy of new embeddings under the frozen old classifier [C, d_old].
+
+    The same loss with the new classifier and psi(old) embeddings is the
+    forward influence of BiCT and DMU. `weights`: optional per-sample weights.
+    """
+    frozen = jax.lax.stop_gradient(old_weights)
+    fitted = fit_width(new, frozen.shape[-1])
     if kind != "linear":
         fitted = l2_normalize(fitted)
-    return cross_entropy(classifier_logits(weights, fitted, kind=kind, scale=scale), labels)
+    logits = classifier_logits(frozen, fitted, kind=kind, scale=scale)
+    return cross_entropy(logits, labels, weights)
 
 
 def synthesize_classifier(
@@ -102,12 +114,14 @@ def contrastive_loss(
     temperature: float = 0.01,
     hard_negatives: int = 0,
     ract: bool = False,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """Contrastive compatibility (RACT with `ract=True`).
 
     Row i: positive cos(new_i, old_i); negatives cos(new_i, old_k) and, for
     RACT, cos(new_i, new_k), for every k of another class; each divided by
-    the temperature; the K hardest kept when `hard_negatives` > 0.
+    the temperature; the K hardest kept when `hard_negatives` > 0; rows
+    weighted by the optional per-sample `weights`.
     """
     old = l2_normalize(jax.lax.stop_gradient(old))
     anchor = l2_normalize(fit_width(new, old.shape[-1]))
@@ -117,7 +131,72 @@ def contrastive_loss(
     if ract:
         to_new = anchor @ jax.lax.stop_gradient(anchor).T / temperature
         negatives = jnp.concatenate([negatives, jnp.where(other_class, to_new, MASKED)], axis=1)
-    return positive_cross_entropy(jnp.diagonal(to_old), negatives, hard_negatives)
+    return positive_cross_entropy(jnp.diagonal(to_old), negatives, hard_negatives, weights)
+
+
+MEASURES = ("probability", "entropy", "margin")
+
+
+def discriminativeness(
+    old: jax.Array,
+    labels: jax.Array,
+    old_weights: jax.Array,
+    *,
+    measure: str = "probability",
+    kind: str = "cosine",
+    scale: float = 16.0,
+) -> jax.Array:
+    """DMU: how discriminative each old feature is, in [0, 1], with no gradient.
+
+    Scored by the frozen old classifier (rows of unseen classes synthesized,
+    see `synthesize_classifier`), logits z = classifier_logits(W_old, old):
+      * "probability": softmax(z)[y], the true class's probability;
+      * "entropy": 1 - H(softmax(z)) / log C (label-free confidence);
+      * "margin": sigmoid(z_y - max_{c != y} z_c), the prototype margin (with a
+        cosine classifier the rows are class prototypes and z = s cos).
+
+    Args:
+      old: [N, d_old] old-model embeddings.
+      labels: [N] true classes.
+      old_weights: [C, d_old] the old classifier.
+      measure: one of `MEASURES`.
+      kind: the old classifier's kind.
+      scale: its scale.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure {measure!r}: expected one of {', '.join(MEASURES)}")
+    z = classifier_logits(old_weights, old, kind=kind, scale=scale)
+    log_p = jax.nn.log_softmax(z, axis=-1)
+    if measure == "probability":
+        score = jnp.exp(jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0])
+    elif measure == "entropy":
+        entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+        score = 1.0 - entropy / jnp.log(z.shape[-1])
+    else:
+        true = jax.nn.one_hot(labels, z.shape[-1], dtype=bool)
+        rival = jnp.max(jnp.where(true, -jnp.inf, z), axis=-1)
+        score = jax.nn.sigmoid(jnp.sum(jnp.where(true, z, 0.0), axis=-1) - rival)
+    return jax.lax.stop_gradient(jnp.clip(score, 0.0, 1.0))
+
+
+def darwinian_weights(
+    score: jax.Array, forward_emphasis: float, eps: float = 1e-6
+) -> tuple[jax.Array, jax.Array]:
+    """DMU's per-sample weights from discriminativeness scores d in [0, 1].
+
+    Backward (selective compatibility): w = d / mean(d), so the batch's
+    weights average 1 and BCT's loss scale is kept while poor old features
+    count less. Forward (adaptation): v = (1 - a) + a (1 - d), normalized to
+    mean 1, with a = `forward_emphasis` in [0, 1]: 0 weighs every sample
+    alike, 1 trains psi only on the poor old features. Both are
+    stop-gradient and normalized over the whole (global) batch.
+
+    Returns:
+      (w, v), each [N].
+    """
+    score = jax.lax.stop_gradient(score)
+    forward = (1.0 - forward_emphasis) + forward_emphasis * (1.0 - score)
+    return score / (jnp.mean(score) + eps), forward / (jnp.mean(forward) + eps)
 
 
 def refine_prototypes(
@@ -168,3 +247,26 @@ def refine_prototypes(
         v = (1 - lam) * np.linalg.solve(np.eye(len(o)) - lam * p, o)
         protos[c] = v.mean(axis=0)
     return protos.astype(np.float32), present
+
+
+def forward_loss(
+    adapted: jax.Array,
+    new: jax.Array,
+    labels: jax.Array,
+    new_weights: jax.Array,
+    *,
+    kind: str = "cosine",
+    scale: float = 16.0,
+    l2: float = 0.0,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """BiCT's forward influence (and DMU's adaptation): train psi towards the new space.
+
+    The cross entropy of psi(phi_old(x)) under the frozen new classifier
+    [C, d_new], plus `l2` x ||psi(phi_old(x)) - phi_new(x)||^2 with phi_new
+    frozen. Only psi receives gradient.
+    """
+    loss = influence_loss(adapted, labels, new_weights, kind=kind, scale=scale, weights=weights)
+    if l2:
+        loss = loss + l2 * l2_loss(adapted, new, weights)
+    return loss

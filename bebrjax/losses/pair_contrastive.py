@@ -27,7 +27,10 @@ def cosine_logits(a: jax.Array, b: jax.Array, temperature: float) -> jax.Array:
 
 
 def positive_cross_entropy(
-    positives: jax.Array, negatives: jax.Array, hard_negatives: int
+    positives: jax.Array,
+    negatives: jax.Array,
+    hard_negatives: int,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """Mean cross entropy of each row's positive logit against its negative logits.
 
@@ -35,14 +38,22 @@ def positive_cross_entropy(
       positives: [n] the positive logit of each row.
       negatives: [n, M] negative logits; `MASKED` entries are excluded.
       hard_negatives: K; each row keeps its K largest negatives (0 keeps all).
+      weights: optional [n] per-row weights of the mean.
 
     Returns:
-      A scalar: the mean over rows of logsumexp([pos, negatives]) - pos.
+      A scalar: the (weighted) mean over rows of logsumexp([pos, negatives]) - pos.
     """
     if 0 < hard_negatives < negatives.shape[1]:
         negatives, _ = jax.lax.top_k(negatives, hard_negatives)
     row = jnp.concatenate([positives[:, None], negatives], axis=1)
-    return jnp.mean(jax.nn.logsumexp(row, axis=1) - positives)
+    return weighted_mean(jax.nn.logsumexp(row, axis=1) - positives, weights)
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """mean(weights * values), or the plain mean without weights (weights carry no gradient)."""
+    if weights is None:
+        return jnp.mean(values)
+    return jnp.mean(jax.lax.stop_gradient(weights) * values)
 
 
 def hard_negative_cross_entropy(

@@ -22,6 +22,7 @@ Choices where the paper leaves room:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -79,19 +80,20 @@ class MLPBlock(nn.Module):
     With `skip`, the block also has a linear path initialized by `lift_init`
     and the MLP's last Linear starts at zero, so the block starts as a fixed
     near-isometry and the MLP learns a correction (depth 0: the one Linear
-    starts as the lift).
+    starts as the lift). `skip_init` sets that linear path's initializer.
     """
 
     features: int
     hidden: int
     depth: int = 1
     skip: bool = True
+    skip_init: Callable = lift_init
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Maps [N, in] to [N, features]."""
         linear = nn.Dense(
-            self.features, kernel_init=lift_init if self.skip else xavier_normal, name="linear"
+            self.features, kernel_init=self.skip_init if self.skip else xavier_normal, name="linear"
         )
         if self.depth == 0:
             return linear(x)

@@ -42,7 +42,6 @@ from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
 from bebrjax.trainers.loop import (
     State,
-    batched_apply,
     init_state,
     optimizer_step,
     train_config,
@@ -227,7 +226,7 @@ def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int)
       A `BinarizerOutput` of numpy arrays: code [N, m] and planes [N, u+1, m]
       (None for the float baseline).
     """
-    return batched_apply(
+    return sharding.batched_apply(
         lambda v, xb: model.apply(v, xb, train=False), variables_of(state), x, mesh, batch_size
     )
 

@@ -180,26 +180,3 @@ def train_loop(
 def variables_of(state: State) -> dict[str, Any]:
     """The flax variables (params and batch statistics) of a train state."""
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-
-def batched_apply(
-    fn: Callable[[Any, jax.Array], Any], variables: Any, x: np.ndarray, mesh, batch_size: int
-) -> Any:
-    """`fn(variables, batch)` over `x` in batches sharded on the mesh, as numpy.
-
-    The batch size is rounded up to a multiple of the devices and the last
-    batch is padded (one compiled shape); the padding is cut from the result.
-    """
-    devices = mesh.shape[sharding.DATA_AXIS]
-    batch_size = -(-batch_size // devices) * devices
-    apply = jax.jit(
-        fn,
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-        out_shardings=sharding.batch_sharded(mesh),
-    )
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
-        out.append(jax.tree.map(np.asarray, apply(variables, np.pad(chunk, pad))))
-    return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(x)], *out)

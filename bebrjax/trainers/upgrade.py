@@ -10,12 +10,28 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 3. Stage `new` (workdir/new): phi_new on the new training set, cross entropy plus
    `compat.weight` x the compatibility loss of `method` against the frozen
    old model: `independent` (none), `l2`, `bct`, `contrastive`, `ract`,
-   `unibct`.
-4. Stage `paragon`: phi_new trained independently (the upper bound of
+   `unibct`, `dmu`, `bict` (stage 1 of BiCT is BCT at lambda_bc = compat.weight).
+   `dmu` trains the forward adapter psi in the same steps (`train_new`).
+4. Stage `forward` (workdir/forward, `bict` only): psi on the new training
+   set's embeddings, both models frozen (`fit_forward`).
+5. Stage `paragon`: phi_new trained independently (the upper bound of
    new/new), in `<paragon_workdir or workdir/paragon>`; the new model itself
    when `method` is independent.
-5. Evaluate the compatibility matrix on the held-out queries and gallery and
-   write results.json, results.md and results.png (a heatmap).
+6. Evaluate the compatibility matrix on the held-out queries and gallery
+   (with new->psi(old), the upgraded gallery, for dmu and bict) and write
+   results.json, results.md and results.png (a heatmap).
+
+DMU and BiCT are public only as abstracts; what they do here is our
+reading (see `compat.discriminativeness`, `compat.darwinian_weights`,
+`compat.forward_loss` and the README's "Our reading" section):
+  * DMU: the per-sample compatibility loss (`dmu.loss`: influence or
+    contrastive) weighted by w = d / mean(d), d the old feature's
+    discriminativeness (`dmu.measure`); psi trained jointly, through the new
+    classifier (stop-gradient, so only psi learns from it), weighted towards
+    poor old features (`dmu.forward_emphasis`), at weight `dmu.forward_weight`.
+  * BiCT: psi trained after the new model, on embeddings only (no raw data is
+    needed once phi_old(x) and phi_new(x) are stored), by the forward
+    influence plus `forward.l2` x L2.
 
 Every stage is a jit'd step on the data-parallel mesh, checkpointed with
 orbax and resumable, through the shared `train_loop`.
@@ -42,13 +58,13 @@ from bebrjax.data.labelled import Labelled
 from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.losses import compat
+from bebrjax.models.adapter import Adapter, WithAdapter, split_variables, upgrade_gallery
 from bebrjax.models.backbones import BACKBONES
 from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.trainers.loop import (
     State,
-    batched_apply,
     init_state,
     optimizer_step,
     train_config,
@@ -56,7 +72,11 @@ from bebrjax.trainers.loop import (
     variables_of,
 )
 
-METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct")
+METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct", "dmu", "bict")
+# Methods whose new model learns through the old classifier (with synthesized rows).
+INFLUENCE = ("bct", "unibct", "bict", "dmu")
+# Methods that upgrade the stored gallery with a forward adapter psi.
+ADAPTING = ("dmu", "bict")
 
 
 def default_config(
@@ -97,6 +117,8 @@ def default_config(
         unibct_temperature=0.05,
         refresh_every=50,
     )
+    c.dmu = dict(measure="probability", loss="influence", forward_weight=1.0, forward_emphasis=0.5)
+    c.forward = dict(hidden=0, depth=1, blocks=1, l2=0.0)
     c.optim = optim_config(name="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine")
     c.train = train_config(batch_size=256, epochs=30.0, steps=steps)
     c.mesh = dict(num_devices=devices)
@@ -190,6 +212,14 @@ _RULES = (
     ("compat.unibct_lambda", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("compat.unibct_temperature", lambda v: v > 0, "> 0"),
     ("compat.refresh_every", lambda v: v > 0, "> 0"),
+    ("dmu.measure", lambda v: v in compat.MEASURES, f"one of {', '.join(compat.MEASURES)}"),
+    ("dmu.loss", lambda v: v in ("influence", "contrastive"), "'influence' or 'contrastive'"),
+    ("dmu.forward_weight", lambda v: v >= 0, ">= 0"),
+    ("dmu.forward_emphasis", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("forward.hidden", lambda v: v >= 0, ">= 0 (0: twice the wider embedding)"),
+    ("forward.depth", lambda v: v >= 0, ">= 0"),
+    ("forward.blocks", lambda v: v >= 1, ">= 1"),
+    ("forward.l2", lambda v: v >= 0, ">= 0"),
     ("eval.fars", lambda v: len(v) > 0 and all(0 < f < 1 for f in v), "rates in (0, 1)"),
 )
 
@@ -205,40 +235,113 @@ def build(stage: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     return Model(num_classes=num_classes, **stage.model.to_dict())
 
 
+def build_adapter(config: ml_collections.ConfigDict, width: int) -> Adapter:
+    """The adapter psi to the new embedding width, shaped by `config.forward`."""
+    f = config.forward
+    return Adapter(width, hidden=f.hidden, depth=f.depth, blocks=f.blocks)
+
+
 def embed(model: nn.Module, variables: dict, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
     """Eval-mode embeddings of `x`, batch by batch on the mesh."""
-    return batched_apply(
+    return sharding.batched_apply(
         lambda v, xb: model.apply(v, xb, train=False)["embedding"], variables, x, mesh, batch_size
     )
 
 
 class Frozen:
-    """What a new model trains against: the old model, its classifier, the seen classes."""
+    """A trained model another trains against: its variables, classifier and seen classes."""
 
-    def __init__(self, model: nn.Module, state: State, seen: np.ndarray, kind: str, scale: float):
-        self.model, self.variables = model, variables_of(state)
-        self.seen, self.kind, self.scale = seen, kind, scale
+    def __init__(
+        self,
+        stage: ml_collections.ConfigDict,
+        model: nn.Module,
+        variables: dict,
+        seen: np.ndarray | None = None,
+    ):
+        self.model, self.variables, self.seen = model, variables, seen
+        self.kind, self.scale = stage.model.classifier, stage.model.scale
+        self.width = stage.model.embedding_dim
 
     def embed(self, x: np.ndarray, mesh, batch_size: int) -> np.ndarray:
-        """Old-model embeddings of `x`."""
+        """The model's embeddings of `x`."""
         return embed(self.model, self.variables, x, mesh, batch_size)
 
     @property
     def weights(self) -> np.ndarray:
-        """The old classifier [C, d_old]."""
+        """The classifier [C, d]."""
         return np.asarray(self.variables["params"]["classifier"]["weights"])
 
 
+def backward_loss(config: ml_collections.ConfigDict, method: str) -> str:
+    """The compatibility loss of `method`: DMU weighs BCT's or the contrastive one."""
+    if method == "dmu":
+        return "bct" if config.dmu.loss == "influence" else "contrastive"
+    return method
+
+
+def compat_term(
+    loss: str,
+    new: jax.Array,
+    old: jax.Array | None,
+    labels: jax.Array,
+    classifier: jax.Array | None,
+    frozen: Frozen | None,
+    c: ml_collections.ConfigDict,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """The compatibility loss `loss` of new embeddings against the frozen model."""
+    if loss == "l2":
+        return compat.l2_loss(new, old, weights)
+    if loss in ("contrastive", "ract"):
+        return compat.contrastive_loss(
+            new,
+            old,
+            labels,
+            temperature=c.temperature,
+            hard_negatives=c.hard_negatives,
+            ract=loss == "ract",
+            weights=weights,
+        )
+    if loss in ("bct", "bict", "unibct"):
+        kind = "cosine" if loss == "unibct" else frozen.kind
+        return compat.influence_loss(
+            new, labels, classifier, kind=kind, scale=frozen.scale, weights=weights
+        )
+    return jnp.zeros(())
+
+
 def make_train_step(
-    model: nn.Module, tx, method: str, c: ml_collections.ConfigDict, mesh, frozen: Frozen | None
+    model: nn.Module,
+    tx,
+    config: ml_collections.ConfigDict,
+    method: str,
+    mesh,
+    frozen: Frozen | None,
 ):
-    """The jit'd step: cross entropy plus c.weight x `method`'s compatibility term."""
+    """The jit'd step: cross entropy plus compat.weight x `method`'s compatibility term.
+
+    For `dmu` the term is weighted per sample by DMU's backward weights and
+    `model` is a `WithAdapter`, whose psi learns the forward loss (weighted
+    by the forward weights) at dmu.forward_weight.
+    """
+    loss = backward_loss(config, method)
 
     def step(state: State, batch: dict[str, jax.Array]):
         x, y = batch["x"], batch["y"]
-        old_emb = None
-        if method in ("l2", "contrastive", "ract"):
+        old_emb, extra, logged, weights = None, {}, {}, (None, None)
+        if loss in ("l2", "contrastive", "ract") or method == "dmu":
             old_emb = frozen.model.apply(frozen.variables, x, train=False)["embedding"]
+        if method == "dmu":
+            score = compat.discriminativeness(
+                old_emb,
+                y,
+                state["aux"]["classifier"],
+                measure=config.dmu.measure,
+                kind=frozen.kind,
+                scale=frozen.scale,
+            )
+            weights = compat.darwinian_weights(score, config.dmu.forward_emphasis)
+            extra, logged = {"old": old_emb}, {"discriminativeness": jnp.mean(score)}
 
         def loss_fn(params):
             out, updates = model.apply(
@@ -247,33 +350,103 @@ def make_train_step(
                 train=True,
                 labels=y,
                 mutable=["batch_stats"],
+                **extra,
             )
-            ce = compat.cross_entropy(out["logits"], y)
-            emb = out["embedding"]
-            if method == "l2":
-                term = compat.l2_loss(emb, old_emb)
-            elif method in ("contrastive", "ract"):
-                term = compat.contrastive_loss(
-                    emb,
+            terms = {
+                "ce": compat.cross_entropy(out["logits"], y),
+                "compat": compat_term(
+                    loss,
+                    out["embedding"],
                     old_emb,
                     y,
-                    temperature=c.temperature,
-                    hard_negatives=c.hard_negatives,
-                    ract=method == "ract",
+                    state.get("aux", {}).get("classifier"),
+                    frozen,
+                    config.compat,
+                    weights[0],
+                ),
+            }
+            total = terms["ce"] + config.compat.weight * terms["compat"]
+            if method == "dmu":
+                terms["forward"] = compat.forward_loss(
+                    out["adapted"],
+                    out["embedding"],
+                    y,
+                    params["model"]["classifier"]["weights"],
+                    kind=model.model.classifier,
+                    scale=model.model.scale,
+                    l2=config.forward.l2,
+                    weights=weights[1],
                 )
-            elif method in ("bct", "unibct"):
-                kind = "cosine" if method == "unibct" else frozen.kind
-                term = compat.influence_loss(
-                    emb, y, state["aux"]["classifier"], kind=kind, scale=frozen.scale
-                )
-            else:
-                term = jnp.zeros(())
-            return ce + c.weight * term, ({"ce": ce, "compat": term}, updates["batch_stats"])
+                total = total + config.dmu.forward_weight * terms["forward"]
+            return total, ({**terms, **logged}, updates["batch_stats"])
 
         return optimizer_step(state, tx, loss_fn)
 
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def claim_stage(workdir: str, record: dict) -> None:
+    """Records a stage's config in workdir/stage.json, or checks the one there.
+
+    Raises:
+      ConfigError: when the directory holds a stage trained under another config.
+    """
+    record = json.loads(json.dumps(record))
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "stage.json")
+    if not os.path.exists(path):
+        wd.write_json(path, record)
+        return
+    with open(path) as f:
+        if json.load(f) != record:
+            raise ConfigError(
+                f"stage directory '{workdir}' holds a model trained with "
+                "another config; use another directory"
+            )
+
+
+def _stage_record(config: ml_collections.ConfigDict, **parts) -> dict:
+    """What a stage's result depends on, besides `parts`."""
+    return {
+        "data": config.data.to_dict(),
+        "split": config.split.to_dict(),
+        "optim": config.optim.to_dict(),
+        "train": {k: config.train[k] for k in ("batch_size", "epochs", "steps")},
+        "seed": config.seed,
+        **parts,
+    }
+
+
+def _total_steps(config: ml_collections.ConfigDict, examples: int) -> int:
+    return config.train.steps or max(
+        1, int(round(config.train.epochs * steps_per_epoch(examples, config.train.batch_size)))
+    )
+
+
+def _loop(
+    config, state, step_fn, arrays: dict[str, np.ndarray], workdir, steps, schedule, mesh, hook=None
+):
+    """Runs `train_loop` over random batches of `arrays` (rows drawn from (seed, step))."""
+    n = len(next(iter(arrays.values())))
+
+    def batch(step):
+        rows = batch_indices(n, config.train.batch_size, step, config.seed)
+        return {k: v[rows] for k, v in arrays.items()}
+
+    return train_loop(
+        state,
+        step_fn,
+        batch,
+        workdir=workdir,
+        total=steps,
+        schedule=schedule,
+        mesh=mesh,
+        log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints,
+        hook=hook,
+    )
 
 
 def fit_stage(
@@ -287,43 +460,34 @@ def fit_stage(
 ) -> State:
     """Trains (or resumes, or reuses) one model; `config.method` picks the compat term.
 
-    A stage directory records its own config in stage.json and refuses to be
-    reused by a run whose stage config differs.
+    For `dmu` the state holds a `WithAdapter` (the model and psi). A stage
+    directory records its own config in stage.json and refuses to be reused
+    by a run whose stage config differs.
     """
     method = config.method if frozen else "independent"
-    record = {
-        "method": method,
-        "stage": stage.to_dict(),
-        "data": config.data.to_dict(),
-        "split": config.split.to_dict(),
-        "optim": config.optim.to_dict(),
-        "train": {k: config.train[k] for k in ("batch_size", "epochs", "steps")},
-        "compat": config.compat.to_dict() if frozen else None,
-        "seed": config.seed,
-    }
-    record = json.loads(json.dumps(record))
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "stage.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            if json.load(f) != record:
-                raise ConfigError(
-                    f"stage directory '{workdir}' holds a model trained with "
-                    "another config; use another directory"
-                )
-    else:
-        wd.write_json(path, record)
-
-    model = build(stage, num_classes)
-    steps = config.train.steps or max(
-        1, int(round(config.train.epochs * steps_per_epoch(len(data), config.train.batch_size)))
+    dmu = method == "dmu"
+    claim_stage(
+        workdir,
+        _stage_record(
+            config,
+            method=method,
+            stage=stage.to_dict(),
+            compat=config.compat.to_dict() if frozen else None,
+            **({"dmu": config.dmu.to_dict(), "forward": config.forward.to_dict()} if dmu else {}),
+        ),
     )
+    model = build(stage, num_classes)
+    if dmu:
+        model = WithAdapter(
+            model, build_adapter(config, stage.model.embedding_dim), old_dim=frozen.width
+        )
+    steps = _total_steps(config, len(data))
     tx, schedule = make_optimizer(config.optim, steps)
 
     example = jnp.zeros((2, *data.x.shape[1:]), data.x.dtype)
     state = init_state(model, tx, example, config.seed, mesh)
     hook = None
-    if method in ("bct", "unibct"):
+    if method in INFLUENCE:
         old_emb = frozen.embed(data.x, mesh, config.eval.batch_size)
         classifier = compat.synthesize_classifier(frozen.weights, old_emb, data.y, frozen.seen)
         state["aux"] = {"classifier": jax.device_put(classifier, sharding.replicated(mesh))}
@@ -351,38 +515,121 @@ def fit_stage(
                     },
                 }
 
-    return train_loop(
-        state,
-        make_train_step(model, tx, method, config.compat, mesh, frozen),
-        lambda step: _batch(data, config, step),
-        workdir=workdir,
-        total=steps,
-        schedule=schedule,
-        mesh=mesh,
-        log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every,
-        keep_checkpoints=config.train.keep_checkpoints,
-        hook=hook,
+    step_fn = make_train_step(model, tx, config, method, mesh, frozen)
+    arrays = {"x": data.x, "y": data.y}
+    return _loop(config, state, step_fn, arrays, workdir, steps, schedule, mesh, hook)
+
+
+def fit_forward(
+    config: ml_collections.ConfigDict,
+    old: Frozen,
+    new: Frozen,
+    data: Labelled,
+    workdir: str,
+    mesh,
+) -> tuple[Adapter, dict]:
+    """BiCT stage 2: psi from old to new space, both models frozen.
+
+    psi learns from embeddings alone: phi_old(x) and phi_new(x) of the new
+    training set are computed once, then psi is trained on them by the
+    forward influence (the new classifier) plus forward.l2 x L2, for the
+    same budget as a stage (`train.steps` or `train.epochs`).
+
+    Returns:
+      (psi, its variables).
+    """
+    claim_stage(workdir, _stage_record(config, stage="forward", forward=config.forward.to_dict()))
+    adapter = build_adapter(config, new.width)
+    steps = _total_steps(config, len(data))
+    tx, schedule = make_optimizer(config.optim, steps)
+    state = init_state(adapter, tx, jnp.zeros((2, old.width), jnp.float32), config.seed, mesh)
+    batch_size = config.eval.batch_size
+    arrays = {
+        "old": old.embed(data.x, mesh, batch_size),
+        "new": new.embed(data.x, mesh, batch_size),
+        "y": data.y,
+    }
+    classifier = jnp.asarray(new.weights)
+
+    def step(state: State, batch: dict[str, jax.Array]):
+        def loss_fn(params):
+            adapted, updates = adapter.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                batch["old"],
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss = compat.forward_loss(
+                adapted,
+                batch["new"],
+                batch["y"],
+                classifier,
+                kind=new.kind,
+                scale=new.scale,
+                l2=config.forward.l2,
+            )
+            return loss, ({"forward": loss}, updates["batch_stats"])
+
+        return optimizer_step(state, tx, loss_fn)
+
+    rep, part = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    step_fn = jax.jit(step, in_shardings=(rep, part), out_shardings=(rep, rep), donate_argnums=0)
+    state = _loop(config, state, step_fn, arrays, workdir, steps, schedule, mesh)
+    return adapter, variables_of(state)
+
+
+def train_new(
+    config: ml_collections.ConfigDict,
+    stage: ml_collections.ConfigDict,
+    data: Labelled,
+    num_classes: int,
+    workdir: str,
+    mesh,
+    frozen: Frozen,
+) -> tuple[nn.Module, dict, tuple[Adapter, dict] | None]:
+    """The new model of `config.method` (in workdir/new) and, for dmu and bict, psi.
+
+    Returns:
+      (the new model, its variables, (psi, its variables) or None).
+    """
+    model = build(stage, num_classes)
+    variables = variables_of(
+        fit_stage(config, stage, data, num_classes, os.path.join(workdir, "new"), mesh, frozen)
     )
-
-
-def _batch(data: Labelled, config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
-    rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
-    return {"x": data.x[rows], "y": data.y[rows]}
+    adapter = None
+    if config.method == "dmu":
+        variables, adapter_variables = split_variables(variables)
+        adapter = (build_adapter(config, stage.model.embedding_dim), adapter_variables)
+    elif config.method == "bict":
+        new = Frozen(stage, model, variables)
+        adapter = fit_forward(config, frozen, new, data, os.path.join(workdir, "forward"), mesh)
+    return model, variables, adapter
 
 
 def evaluate(
-    config, models: dict[str, tuple[nn.Module, State]], data: Labelled, split, mesh
+    config,
+    models: dict[str, tuple[nn.Module, dict]],
+    data: Labelled,
+    split,
+    mesh,
+    adapter: tuple[Adapter, dict] | None = None,
 ) -> dict:
-    """The compatibility matrix of the old, new and paragon models on the held-out split."""
+    """The compatibility matrix of the old, new and paragon models on the held-out split.
+
+    With `adapter` (psi and its variables) the old gallery is also upgraded
+    to psi(old) and searched by the new queries.
+    """
     queries, gallery = data.subset(split.query), data.subset(split.gallery)
+    batch_size = config.eval.batch_size
     embeddings = {
         name: tuple(
-            embed(model, variables_of(state), part.x, mesh, config.eval.batch_size)
-            for part in (queries, gallery)
+            embed(model, variables, part.x, mesh, batch_size) for part in (queries, gallery)
         )
-        for name, (model, state) in models.items()
+        for name, (model, variables) in models.items()
     }
+    if adapter is not None:
+        upgraded = upgrade_gallery(*adapter, embeddings["old"][1], mesh, batch_size)
+        embeddings["adapted"] = (None, upgraded)
     return compatibility_matrix(
         embeddings,
         queries.y,
@@ -451,30 +698,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     lap("old")
     seen = np.bincount(old_data.y, minlength=classes) > 0
-    frozen = Frozen(old_model, old_state, seen, config.old.model.classifier, config.old.model.scale)
-    new_model = build(config.new, classes)
-    new_state = fit_stage(
-        config, config.new, new_data, classes, os.path.join(workdir, "new"), mesh, frozen
+    frozen = Frozen(config.old, old_model, variables_of(old_state), seen)
+    new_model, new_variables, adapter = train_new(
+        config, config.new, new_data, classes, workdir, mesh, frozen
     )
     lap("new")
     if config.method == "independent":
-        paragon_state = new_state
+        paragon_variables = new_variables
     else:
-        paragon_state = fit_stage(
-            config,
-            config.new,
-            new_data,
-            classes,
-            config.paragon_workdir or os.path.join(workdir, "paragon"),
-            mesh,
+        paragon_variables = variables_of(
+            fit_stage(
+                config,
+                config.new,
+                new_data,
+                classes,
+                config.paragon_workdir or os.path.join(workdir, "paragon"),
+                mesh,
+            )
         )
     lap("paragon")
     models = {
-        "old": (old_model, old_state),
-        "new": (new_model, new_state),
-        "paragon": (new_model, paragon_state),
+        "old": (old_model, frozen.variables),
+        "new": (new_model, new_variables),
+        "paragon": (new_model, paragon_variables),
     }
-    results = evaluate(config, models, data, split, mesh)
+    results = evaluate(config, models, data, split, mesh, adapter)
     lap("evaluation")
     results["method"] = config.method
     results["seconds"] = seconds

@@ -1,0 +1,17 @@
+r"""DMU: selective backward compatibility plus a forward adapter psi evolving the old gallery.
+
+    python -m bebrjax.main --workdir DIR --config configs/upgrade/dmu.py:split=extended_class
+
+The compatibility loss (dmu.loss) is weighted per sample by the old
+feature's discriminativeness (dmu.measure); psi is trained with the new
+model (dmu.forward_weight, dmu.forward_emphasis, forward.*). The report adds
+new -> psi(old). Arguments after ':': see
+`bebrjax.trainers.upgrade.config_from_arg`.
+"""
+
+from bebrjax.trainers.upgrade import config_from_arg
+
+
+def get_config(arg=None):
+    """The config."""
+    return config_from_arg("dmu", arg)

@@ -186,3 +186,39 @@ def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+SEQUENCE_COLUMNS = {
+    "new/new": "new / new",
+    "new->phi1": "new -> phi1 gallery",
+    "new->stored": "new -> stored gallery",
+}
+
+
+def sequence_table(results: Mapping[str, Any], metric: str = "mAP@R") -> str:
+    """One row per method and step of a sequence: the stored gallery and each search."""
+    head = ["method", "step", "stored gallery", *SEQUENCE_COLUMNS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, rows in results["methods"].items():
+        for row in rows:
+            cells = [method, str(row["step"]), row["gallery"]]
+            cells += [f"{row[key][metric]:.3f}" for key in SEQUENCE_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sequence(path: str, results: Mapping[str, Any], metric: str = "mAP@R") -> None:
+    """Saves one panel per search (new/new, new->phi1, new->stored): a line per method."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    for ax, (key, title) in zip(axes, SEQUENCE_COLUMNS.items(), strict=True):
+        for method, rows in results["methods"].items():
+            ax.plot(
+                [r["step"] for r in rows], [r[key][metric] for r in rows], marker="o", label=method
+            )
+        ax.set(title=title, xlabel="step", xticks=range(1, results["steps"] + 1))
+    axes[0].set(ylabel=metric, ylim=(0, 1))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"sequential upgrades: phi1 -> ... -> phi{results['steps']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

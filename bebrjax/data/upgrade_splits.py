@@ -14,6 +14,12 @@ rest (the pool) is split by `kind`, with `old_ratio` (0.3 by default):
 
 Everything is drawn with `seed`. `accounting()` gives the images and
 classes of every part, and the overlap of the old and new sets.
+
+`sequence_split` gives the nested training sets of a sequence of upgrades
+(phi1 -> phi2 -> ...): step t trains on `ratios[t]` of the classes
+(extended_class) or of every class's items (extended_data), each set
+containing the previous one; the first is the old set of `universal_split`
+with old_ratio = ratios[0], and the held-out queries and gallery are the same.
 """
 
 from __future__ import annotations
@@ -102,3 +108,43 @@ def universal_split(
                 f"{len(classes)} classes); use more data or other ratios"
             )
     return split
+
+
+def sequence_split(
+    y: np.ndarray,
+    kind: str,
+    ratios,
+    *,
+    eval_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Nested training sets of a sequence of upgrades, and the held-out split.
+
+    Args:
+      y: [N] labels.
+      kind: "extended_class" or "extended_data".
+      ratios: increasing shares in (0, 1], one per step.
+      eval_fraction: held out for evaluation, as in `universal_split`.
+      seed: the draw.
+
+    Returns:
+      ([train rows of each step], query rows, gallery rows).
+
+    Raises:
+      DataError: on another kind, ratios that do not increase within (0, 1],
+        or a part left empty.
+    """
+    if kind not in ("extended_class", "extended_data"):
+        raise DataError(
+            f"split '{kind}' cannot grow over a sequence; use extended_class or extended_data"
+        )
+    ratios = [float(r) for r in ratios]
+    if not ratios or any(not 0 < r <= 1 for r in ratios) or sorted(set(ratios)) != ratios:
+        raise DataError(f"sequence ratios {tuple(ratios)} must increase within (0, 1]")
+
+    def draw(ratio: float) -> UpgradeSplit:
+        return universal_split(y, kind, old_ratio=ratio, eval_fraction=eval_fraction, seed=seed)
+
+    pool = draw(0.5)  # the held-out split and the whole pool do not depend on the ratio
+    train = [pool.new if r == 1 else draw(r).old for r in ratios]
+    return train, pool.query, pool.gallery

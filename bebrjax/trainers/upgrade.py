@@ -118,7 +118,7 @@ def default_config(
         refresh_every=50,
     )
     c.dmu = dict(measure="probability", loss="influence", forward_weight=1.0, forward_emphasis=0.5)
-    c.forward = dict(hidden=0, depth=1, blocks=1, l2=0.0)
+    c.forward = dict(hidden=0, depth=1, blocks=1, l2=1.0)
     c.optim = optim_config(name="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine")
     c.train = train_config(batch_size=256, epochs=30.0, steps=steps)
     c.mesh = dict(num_devices=devices)
@@ -640,11 +640,11 @@ def evaluate(
     )
 
 
-def load_labelled(config: ml_collections.ConfigDict):
-    """The labelled data of `config.data` and its universal split, validated.
+def labelled_data(config: ml_collections.ConfigDict) -> Labelled:
+    """The labelled data of `config.data`, validated.
 
     Raises:
-      DataError: on bad data or a split that leaves a part empty.
+      DataError: on bad data.
       ConfigError: when the data set named is not labelled data.
     """
     data = get_data(config.data)
@@ -653,6 +653,17 @@ def load_labelled(config: ml_collections.ConfigDict):
             f"data.name={config.data.name!r} gives {type(data).__name__}; "
             "upgrades train on labelled data"
         )
+    return data
+
+
+def load_labelled(config: ml_collections.ConfigDict):
+    """The labelled data of `config.data` and its universal split, validated.
+
+    Raises:
+      DataError: on bad data or a split that leaves a part empty.
+      ConfigError: when the data set named is not labelled data.
+    """
+    data = labelled_data(config)
     split = universal_split(
         data.y,
         config.split.kind,

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
-from bebrjax.trainers import upgrade, upgrade_compare
+from bebrjax.trainers import sequential, upgrade, upgrade_compare
 
 # Three gallery items on the unit circle; labels a=0, b=1.
 GALLERY = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
@@ -69,7 +69,7 @@ def small_compare_config(*extra):
         ],
     )
     with config.unlocked():
-        config.methods = ("independent", "l2", "bct", "unibct")
+        config.methods = ("independent", "l2", "bct", "unibct", "dmu", "bict")
     return config
 
 
@@ -84,6 +84,12 @@ def test_method_orderings_on_the_synthetic_default(tmp_path):
     assert cross("independent") < 0.05  # near chance (40 classes)
     assert cross("l2") < cross("bct")
     assert cross("unibct") >= cross("bct")
+    # DMU: less new-to-new degradation, and its upgraded gallery beats BCT's untouched one
+    assert runs["dmu"]["matrix"]["new/new"]["mAP@R"] > runs["bct"]["matrix"]["new/new"]["mAP@R"]
+    for method in ("dmu", "bict"):
+        assert runs[method]["matrix"]["new->psi(old)"]["mAP@R"] > cross("bct")
+        assert runs[method]["adapted"]["compatible"]
+    assert "new->psi(old)" not in runs["bct"]["matrix"]
     assert len({r["matrix"]["old/old"]["mAP@R"] for r in runs.values()}) == 1  # one old model
     for name in (
         "results.json",
@@ -92,6 +98,7 @@ def test_method_orderings_on_the_synthetic_default(tmp_path):
         "old/stage.json",
         "bct/results.png",
         "paragon/checkpoints",
+        "bict/forward/checkpoints",
     ):
         assert (tmp_path / name).exists(), name
     assert (
@@ -101,7 +108,7 @@ def test_method_orderings_on_the_synthetic_default(tmp_path):
 
 def test_a_stage_refuses_reuse_under_another_config(tmp_path):
     config = small_compare_config("train.steps=2")
-    sub = upgrade_compare.method_configs(config, str(tmp_path))["independent"]
+    sub, _ = upgrade_compare.method_configs(config, str(tmp_path))["independent"]
     upgrade.train_and_evaluate(sub, str(tmp_path / "a"))
     apply_overrides(sub, ["old.model.embedding_dim=16"])
     with pytest.raises(ConfigError, match="holds a model trained with another config"):
@@ -182,3 +189,89 @@ def test_tar_at_far_is_nan_without_impostors():
 
     x = np.eye(3, dtype=np.float32)
     assert np.isnan(tar_at_far(x, np.zeros(3, int), x, np.zeros(3, int), [0.1])["TAR@FAR=0.1"])
+
+
+def test_sequential_upgrades_track_the_stored_gallery(tmp_path):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/sequential.py"))
+    apply_overrides(
+        config,
+        [
+            "train.steps=120",
+            "data.num_classes=40",
+            "data.per_class=40",
+            "mesh.num_devices=1",
+            "train.log_every=50",
+            'methods=("bct","bict")',
+        ],
+    )
+    results = sequential.train_and_evaluate(config, str(tmp_path))
+    bct, bict = results["methods"]["bct"], results["methods"]["bict"]
+    assert [r["gallery"] for r in bct] == ["phi1"] * 3  # BCT never touches the gallery
+    assert [r["gallery"] for r in bict] == ["phi1", "psi2(phi1)", "psi3(psi2(phi1))"]
+    for row in bct:  # so its stored gallery is phi1's
+        assert row["new->stored"] == row["new->phi1"]
+    assert bct[0] == bict[0]  # one phi1 for every method
+    assert [r["new/new"] for r in bct[1:]] == [r["new/new"] for r in bict[1:]]  # BiCT's stage 1
+    for step in (1, 2):
+        assert bict[step]["new->stored"]["mAP@R"] > bct[step]["new->phi1"]["mAP@R"]
+    assert [s["classes"] for s in results["train_sets"]] == [12, 24, 40]
+    for name in ("results.json", "results.md", "results.png", "bict/step3/forward/checkpoints"):
+        assert (tmp_path / name).exists(), name
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sequence.embedding_dims=(32,64)", "one entry per step"),
+        ("dmu.measure=bogus", "'dmu.measure' = 'bogus'"),
+        ("forward.blocks=0", "'forward.blocks' = 0"),
+        ("methods=()", "'methods' is empty"),
+    ],
+)
+def test_sequential_config_errors_name_the_key(override, message):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/sequential.py"))
+    apply_overrides(config, [override])
+    with pytest.raises(ConfigError) as info:
+        sequential.validate(config)
+    assert message in str(info.value)
+
+
+def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/bict_sweep.py"))
+    runs = upgrade_compare.method_configs(config, str(tmp_path))
+    assert list(runs)[0] == "bict@compat.weight=0.0"
+    sub, path = runs["bict@compat.weight=0.3"]
+    assert sub.compat.weight == 0.3 and path.endswith("bict@0.3")
+    apply_overrides(config, ["sweep.grid=()"])
+    with pytest.raises(ConfigError, match="'sweep.grid' is empty"):
+        upgrade_compare.method_configs(config, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "arg, override, message",
+    [
+        ("data=labelled,path=/nonexistent/data.npz", "", "/nonexistent/data.npz"),
+        ("", "--config.split.kind=open_class", "cannot grow over a sequence"),
+    ],
+)
+def test_bad_sequential_input_exits_nonzero_and_writes_nothing(tmp_path, arg, override, message):
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bebrjax.main",
+            "--workdir",
+            str(workdir),
+            "--config",
+            f"configs/upgrade/sequential.py:{arg}",
+            *([override] if override else []),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not workdir.exists()

@@ -117,7 +117,7 @@ def default_config(
         unibct_temperature=0.05,
         refresh_every=50,
     )
-    c.dmu = dict(measure="probability", loss="influence", forward_weight=1.0, forward_emphasis=0.5)
+    c.dmu = dict(measure="margin", loss="influence", forward_weight=1.0, forward_emphasis=0.5)
     c.forward = dict(hidden=0, depth=1, blocks=1, l2=1.0)
     c.optim = optim_config(name="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine")
     c.train = train_config(batch_size=256, epochs=30.0, steps=steps)

@@ -6,6 +6,10 @@ Each method runs as the `upgrade` trainer in `workdir/<method>`, sharing
 compatibility loss. The comparison (mAP@R of every cell of the matrix, the
 new->old R@1, update gain and negative-flip rate) is written to
 results.json, results.md and results.png.
+
+A sweep (`sweep.key`, `sweep.grid`) runs every method once per value of
+one config key, as `<method>@<key>=<value>` in `workdir/<method>@<value>`
+(e.g. BiCT's lambda_bc: compat.weight).
 """
 
 from __future__ import annotations
@@ -17,23 +21,33 @@ import ml_collections
 
 from bebrjax import report
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, to_dict
+from bebrjax.config import ConfigError, apply_overrides, to_dict
 from bebrjax.trainers import upgrade
 
 
 def method_configs(config: ml_collections.ConfigDict, workdir: str):
-    """The `upgrade` config of each method, sharing the old model and the paragon."""
+    """{run name: (its `upgrade` config, its directory)}, sharing the old model and paragon."""
+    sweep = config.get("sweep") or ml_collections.ConfigDict(dict(key="", grid=()))
+    if sweep.key and not sweep.grid:
+        raise ConfigError(f"config key 'sweep.grid' is empty (sweeping {sweep.key!r})")
     out = {}
     for method in config.methods:
-        sub = copy.deepcopy(config)
-        with sub.unlocked():
-            del sub.methods
-            sub.trainer = "upgrade"
-            sub.method = method
-            sub.old_workdir = os.path.join(workdir, "old")
-            sub.paragon_workdir = os.path.join(workdir, "paragon")
-        upgrade.validate(sub)
-        out[method] = sub
+        for value in sweep.grid if sweep.key else (None,):
+            sub = copy.deepcopy(config)
+            with sub.unlocked():
+                del sub.methods
+                if "sweep" in sub:
+                    del sub.sweep
+                sub.trainer = "upgrade"
+                sub.method = method
+                sub.old_workdir = os.path.join(workdir, "old")
+                sub.paragon_workdir = os.path.join(workdir, "paragon")
+            name, directory = method, method
+            if value is not None:
+                apply_overrides(sub, [f"{sweep.key}={value}"])
+                name, directory = f"{method}@{sweep.key}={value}", f"{method}@{value}"
+            upgrade.validate(sub)
+            out[name] = (sub, os.path.join(workdir, directory))
     return out
 
 
@@ -44,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     subs = method_configs(config, workdir)
     upgrade.load_labelled(config)  # validates the data before anything is written
     wd.prepare(workdir, to_dict(config))
-    runs = {m: upgrade.train_and_evaluate(sub, os.path.join(workdir, m)) for m, sub in subs.items()}
+    runs = {name: upgrade.train_and_evaluate(sub, path) for name, (sub, path) in subs.items()}
     results = {"split": config.split.kind, "methods": runs}
     wd.write_json(os.path.join(workdir, "results.json"), results)
     wd.write_atomic(os.path.join(workdir, "results.md"), report.comparison_table(runs) + "\n")

@@ -4,9 +4,11 @@ r"""Every compatibility method on one split, in one table.
       --config configs/upgrade/compare.py:split=extended_class
 
 Trains one old model and one paragon, then a new model per method
-(independent, l2, bct, contrastive, ract, unibct), each in DIR/<method>,
-and prints mAP@R of old/old, new/new, new->old and the paragon, new->old
-R@1, the update gain and the negative-flip rate of every method.
+(independent, l2, bct, contrastive, ract, unibct, dmu, bict), each in
+DIR/<method>, and prints mAP@R of old/old, new/new, new->old,
+new->psi(old) (dmu, bict) and the paragon, new->old R@1, the update gain
+and the negative-flip rate of every method. `--config.sweep.key=K
+--config.sweep.grid=(..)` repeats every method for each value of K.
 
 Arguments after ':' as in the single-method configs (split, data, steps, devices).
 """
@@ -19,4 +21,5 @@ def get_config(arg=None):
     config = config_from_arg("independent", arg)
     config.trainer = "upgrade_compare"
     config.methods = METHODS
+    config.sweep = dict(key="", grid=())
     return config

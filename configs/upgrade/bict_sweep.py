@@ -1,0 +1,21 @@
+r"""BiCT's lambda_bc (compat.weight) swept: backward against forward compatibility.
+
+    python -m bebrjax.main --workdir DIR --config configs/upgrade/bict_sweep.py
+
+One old model and one paragon; BiCT at every lambda_bc of sweep.grid, in
+DIR/bict@<value>. The table shows, per lambda_bc, new/new (what backward
+compatibility costs the new model), new->old (the gallery left as is) and
+new->psi(old) (the gallery upgraded by psi). lambda_bc = 0 is forward
+compatibility alone. Arguments after ':' as in the single-method configs.
+"""
+
+from bebrjax.trainers.upgrade import config_from_arg
+
+
+def get_config(arg=None):
+    """The sweep config."""
+    config = config_from_arg("bict", arg)
+    config.trainer = "upgrade_compare"
+    config.methods = ("bict",)
+    config.sweep = dict(key="compat.weight", grid=(0.0, 0.1, 0.3, 1.0, 3.0))
+    return config

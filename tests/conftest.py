@@ -7,9 +7,24 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """`python -m bebrjax.main ARGS` in a fresh process on one CPU device."""
+    return subprocess.run(
+        [sys.executable, "-m", "bebrjax.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
+    )
 
 
 def tiny_overrides(steps: int = 12) -> list[str]:

@@ -1,30 +1,15 @@
 """The command line: a whole run, and every bad input ending in a clear error."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_overrides
-
-
-def _main(*args, cwd=ROOT):
-    env = {**os.environ, "XLA_FLAGS": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "bebrjax.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+from conftest import run_main, tiny_overrides
 
 
 def test_demo_run_writes_every_file(tmp_path):
     workdir = tmp_path / "run"
-    proc = _main(
+    proc = run_main(
         "--config",
         "configs/bebr/demo.py:bits=2",
         "--workdir",
@@ -67,7 +52,7 @@ ONES = np.ones((40, 4), np.float32)
 def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message):
     path = make_path(tmp_path)
     workdir = tmp_path / "run"
-    proc = _main("--config", f"configs/bebr/npz.py:path={path}", "--workdir", str(workdir))
+    proc = run_main("--config", f"configs/bebr/npz.py:path={path}", "--workdir", str(workdir))
     assert proc.returncode != 0
     assert message in proc.stderr and path in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -114,7 +99,7 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
 )
 def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
     workdir = tmp_path / "run"
-    proc = _main(*args, "--workdir", str(workdir))
+    proc = run_main(*args, "--workdir", str(workdir))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not workdir.exists()

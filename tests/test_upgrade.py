@@ -2,12 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
@@ -128,21 +126,8 @@ def test_bad_labelled_input_exits_nonzero_and_writes_nothing(tmp_path, arrays, m
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bebrjax.main",
-            "--workdir",
-            str(workdir),
-            "--config",
-            f"configs/upgrade/bct.py:data=labelled,path={path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "XLA_FLAGS": ""},
+    proc = run_main(
+        "--workdir", str(workdir), "--config", f"configs/upgrade/bct.py:data=labelled,path={path}"
     )
     assert proc.returncode == 2 and message in proc.stderr and str(path) in proc.stderr
     assert not workdir.exists()
@@ -158,20 +143,26 @@ def test_bct_is_compatible_on_digits(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "config_file, override, message",
     [
-        ("compat.unibct_lambda=1.0", "'compat.unibct_lambda' = 1.0: must be in [0, 1)"),
-        ("old.model.backbone=vit", "'old.model.backbone' = 'vit'"),
-        ("eval.fars=(0.1,2.0)", "'eval.fars'"),
-        ("train.log_every=0", "'train.log_every' = 0"),
-        ("method=bogus", "'method' = 'bogus'"),
+        ("bct", "compat.unibct_lambda=1.0", "'compat.unibct_lambda' = 1.0: must be in [0, 1)"),
+        ("bct", "old.model.backbone=vit", "'old.model.backbone' = 'vit'"),
+        ("bct", "eval.fars=(0.1,2.0)", "'eval.fars'"),
+        ("bct", "train.log_every=0", "'train.log_every' = 0"),
+        ("bct", "method=bogus", "'method' = 'bogus'"),
+        ("dmu", "dmu.forward_emphasis=2.0", "'dmu.forward_emphasis' = 2.0: must be in [0, 1]"),
+        ("sequential", "sequence.embedding_dims=(32,64)", "one entry per step"),
+        ("sequential", "dmu.measure=bogus", "'dmu.measure' = 'bogus'"),
+        ("sequential", "forward.blocks=0", "'forward.blocks' = 0"),
+        ("sequential", "methods=()", "'methods' is empty"),
     ],
 )
-def test_upgrade_config_errors_name_the_key(override, message):
-    config = load_config(os.path.join(ROOT, "configs/upgrade/bct.py"))
+def test_upgrade_config_errors_name_the_key(config_file, override, message):
+    config = load_config(os.path.join(ROOT, f"configs/upgrade/{config_file}.py"))
     apply_overrides(config, [override])
+    trainer = sequential if config_file == "sequential" else upgrade
     with pytest.raises(ConfigError) as info:
-        upgrade.validate(config)
+        trainer.validate(config)
     assert message in str(info.value)
 
 
@@ -219,23 +210,6 @@ def test_sequential_upgrades_track_the_stored_gallery(tmp_path):
         assert (tmp_path / name).exists(), name
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("sequence.embedding_dims=(32,64)", "one entry per step"),
-        ("dmu.measure=bogus", "'dmu.measure' = 'bogus'"),
-        ("forward.blocks=0", "'forward.blocks' = 0"),
-        ("methods=()", "'methods' is empty"),
-    ],
-)
-def test_sequential_config_errors_name_the_key(override, message):
-    config = load_config(os.path.join(ROOT, "configs/upgrade/sequential.py"))
-    apply_overrides(config, [override])
-    with pytest.raises(ConfigError) as info:
-        sequential.validate(config)
-    assert message in str(info.value)
-
-
 def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):
     config = load_config(os.path.join(ROOT, "configs/upgrade/bict_sweep.py"))
     runs = upgrade_compare.method_configs(config, str(tmp_path))
@@ -256,22 +230,9 @@ def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):
 )
 def test_bad_sequential_input_exits_nonzero_and_writes_nothing(tmp_path, arg, override, message):
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bebrjax.main",
-            "--workdir",
-            str(workdir),
-            "--config",
-            f"configs/upgrade/sequential.py:{arg}",
-            *([override] if override else []),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "XLA_FLAGS": ""},
+    extra = [override] if override else []
+    proc = run_main(
+        "--workdir", str(workdir), "--config", f"configs/upgrade/sequential.py:{arg}", *extra
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not workdir.exists()

@@ -42,7 +42,9 @@ from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
 from bebrjax.trainers.loop import (
     State,
+    cadence,
     init_state,
+    jit_train_step,
     optimizer_step,
     train_config,
     train_loop,
@@ -167,8 +169,7 @@ def make_train_step(
 
         return optimizer_step(state, tx, loss_fn)
 
-    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    return jit_train_step(step, mesh)
 
 
 def make_batch(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -212,9 +213,7 @@ def fit(
         total=config.train.steps,
         schedule=schedule,
         mesh=mesh,
-        log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every,
-        keep_checkpoints=config.train.keep_checkpoints,
+        **cadence(config.train),
         stop_after_steps=stop_after_steps,
     )
 

@@ -102,6 +102,30 @@ def optimizer_step(
     return new_state, {"loss": total, "grad_norm": optax.tree.norm(grads), **terms}
 
 
+def jit_train_step(step: Callable[[State, Any], tuple[State, Any]], mesh):
+    """`step(state, batch)` jit'd on the mesh: state replicated and donated, batch sharded."""
+    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def cadence(train: Any) -> dict[str, int]:
+    """`train_loop`'s log_every, checkpoint_every and keep_checkpoints from a `train` section."""
+    return {k: train[k] for k in ("log_every", "checkpoint_every", "keep_checkpoints")}
+
+
+class Laps:
+    """Wall seconds of named phases: `laps("stage")` closes the phase that ends now."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        """Records the seconds since the last call (or creation) as phase `name`."""
+        now = time.perf_counter()
+        self.seconds[name], self._clock = round(now - self._clock, 1), now
+
+
 def train_loop(
     state: State,
     train_step: Callable[[State, Any], tuple[State, dict[str, jax.Array]]],

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 
 import ml_collections
@@ -40,7 +39,7 @@ from bebrjax.data.upgrade_splits import sequence_split
 from bebrjax.evaluators.compatibility import retrieval_metrics
 from bebrjax.models.adapter import upgrade_gallery
 from bebrjax.trainers import upgrade
-from bebrjax.trainers.loop import variables_of
+from bebrjax.trainers.loop import Laps, variables_of
 
 MLP_STEPS = ({"widths": (128,)}, {"widths": (256, 256)}, {"widths": (512, 512)})
 RESNET_STEPS = (
@@ -167,12 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     classes, batch_size = data.num_classes, config.eval.batch_size
     queries, gallery = data.subset(query_rows), data.subset(gallery_rows)
-    seconds, clock = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name], clock = round(now - clock, 1), now
+    lap = Laps()
 
     def search(q, g):
         metrics, _ = retrieval_metrics(
@@ -201,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for part in (queries, gallery)
     )
     baseline = search(first_q, first_g)
-    results = {"steps": len(train_sets), "methods": {}, "seconds": seconds}
+    results = {"steps": len(train_sets), "methods": {}, "seconds": lap.seconds}
     for method in config.methods:
         frozen = upgrade.Frozen(
             first_stage,

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -64,8 +63,11 @@ from bebrjax.models.embedder import Model
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.trainers.loop import (
+    Laps,
     State,
+    cadence,
     init_state,
+    jit_train_step,
     optimizer_step,
     train_config,
     train_loop,
@@ -382,8 +384,7 @@ def make_train_step(
 
         return optimizer_step(state, tx, loss_fn)
 
-    rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    return jit_train_step(step, mesh)
 
 
 def claim_stage(workdir: str, record: dict) -> None:
@@ -442,9 +443,7 @@ def _loop(
         total=steps,
         schedule=schedule,
         mesh=mesh,
-        log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every,
-        keep_checkpoints=config.train.keep_checkpoints,
+        **cadence(config.train),
         hook=hook,
     )
 
@@ -572,9 +571,7 @@ def fit_forward(
 
         return optimizer_step(state, tx, loss_fn)
 
-    rep, part = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step_fn = jax.jit(step, in_shardings=(rep, part), out_shardings=(rep, rep), donate_argnums=0)
-    state = _loop(config, state, step_fn, arrays, workdir, steps, schedule, mesh)
+    state = _loop(config, state, jit_train_step(step, mesh), arrays, workdir, steps, schedule, mesh)
     return adapter, variables_of(state)
 
 
@@ -691,13 +688,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     classes = data.num_classes
     old_data, new_data = data.subset(split.old), data.subset(split.new)
-    seconds, clock = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name], clock = round(now - clock, 1), now
-
+    lap = Laps()
     old_model = build(config.old, classes)
     old_state = fit_stage(
         config,
@@ -736,7 +727,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = evaluate(config, models, data, split, mesh, adapter)
     lap("evaluation")
     results["method"] = config.method
-    results["seconds"] = seconds
+    results["seconds"] = lap.seconds
     results["split"] = {"kind": split.kind, **split.accounting(data.y)}
     wd.write_json(os.path.join(workdir, "results.json"), results)
     wd.write_atomic(os.path.join(workdir, "results.md"), report.matrix_table(results) + "\n")

@@ -27,8 +27,9 @@ reading (see `compat.discriminativeness`, `compat.darwinian_weights`,
   * DMU: the per-sample compatibility loss (`dmu.loss`: influence or
     contrastive) weighted by w = d / mean(d), d the old feature's
     discriminativeness (`dmu.measure`); psi trained jointly, through the new
-    classifier (stop-gradient, so only psi learns from it), weighted towards
-    poor old features (`dmu.forward_emphasis`), at weight `dmu.forward_weight`.
+    classifier (stop-gradient, so only psi learns from it; the one optimizer's
+    global-norm clip still couples the step sizes), weighted towards poor old
+    features (`dmu.forward_emphasis`), at weight `dmu.forward_weight`.
   * BiCT: psi trained after the new model, on embeddings only (no raw data is
     needed once phi_old(x) and phi_new(x) are stored), by the forward
     influence plus `forward.l2` x L2.

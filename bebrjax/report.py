@@ -173,7 +173,7 @@ def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str
     for offset, key, label in bars:
         ax.bar(
             [x + offset for x in xs],
-            [runs[m]["matrix"].get(key, {}).get("mAP@R", 0.0) for m in methods],
+            [runs[m]["matrix"].get(key, {}).get("mAP@R", float("nan")) for m in methods],
             0.27,
             label=label,
         )

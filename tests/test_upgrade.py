@@ -216,9 +216,25 @@ def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):
     assert list(runs)[0] == "bict@compat.weight=0.0"
     sub, path = runs["bict@compat.weight=0.3"]
     assert sub.compat.weight == 0.3 and path.endswith("bict@0.3")
+    assert sub.old_workdir == str(tmp_path / "old")  # compat.weight leaves the old model alone
+    apply_overrides(config, ["sweep.key=seed", "sweep.grid=(0,1)"])
+    runs = upgrade_compare.method_configs(config, str(tmp_path))
+    assert runs["bict@seed=0"][0].old_workdir == str(tmp_path / "old")
+    assert runs["bict@seed=1"][0].paragon_workdir == str(tmp_path / "paragon@1")
     apply_overrides(config, ["sweep.grid=()"])
     with pytest.raises(ConfigError, match="'sweep.grid' is empty"):
         upgrade_compare.method_configs(config, str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_cannot_be_built_is_refused_before_writing(tmp_path):
+    config = load_config(os.path.join(ROOT, "configs/upgrade/sequential.py"))
+    apply_overrides(
+        config, ['sequence.backbone_args=({"widths":(8,)},{"widths":(8,)},{"width":16})']
+    )
+    with pytest.raises(ConfigError, match=r"'sequence.backbone_args\[2\]'"):
+        sequential.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,7 @@ def method_config(
         sub.old = stage_config(config, step - 1)
         sub.new = stage_config(config, step)
         sub.split.old_ratio = config.sequence.ratios[step - 1]
+        sub.split.new_ratio = config.sequence.ratios[step]  # recorded in the stage's record
     return sub
 
 
@@ -158,6 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         seed=config.seed,
     )
     validate(config)
+    for step in range(len(train_sets)):
+        upgrade.check_model(
+            stage_config(config, step),
+            data.num_classes,
+            data.x[:1],
+            f"sequence.backbone_args[{step}]",
+        )
     mesh = sharding.make_mesh(config.mesh.num_devices)
     sharding.check_batch_size(config.train.batch_size, mesh)
     for rows in train_sets:

@@ -40,6 +40,7 @@ orbax and resumable, through the shared `train_loop`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -420,6 +421,38 @@ def _stage_record(config: ml_collections.ConfigDict, **parts) -> dict:
     }
 
 
+def stage_record(
+    config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, method: str
+) -> dict:
+    """What a model stage trained with `method` depends on (its stage.json)."""
+    extra = {}
+    if method == "dmu":
+        extra = {"dmu": config.dmu.to_dict(), "forward": config.forward.to_dict()}
+    compat_section = None if method == "independent" else config.compat.to_dict()
+    return _stage_record(
+        config, method=method, stage=stage.to_dict(), compat=compat_section, **extra
+    )
+
+
+def check_model(
+    stage: ml_collections.ConfigDict, num_classes: int, example: np.ndarray, key: str
+) -> None:
+    """Builds a stage's model abstractly on an example batch.
+
+    Raises:
+      ConfigError: naming `key` when the model cannot be built (e.g. backbone
+        arguments the backbone does not take).
+    """
+    try:
+        jax.eval_shape(
+            functools.partial(build(stage, num_classes).init, train=False),
+            jax.random.key(0),
+            jnp.zeros((2, *example.shape[1:]), example.dtype),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key '{key}': the model cannot be built: {e}") from None
+
+
 def _total_steps(config: ml_collections.ConfigDict, examples: int) -> int:
     return config.train.steps or max(
         1, int(round(config.train.epochs * steps_per_epoch(examples, config.train.batch_size)))
@@ -466,16 +499,7 @@ def fit_stage(
     """
     method = config.method if frozen else "independent"
     dmu = method == "dmu"
-    claim_stage(
-        workdir,
-        _stage_record(
-            config,
-            method=method,
-            stage=stage.to_dict(),
-            compat=config.compat.to_dict() if frozen else None,
-            **({"dmu": config.dmu.to_dict(), "forward": config.forward.to_dict()} if dmu else {}),
-        ),
-    )
+    claim_stage(workdir, stage_record(config, stage, method))
     model = build(stage, num_classes)
     if dmu:
         model = WithAdapter(
@@ -672,12 +696,11 @@ def load_labelled(config: ml_collections.ConfigDict):
     return data, split
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains the old model (unless present), the new one and the paragon, then evaluates.
+def preflight(config: ml_collections.ConfigDict):
+    """Everything checked before a run writes anything; returns (data, split, mesh).
 
     Raises:
-      DataError: on bad input data; ConfigError: on a bad config or a workdir
-        holding another run. Both before anything is written.
+      DataError: on bad input data; ConfigError: on a bad config.
     """
     data, split = load_labelled(config)
     validate(config)
@@ -685,6 +708,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sharding.check_batch_size(config.train.batch_size, mesh)
     for part in ("old", "new"):
         steps_per_epoch(len(getattr(split, part)), config.train.batch_size)
+        check_model(config[part], data.num_classes, data.x[:1], f"{part}.model")
+    return data, split, mesh
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the old model (unless present), the new one and the paragon, then evaluates.
+
+    Raises:
+      DataError: on bad input data; ConfigError: on a bad config or a workdir
+        holding another run. Both before anything is written.
+    """
+    data, split, mesh = preflight(config)
     wd.prepare(workdir, to_dict(config))
 
     classes = data.num_classes

@@ -26,11 +26,19 @@ from bebrjax.trainers import upgrade
 
 
 def method_configs(config: ml_collections.ConfigDict, workdir: str):
-    """{run name: (its `upgrade` config, its directory)}, sharing the old model and paragon."""
+    """{run name: (its `upgrade` config, its directory)}, checked before anything is written.
+
+    Runs share `workdir/old` and `workdir/paragon` when those stages would be
+    trained identically; a swept key that changes them (e.g. the seed or
+    the data) gives each value its own `old@<value>` and `paragon@<value>`.
+
+    Raises:
+      ConfigError, DataError: for the first run whose config or data is unusable.
+    """
     sweep = config.get("sweep") or ml_collections.ConfigDict(dict(key="", grid=()))
     if sweep.key and not sweep.grid:
         raise ConfigError(f"config key 'sweep.grid' is empty (sweeping {sweep.key!r})")
-    out = {}
+    out, shared = {}, None
     for method in config.methods:
         for value in sweep.grid if sweep.key else (None,):
             sub = copy.deepcopy(config)
@@ -40,13 +48,17 @@ def method_configs(config: ml_collections.ConfigDict, workdir: str):
                     del sub.sweep
                 sub.trainer = "upgrade"
                 sub.method = method
-                sub.old_workdir = os.path.join(workdir, "old")
-                sub.paragon_workdir = os.path.join(workdir, "paragon")
             name, directory = method, method
             if value is not None:
                 apply_overrides(sub, [f"{sweep.key}={value}"])
                 name, directory = f"{method}@{sweep.key}={value}", f"{method}@{value}"
-            upgrade.validate(sub)
+            records = [upgrade.stage_record(sub, sub[s], "independent") for s in ("old", "new")]
+            shared = shared or records
+            suffix = "" if records == shared else f"@{value}"
+            with sub.unlocked():
+                sub.old_workdir = os.path.join(workdir, "old" + suffix)
+                sub.paragon_workdir = os.path.join(workdir, "paragon" + suffix)
+            upgrade.preflight(sub)
             out[name] = (sub, os.path.join(workdir, directory))
     return out
 
@@ -56,7 +68,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not config.methods:
         raise ConfigError("config key 'methods' is empty")
     subs = method_configs(config, workdir)
-    upgrade.load_labelled(config)  # validates the data before anything is written
     wd.prepare(workdir, to_dict(config))
     runs = {name: upgrade.train_and_evaluate(sub, path) for name, (sub, path) in subs.items()}
     results = {"split": config.split.kind, "methods": runs}

@@ -105,7 +105,7 @@ def test_adapter_starts_as_the_width_fitting(width):
     np.testing.assert_allclose(adapter.apply(variables, OLD), fit_to(OLD, width), atol=1e-6)
 
 
-def test_gallery_upgrade_in_batches_equals_the_whole_array():
+def test_gallery_upgrade_in_batches_equals_the_whole_array(tmp_path):
     adapter = Adapter(10, hidden=16)
     variables = adapter.init(jax.random.key(0), OLD)
     # move every parameter and statistic off its initial value, so psi is not the identity
@@ -125,7 +125,9 @@ def test_gallery_upgrade_in_batches_equals_the_whole_array():
     batched = upgrade_gallery(adapter, variables, gallery, mesh, batch_size=8)
     assert batched.shape == (45, 10)
     np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-6)
-    memmapped = upgrade_gallery(adapter, variables, np.asarray(gallery), sharding.make_mesh(1), 7)
+    np.save(tmp_path / "gallery.npy", gallery)
+    stored = np.load(tmp_path / "gallery.npy", mmap_mode="r")
+    memmapped = upgrade_gallery(adapter, variables, stored, sharding.make_mesh(1), 7)
     np.testing.assert_allclose(memmapped, whole, rtol=1e-5, atol=1e-6)
 
 

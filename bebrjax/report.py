@@ -11,6 +11,14 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+
+def _save(fig, path: str) -> None:
+    """Writes a figure as a PNG and frees it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 METHOD_NAMES = {
     "float": "float (raw embeddings, cosine)",
     "binary": "binary (recurrent codes)",
@@ -60,9 +68,7 @@ def plot_run(
     ax_rec.set_xticks([j + 0.4 - width / 2 for j in range(len(ks))], ks)
     ax_rec.set(ylim=(0, 1), ylabel="recall", title="query -> doc retrieval")
     ax_rec.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 MATRIX_ROWS = {
@@ -124,9 +130,7 @@ def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") ->
     ax.set_yticks([0, 1], ["old queries", "new queries"])
     ax.set_title(f"{results.get('method', '')}: {metric} (paragon {matrix['paragon'][metric]:.3f})")
     fig.colorbar(image)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
@@ -183,9 +187,7 @@ def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str
     ax.set_xticks(list(xs), methods)
     ax.set(ylabel="mAP@R", ylim=(0, 1), title=f"compatible upgrades, {title}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 SEQUENCE_COLUMNS = {
@@ -219,6 +221,4 @@ def plot_sequence(path: str, results: Mapping[str, Any], metric: str = "mAP@R") 
     axes[0].set(ylabel=metric, ylim=(0, 1))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"sequential upgrades: phi1 -> ... -> phi{results['steps']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

@@ -79,8 +79,6 @@ from bebrjax.trainers.loop import (
 METHODS = ("independent", "l2", "bct", "contrastive", "ract", "unibct", "dmu", "bict")
 # Methods whose new model learns through the old classifier (with synthesized rows).
 INFLUENCE = ("bct", "unibct", "bict", "dmu")
-# Methods that upgrade the stored gallery with a forward adapter psi.
-ADAPTING = ("dmu", "bict")
 
 
 def default_config(
@@ -277,10 +275,13 @@ class Frozen:
 
 
 def backward_loss(config: ml_collections.ConfigDict, method: str) -> str:
-    """The compatibility loss of `method`: DMU weighs BCT's or the contrastive one."""
+    """The compatibility loss of `method` (DMU weighs BCT's or the contrastive one).
+
+    BiCT's first stage is BCT.
+    """
     if method == "dmu":
         return "bct" if config.dmu.loss == "influence" else "contrastive"
-    return method
+    return "bct" if method == "bict" else method
 
 
 def compat_term(
@@ -306,7 +307,7 @@ def compat_term(
             ract=loss == "ract",
             weights=weights,
         )
-    if loss in ("bct", "bict", "unibct"):
+    if loss in ("bct", "unibct"):
         kind = "cosine" if loss == "unibct" else frozen.kind
         return compat.influence_loss(
             new, labels, classifier, kind=kind, scale=frozen.scale, weights=weights

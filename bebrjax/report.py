@@ -19,6 +19,13 @@ def _save(fig, path: str) -> None:
     plt.close(fig)
 
 
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table of `rows` under `head` (cells already formatted, or str()-ed)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 METHOD_NAMES = {
     "float": "float (raw embeddings, cosine)",
     "binary": "binary (recurrent codes)",

@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bebrjax.config import ConfigError
+from bebrjax.errors import ConfigError
 
 DATA_AXIS = "data"
 
@@ -57,24 +57,39 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
         )
 
 
-def batched_apply(
-    fn: Callable[[Any, jax.Array], Any], variables: Any, x: np.ndarray, mesh, batch_size: int
-) -> Any:
-    """`fn(variables, batch)` over `x` in batches sharded on the mesh, as numpy.
+def sharded_apply(
+    fn: Callable[[Any, jax.Array], Any], mesh, batch_size: int
+) -> Callable[[Any, np.ndarray], Any]:
+    """`apply(variables, chunk)`: jit'd `fn` on one host chunk of at most `batch_size` rows.
 
-    The batch size is rounded up to a multiple of the devices and the last
-    batch is padded (one compiled shape); the padding is cut from the result.
+    The batch size is rounded up to a multiple of the devices and every chunk
+    is padded to it (one compiled shape). The result stays on the devices
+    (dispatch is asynchronous) with the padding still in it: its first
+    `len(chunk)` rows are the answer.
     """
     devices = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
-    apply = jax.jit(
+    jitted = jax.jit(
         fn,
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=batch_sharded(mesh),
     )
-    out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
+
+    def apply(variables: Any, chunk: np.ndarray) -> Any:
         pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
-        out.append(jax.tree.map(np.asarray, apply(variables, np.pad(chunk, pad))))
+        return jitted(variables, np.pad(chunk, pad))
+
+    apply.batch_size = batch_size
+    return apply
+
+
+def batched_apply(
+    fn: Callable[[Any, jax.Array], Any], variables: Any, x: np.ndarray, mesh, batch_size: int
+) -> Any:
+    """`fn(variables, batch)` over `x` in batches on the mesh, as numpy (see `sharded_apply`)."""
+    apply = sharded_apply(fn, mesh, batch_size)
+    out = [
+        jax.tree.map(np.asarray, apply(variables, x[start : start + apply.batch_size]))
+        for start in range(0, len(x), apply.batch_size)
+    ]
     return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(x)], *out)

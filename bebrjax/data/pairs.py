@@ -64,16 +64,29 @@ def _check_embeddings(source: str, name: str, array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, np.float32)
     for start in range(0, array.shape[0], _CHUNK):
         chunk = np.asarray(array[start : start + _CHUNK], dtype=np.float32)
-        finite = np.isfinite(chunk).all(axis=1)
-        if not finite.all():
-            row = start + int(np.argmin(finite))
-            raise DataError(f"{source}: '{name}' has non-finite values (first at row {row})")
-        norms = np.linalg.norm(chunk, axis=1, keepdims=True)
-        if (norms == 0).any():
-            row = start + int(np.argmin(norms[:, 0]))
-            raise DataError(f"{source}: '{name}' row {row} is all zeros and cannot be normalized")
-        out[start : start + _CHUNK] = chunk / norms
+        out[start : start + _CHUNK] = chunk / row_norms(chunk, f"{source}: '{name}'", start)
     return out
+
+
+def row_norms(chunk: np.ndarray, name: str, start: int = 0) -> np.ndarray:
+    """The L2 norms [n, 1] of float32 rows that must be finite and non-zero.
+
+    Args:
+      chunk: [n, d] float32 rows.
+      name: what they are, for messages.
+      start: the row number of chunk[0] in the whole array.
+
+    Raises:
+      DataError: naming the first non-finite or all-zero row.
+    """
+    finite = np.isfinite(chunk).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{name} has non-finite values (first at row {start + np.argmin(finite)})")
+    norms = np.linalg.norm(chunk, axis=1, keepdims=True)
+    if (norms == 0).any():
+        row = start + int(np.argmin(norms[:, 0]))
+        raise DataError(f"{name} row {row} is all zeros and cannot be normalized")
+    return norms
 
 
 def make_pairs(

@@ -26,7 +26,12 @@ def recall_at_k(ids: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
         gallery is smaller (then every doc is within reach).
       ks: the k of Recall@k.
     """
-    hit = ids == np.arange(len(ids))[:, None]
+    return recall_of(ids, np.arange(len(ids)), ks)
+
+
+def recall_of(ids: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """{"R@k": share of queries i whose relevant doc relevant[i] is among ids[i, :k]}."""
+    hit = ids == np.asarray(relevant)[:, None]
     rank = np.where(hit.any(axis=1), hit.argmax(axis=1), ids.shape[1])
     return {f"R@{k}": float(np.mean(rank < k)) for k in ks}
 

@@ -39,6 +39,55 @@ from bebrjax.sharding import DATA_AXIS
 
 FORMAT = "bebrjax.BinaryIndex"
 VERSION = 1
+HEADER, CODES, NORMS = "header.json", "codes.npy", "inv_norms.npy"
+PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
+
+
+def write_header(directory: str, m: int, u: int, metric: str, count: int) -> None:
+    """Writes an index directory's header.json (the last file of a save)."""
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "m": int(m),
+        "u": int(u),
+        "metric": metric,
+        "count": int(count),
+        "words_per_plane": codes_lib.num_words(m),
+    }
+    with open(os.path.join(directory, HEADER), "w") as f:
+        json.dump(header, f, indent=2)
+
+
+def staging_dir(path: str, prefix: str) -> str:
+    """A new empty directory beside `path` to build its replacement in.
+
+    Made by `tempfile.mkdtemp` (a fresh name), then given the permissions
+    of an ordinary new directory (mkdtemp's are 0700).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def move_into_place(tmp: str, path: str) -> None:
+    """Renames the finished directory `tmp` to `path`, replacing whatever was there.
+
+    The old contents are moved aside first and deleted only once the new
+    directory is in place, so an interrupted replace never leaves a
+    half-written index at `path`.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    old = None
+    if os.path.lexists(path):
+        old = tempfile.mkdtemp(prefix=".old-index-", dir=parent)
+        os.replace(path, os.path.join(old, "index"))
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old)
 
 
 class IndexFormatError(ValueError):
@@ -231,29 +280,11 @@ class BinaryIndex(_BlockedIndex):
 
     def save(self, path: str) -> None:
         """Writes the index to directory `path`, replacing it whole."""
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-index-", dir=parent)
-        header = {
-            "format": FORMAT,
-            "version": VERSION,
-            "m": self.m,
-            "u": self.u,
-            "metric": self.metric,
-            "count": self.ntotal,
-            "words_per_plane": codes_lib.num_words(self.m),
-        }
-        np.save(os.path.join(tmp, "codes.npy"), self._words.astype("<u4"))
-        np.save(os.path.join(tmp, "inv_norms.npy"), self._inv_norms.astype("<f4"))
-        with open(os.path.join(tmp, "header.json"), "w") as f:
-            json.dump(header, f, indent=2)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old-index-", dir=parent)
-            os.replace(path, os.path.join(old, "index"))
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old)
+        tmp = staging_dir(path, ".tmp-index-")
+        np.save(os.path.join(tmp, CODES), self._words.astype("<u4"))
+        np.save(os.path.join(tmp, NORMS), self._inv_norms.astype("<f4"))
+        write_header(tmp, self.m, self.u, self.metric, self.ntotal)
+        move_into_place(tmp, path)
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> BinaryIndex:
@@ -263,8 +294,13 @@ class BinaryIndex(_BlockedIndex):
           IndexFormatError: when `path` is missing, foreign, of another
             version, or its arrays are truncated or disagree with the header.
         """
-        header_path = os.path.join(path, "header.json")
+        header_path = os.path.join(path, HEADER)
         if not os.path.isfile(header_path):
+            if os.path.isfile(os.path.join(path, PARTIAL)):
+                raise IndexFormatError(
+                    f"{path}: an unfinished index (an interrupted encode); run the same "
+                    "encode command again to finish it"
+                )
             raise IndexFormatError(f"{path}: not a saved index (no header.json)")
         try:
             with open(header_path) as f:
@@ -294,8 +330,8 @@ class BinaryIndex(_BlockedIndex):
                 f"{path}: words_per_plane={header['words_per_plane']} does not fit m={index.m}"
             )
         want = {
-            "codes.npy": ((header["count"], header["u"] + 1, header["words_per_plane"]), "<u4"),
-            "inv_norms.npy": ((header["count"],), "<f4"),
+            CODES: ((header["count"], header["u"] + 1, header["words_per_plane"]), "<u4"),
+            NORMS: ((header["count"],), "<f4"),
         }
         arrays = {}
         for name, (shape, dtype) in want.items():
@@ -312,7 +348,7 @@ class BinaryIndex(_BlockedIndex):
                 raise IndexFormatError(
                     f"{path}: {name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}"
                 )
-        index._words, index._inv_norms = arrays["codes.npy"], arrays["inv_norms.npy"]
+        index._words, index._inv_norms = arrays[CODES], arrays[NORMS]
         return index
 
 

@@ -1,0 +1,55 @@
+"""What every `python -m bebrjax.<verb>` command shares: its errors end in one line and exit 2.
+
+A command's `main(argv)` parses its flags with argparse (which itself exits
+2 with a usage line on a bad flag) and calls a library function; `run`
+turns the errors a user can cause (a bad file, a bad workdir, an output in
+the way) into `error: <message>` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import logging
+
+from bebrjax.data.pairs import DataError
+from bebrjax.errors import ConfigError, OutputExistsError
+from bebrjax.inference import LoadError
+from bebrjax.search.index import IndexFormatError
+from bebrjax.search.writer import PartialIndexError
+from bebrjax.serving import BundleError
+
+USER_ERRORS = (
+    BundleError,
+    ConfigError,
+    DataError,
+    IndexFormatError,
+    LoadError,
+    OutputExistsError,
+    PartialIndexError,
+)
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    command: Callable[[argparse.Namespace], None],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parses `argv` (default: sys.argv) and runs `command`; returns the exit status."""
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.WARNING)
+    try:
+        command(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_summary(table: str, summary: dict) -> None:
+    """A result as a table for people, then one JSON line for machines."""
+    print(table)
+    print(json.dumps(summary))

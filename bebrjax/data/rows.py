@@ -1,0 +1,116 @@
+"""Rows of one large array on disk, read a batch at a time.
+
+`open_rows(path, key)` opens an `.npy` file, one key of an `.npz` archive,
+or `<key>.npy` in a directory, and reads rows [start, stop) by file offset.
+Only the batch asked for is ever in memory, and the reads do not go through
+a memory map: every page of a mapped file that has been touched counts
+toward the process's resident memory, so a 7.7 GB corpus read through
+`np.load(mmap_mode="r")` ends with 7.7 GB of RSS, while read by offset it
+stays at one batch. `.npz` members are streamed (a compressed member can
+only be read forward: reading rows in order costs one pass).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import BinaryIO
+
+import numpy as np
+
+from bebrjax.data.pairs import DataError
+
+
+class RowSource:
+    """Batch-at-a-time access to the rows of one array.
+
+    Attributes:
+      name: "PATH" or "PATH:key", for messages.
+      shape: the array's shape; rows are along axis 0.
+      dtype: its dtype.
+    """
+
+    def __init__(self, name: str, stream: BinaryIO, fingerprint: dict):
+        self.name, self._stream = name, stream
+        try:
+            version = np.lib.format.read_magic(stream)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(stream)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{name}: not a readable .npy array ({e})") from None
+        if fortran and len(shape) > 1:
+            raise DataError(f"{name}: Fortran-ordered arrays are not supported; save it C-ordered")
+        if dtype.hasobject:
+            raise DataError(f"{name}: holds Python objects, not numbers")
+        self.shape, self.dtype = tuple(shape), dtype
+        self._offset = self._pos = stream.tell()
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.fingerprint = {**fingerprint, "shape": list(shape), "dtype": dtype.str}
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as an array of their own.
+
+        Raises:
+          DataError: when the file ends before those rows (truncated).
+        """
+        stop = min(stop, len(self))
+        at = self._offset + start * self._row_bytes
+        if at != self._pos:
+            self._stream.seek(at)
+        want = (stop - start) * self._row_bytes
+        data = self._stream.read(want)
+        self._pos = at + len(data)
+        if len(data) != want:
+            raise DataError(f"{self.name}: the file ends before row {stop} (truncated?)")
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._stream.close()
+
+
+def _file_fingerprint(path: str) -> dict:
+    stat = os.stat(path)
+    return {"path": os.path.abspath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def open_rows(path: str, key: str | None = None) -> RowSource:
+    """Opens the array at `path`: an .npy file, `key` of an .npz, or `<key>.npy` in a directory.
+
+    Raises:
+      DataError: naming the path (and key) when it is missing or unreadable.
+    """
+    if os.path.isdir(path):
+        if not key:
+            raise DataError(f"{path}: a directory of <key>.npy files needs a key")
+        file = os.path.join(path, f"{key}.npy")
+        if not os.path.isfile(file):
+            present = sorted(f[:-4] for f in os.listdir(path) if f.endswith(".npy"))
+            raise DataError(
+                f"{path}: no array '{key}' (arrays present: {', '.join(present) or 'none'})"
+            )
+        return RowSource(f"{path}:{key}", open(file, "rb"), {**_file_fingerprint(file), "key": key})
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file or directory")
+    if path.endswith(".npy"):
+        return RowSource(path, open(path, "rb"), _file_fingerprint(path))
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: neither an .npy file nor an .npz archive ({e})") from None
+    members = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+    if not key or key not in members:
+        archive.close()
+        raise DataError(
+            f"{path}: no array '{key}' (arrays present: {', '.join(sorted(members)) or 'none'})"
+        )
+    return RowSource(
+        f"{path}:{key}", archive.open(members[key]), {**_file_fingerprint(path), "key": key}
+    )

@@ -1,0 +1,233 @@
+"""Encode a corpus into a `BinaryIndex` on disk, batch by batch, resumably.
+
+    python -m bebrjax.encode --workdir W --input PATH [--key doc] --index OUT \
+        [--batch-size 8192] [--overwrite]
+
+PATH is an .npy file, an .npz archive (the array `--key`) or a directory of
+`<key>.npy` files, of float embeddings [N, d] (any float dtype, any scale:
+rows are normalized as in training). Rows are read by file offset a batch
+at a time, encoded by the binarizer of W, packed and written at their place
+in OUT (see `bebrjax.search.writer`), so memory stays O(batch) whatever N.
+Killed at any point, the same command continues where it stopped and ends
+with the same index as an uninterrupted run; until it finishes, OUT does not
+exist (the rows are in OUT.partial). An existing OUT is kept unless
+`--overwrite`. A bad input (wrong width, a non-finite or all-zero row, no
+rows) is one line on stderr, exit status 2, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bebrjax import cli, report, sharding
+from bebrjax.data.pairs import DataError, row_norms
+from bebrjax.data.rows import RowSource, open_rows
+from bebrjax.errors import OutputExistsError
+from bebrjax.inference import Binarizer, LoadError, load
+from bebrjax.search.writer import IndexWriter
+
+
+def open_embeddings(path: str, key: str | None, dim: int) -> RowSource:
+    """The rows of float embeddings [N, dim] at `path` (and `key`), checked.
+
+    Raises:
+      DataError: naming the input when it is missing, not floating point,
+        not [N, dim], or empty.
+    """
+    source = open_rows(path, key)
+    if not np.issubdtype(source.dtype, np.floating):
+        source.close()
+        raise DataError(f"{source.name} has dtype {source.dtype}; expected float embeddings")
+    if len(source.shape) != 2 or source.shape[1] != dim:
+        source.close()
+        raise DataError(
+            f"{source.name} has shape {list(source.shape)}; the model encodes rows of width "
+            f"d={dim} ([N, {dim}])"
+        )
+    if len(source) == 0:
+        source.close()
+        raise DataError(f"{source.name} is empty (no rows)")
+    return source
+
+
+def read_checked(source: RowSource, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of `source` as float32, refused if one is non-finite or all zeros."""
+    rows = np.asarray(source.read(start, stop), np.float32)
+    row_norms(rows, source.name, start)
+    return rows
+
+
+def as_binarizer(model: Binarizer | str) -> Binarizer:
+    """`model`, or the binarizer run loaded from the workdir `model`.
+
+    Raises:
+      LoadError: when the workdir holds another kind of run.
+    """
+    loaded = load(model) if isinstance(model, str) else model
+    if not isinstance(loaded, Binarizer):
+        raise LoadError(f"{model}: not a binarizer run (its codes are what an index holds)")
+    return loaded
+
+
+def encode_corpus(
+    model: Binarizer | str,
+    input_path: str,
+    index_path: str,
+    *,
+    key: str | None = "doc",
+    batch_size: int = 8192,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Encodes the embeddings at `input_path` into a `BinaryIndex` written to `index_path`.
+
+    Args:
+      model: a loaded binarizer run, or its workdir.
+      input_path: .npy, .npz or a directory of .npy files (see `open_rows`).
+      index_path: the index directory to write.
+      key: the array's name in an .npz or a directory.
+      batch_size: rows per batch; memory is O(batch_size). A resumed run
+        must use the batch size it started with.
+      overwrite: replace an existing index at `index_path`.
+      progress: show a progress bar (rows/s, ETA) on stderr.
+
+    Returns:
+      A summary: rows, rows resumed from, seconds, rows/s, code shape, bytes.
+
+    Raises:
+      DataError, LoadError, OutputExistsError, PartialIndexError: before
+      anything is written (a bad row found mid-way deletes what this call
+      wrote; rows an earlier, interrupted call wrote are kept).
+    """
+    if batch_size <= 0:
+        raise DataError(f"batch size {batch_size}: must be > 0")
+    model = as_binarizer(model)
+    encoder = model.encoder
+    source = open_embeddings(input_path, key, model.dim)
+    try:
+        if os.path.lexists(index_path) and not overwrite:
+            raise OutputExistsError(f"{index_path} exists; pass --overwrite to replace it")
+        n = len(source)
+        job = {
+            "model": {"workdir": os.path.abspath(model.workdir), "step": encoder.step},
+            "input": source.fingerprint,
+            "batch_size": batch_size,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(index_path)), exist_ok=True)
+        writer = IndexWriter(
+            index_path, m=model.code_dim, u=model.loops, count=n, job=job, restart=overwrite
+        )
+        start_rows, clock = writer.rows, time.perf_counter()
+        try:
+            _encode_rows(encoder, source, writer, batch_size, progress)
+        except DataError:
+            if writer.resumed_from == 0:
+                writer.discard()  # nothing of this call's is left behind
+            else:
+                writer.close()  # an earlier call's rows stay, to resume from
+            raise
+        except BaseException:
+            writer.close()
+            raise
+        writer.finish()
+    finally:
+        source.close()
+    seconds = time.perf_counter() - clock
+    return {
+        "index": index_path,
+        "rows": n,
+        "resumed_from": start_rows,
+        "seconds": round(seconds, 2),
+        "rows_per_sec": round((n - start_rows) / max(seconds, 1e-9), 1),
+        "m": model.code_dim,
+        "u": model.loops,
+        "bytes": sum(os.path.getsize(os.path.join(index_path, f)) for f in os.listdir(index_path)),
+    }
+
+
+def _encode_rows(encoder, source: RowSource, writer: IndexWriter, batch_size: int, progress):
+    """Encodes rows writer.rows.. of `source` in order; the device works while the host writes.
+
+    Each batch is dispatched before the previous one's planes are packed and
+    written, so reading, packing and writing overlap the forward pass.
+    """
+    apply = sharding.sharded_apply(encoder.forward, encoder.mesh, batch_size)
+    n = len(source)
+    bar = tqdm(
+        total=n,
+        initial=writer.rows,
+        desc="encode",
+        unit="row",
+        unit_scale=True,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not progress,
+    )
+    pending = None
+    for start in range(writer.rows, n, batch_size):
+        rows = read_checked(source, start, start + batch_size)
+        planes = apply(encoder.variables, rows)
+        if pending is not None:
+            _write(writer, bar, *pending)
+        pending = planes, len(rows)
+    if pending is not None:
+        _write(writer, bar, *pending)
+    bar.close()
+
+
+def _write(writer: IndexWriter, bar, planes, rows: int) -> None:
+    writer.write(np.asarray(planes)[:rows])
+    bar.update(rows)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m bebrjax.encode",
+        description="Encode float embeddings into a binary index with a trained binarizer.",
+    )
+    p.add_argument("--workdir", required=True, help="a finished binarizer run")
+    p.add_argument("--input", required=True, help=".npy, .npz, or a directory of <key>.npy")
+    p.add_argument("--key", default="doc", help="the array in an .npz or directory (doc)")
+    p.add_argument("--index", required=True, help="the index directory to write")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per batch (8192)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    return p
+
+
+def _command(args: argparse.Namespace) -> None:
+    summary = encode_corpus(
+        args.workdir,
+        args.input,
+        args.index,
+        key=args.key,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    head = ["index", "rows", "resumed from", "bits/doc", "MB", "seconds", "rows/s"]
+    row = [
+        summary["index"],
+        summary["rows"],
+        summary["resumed_from"],
+        summary["m"] * (summary["u"] + 1),
+        f"{summary['bytes'] / 1e6:.1f}",
+        summary["seconds"],
+        f"{summary['rows_per_sec']:.0f}",
+    ]
+    cli.print_summary(report.table(head, [row]), summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bebrjax.encode`; returns the exit status."""
+    return cli.run(parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

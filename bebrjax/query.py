@@ -1,0 +1,182 @@
+"""Search a saved index with queries encoded by a trained binarizer or a bundle.
+
+    python -m bebrjax.search --index OUT (--workdir W | --bundle B) --queries PATH \
+        [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite]
+
+The queries (float embeddings [Q, d] in an .npy, an .npz key or a directory
+of <key>.npy) are encoded by the same model as the index's documents, from
+its workdir or its exported bundle, and searched exactly (SDC, ties to the
+lower id). hits.npz holds `ids` int64 [Q, k] and `scores` float32 [Q, k],
+written whole or not at all. With `--relevant` (one relevant doc id per
+query, an integer array) Recall@1/5/10 is printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from bebrjax import cli, report
+from bebrjax.data.pairs import DataError
+from bebrjax.data.rows import open_rows
+from bebrjax.encode import open_embeddings, read_checked
+from bebrjax.errors import OutputExistsError
+from bebrjax.evaluators.retrieval import recall_of
+from bebrjax.search import BinaryIndex
+
+
+def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
+    """The query embeddings [Q, dim] at `path`, float32, checked as `encode` checks."""
+    source = open_embeddings(path, key, dim)
+    try:
+        return read_checked(source, 0, len(source))
+    finally:
+        source.close()
+
+
+def read_relevant(spec: str, num_queries: int, num_docs: int) -> np.ndarray:
+    """The relevant doc id per query from `PATH[:key]`, checked against the sizes.
+
+    Raises:
+      DataError: naming the file when it is not [Q] integers in [0, num_docs).
+    """
+    path, _, key = spec.rpartition(":") if not os.path.exists(spec) else (spec, "", "")
+    source = open_rows(path, key or "relevant")
+    try:
+        ids = source.read(0, len(source))
+    finally:
+        source.close()
+    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (num_queries,):
+        raise DataError(
+            f"{source.name}: expected {num_queries} integer doc ids (one per query); "
+            f"got {ids.dtype} {list(ids.shape)}"
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= num_docs):
+        raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs})")
+    return ids.astype(np.int64)
+
+
+def search_index(
+    index: str | BinaryIndex,
+    queries: str | np.ndarray,
+    *,
+    k: int,
+    workdir: str | None = None,
+    bundle: str | None = None,
+    key: str | None = "query",
+    batch_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
+
+    Args:
+      index: a saved index directory, or an open `BinaryIndex`.
+      queries: float embeddings [Q, d], or the file holding them (see `open_rows`).
+      k: results per query.
+      workdir: the binarizer run that made the index (or give `bundle`).
+      bundle: its exported bundle (or give `workdir`).
+      key: the queries' array name in an .npz or a directory.
+      batch_size: rows per encoded batch.
+
+    Returns:
+      (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
+
+    Raises:
+      DataError, LoadError, BundleError, IndexFormatError: naming the input.
+    """
+    if (workdir is None) == (bundle is None):
+        raise DataError("give the model as exactly one of workdir and bundle")
+    if bundle is not None:
+        from bebrjax.serving import load_bundle
+
+        model = load_bundle(bundle)
+        dim, encode, model_shape = model.input_shape[0], model.encode, model.output_shape
+    else:
+        from bebrjax.encode import as_binarizer
+
+        model = as_binarizer(workdir)
+        dim, encode = model.dim, model.encode
+        model_shape = (model.loops + 1, model.code_dim)
+    index = BinaryIndex.load(index) if isinstance(index, str) else index
+    if (index.u + 1, index.m) != tuple(model_shape):
+        raise DataError(
+            f"the index holds codes of u={index.u}, m={index.m}; the model makes "
+            f"u={model_shape[0] - 1}, m={model_shape[1]}"
+        )
+    if not 1 <= k <= index.ntotal:
+        raise DataError(f"k={k} must be in [1, {index.ntotal}] (the documents in the index)")
+    if isinstance(queries, str):
+        queries = read_queries(queries, key, dim)
+    planes = encode(queries, batch_size)
+    scores, ids = index.search(planes, k)
+    return ids, scores
+
+
+def save_hits(path: str, ids: np.ndarray, scores: np.ndarray, overwrite: bool = False) -> None:
+    """Writes hits.npz (`ids`, `scores`) whole: a temporary file renamed into place.
+
+    Raises:
+      OutputExistsError: when `path` exists and `overwrite` is False.
+    """
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, ids=ids.astype(np.int64), scores=scores.astype(np.float32))
+    os.replace(tmp, path)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m bebrjax.search",
+        description="Search a binary index with queries encoded by the same model.",
+    )
+    p.add_argument("--index", required=True, help="a saved BinaryIndex directory")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", help="the binarizer run that encoded the index")
+    model.add_argument("--bundle", help="its exported serving bundle")
+    p.add_argument("--queries", required=True, help=".npy, .npz, or a directory of <key>.npy")
+    p.add_argument("--key", default="query", help="the array in an .npz or directory (query)")
+    p.add_argument("--k", type=int, default=100, help="results per query (100)")
+    p.add_argument("--out", required=True, help="hits.npz to write (ids, scores)")
+    p.add_argument("--relevant", help="PATH[:key], the relevant doc id per query: print Recall@k")
+    p.add_argument("--batch-size", type=int, default=8192, help="queries per encoded batch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def _command(args: argparse.Namespace) -> None:
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    index = BinaryIndex.load(args.index)
+    ids, scores = search_index(
+        index,
+        args.queries,
+        k=args.k,
+        workdir=args.workdir,
+        bundle=args.bundle,
+        key=args.key,
+        batch_size=args.batch_size,
+    )
+    summary = {"hits": args.out, "queries": len(ids), "k": args.k}
+    head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]
+    if args.relevant:
+        relevant = read_relevant(args.relevant, len(ids), index.ntotal)
+        summary["recall"] = recall_of(ids, relevant, (1, 5, 10))
+        head += list(summary["recall"])
+        row += [f"{v:.4f}" for v in summary["recall"].values()]
+    save_hits(args.out, ids, scores, overwrite=True)
+    cli.print_summary(report.table(head, [row]), summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bebrjax.search`; returns the exit status."""
+    return cli.run(parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""A `BinaryIndex` written to disk batch by batch, resumable after any kill.
+
+    writer = IndexWriter("gallery.bebr", m=512, u=1, count=n, job={...})
+    for start in range(writer.rows, n, batch):
+        writer.write(planes_of(start))       # the next rows, in order
+    writer.finish()                          # gallery.bebr appears, complete
+
+Rows go to `<path>.partial/`, a directory with the final `codes.npy` and
+`inv_norms.npy` (their .npy headers already give the full count; rows are
+written at their file offsets, so memory stays O(batch)) and
+`progress.json`, which names the job and how many rows are safely written.
+Each batch is written first and counted second (progress.json is replaced
+atomically), so a process killed at any instant leaves a partial directory
+whose counted rows are all whole: the same job started again continues at
+that row and overwrites whatever a half-written batch left behind. `finish`
+writes header.json last, syncs the files and renames the directory to
+`path`, the same layout as `BinaryIndex.save`; before that, `path` does not
+exist and `BinaryIndex.load` of the partial directory is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+import numpy as np
+
+from bebrjax.search import codes as codes_lib
+from bebrjax.search.index import CODES, NORMS, PARTIAL, move_into_place, write_header
+
+
+class PartialIndexError(ValueError):
+    """A partial index left by another job, which this one must not continue."""
+
+
+def _open_array(path: str, shape: tuple[int, ...], dtype: str, create: bool) -> tuple[int, int]:
+    """(fd, data offset) of an .npy file of `shape`, created with its header when asked."""
+    if create:
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+            )
+    fd = os.open(path, os.O_RDWR)
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        offset = f.tell()
+    return fd, offset
+
+
+class IndexWriter:
+    """Writes the packed codes of `count` documents to `path`, in order, resumably.
+
+    Args:
+      path: the index directory to create.
+      m: code width.
+      u: loops (u+1 planes per code).
+      count: the number of documents the finished index holds.
+      metric: "ip" (SDC) or "hamming" (u = 0).
+      job: what makes the rows what they are (model, input, batching): a
+        partial directory is continued only by the same job.
+      restart: discard a partial directory of another job instead of refusing.
+
+    Raises:
+      PartialIndexError: when `<path>.partial` holds another job's rows and
+        `restart` is False.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        m: int,
+        u: int,
+        count: int,
+        job: dict,
+        metric: str = "ip",
+        restart: bool = False,
+    ):
+        self.path, self.staging = path, f"{os.path.normpath(path)}.partial"
+        self.m, self.u, self.count, self.metric = m, u, count, metric
+        self._record = json.loads(
+            json.dumps({"m": m, "u": u, "metric": metric, "count": count, "job": job})
+        )
+        self.rows = self._resume(restart)
+        create = self.rows == 0
+        if create:
+            if os.path.lexists(self.staging):
+                shutil.rmtree(self.staging)
+            os.makedirs(self.staging)
+        words = codes_lib.num_words(m)
+        self._codes = _open_array(
+            os.path.join(self.staging, CODES), (count, u + 1, words), "<u4", create
+        )
+        self._norms = _open_array(os.path.join(self.staging, NORMS), (count,), "<f4", create)
+        self._code_bytes = (u + 1) * words * 4
+        if create:
+            self._commit()
+
+    @property
+    def resumed_from(self) -> int:
+        """Rows found written when this writer opened (0 for a fresh start)."""
+        return self._resumed
+
+    def _resume(self, restart: bool) -> int:
+        self._resumed = 0
+        progress = os.path.join(self.staging, PARTIAL)
+        if not os.path.isfile(progress):
+            return 0
+        try:
+            with open(progress) as f:
+                saved = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = None
+        if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "rows"} != (
+            self._record
+        ):
+            if restart:
+                return 0
+            raise PartialIndexError(
+                f"{self.staging}: holds a partial index of another job (other model, input "
+                "or batch size); finish that job, remove the directory, or pass --overwrite"
+            )
+        self._resumed = int(saved["rows"])
+        return self._resumed
+
+    def _commit(self) -> None:
+        progress = os.path.join(self.staging, PARTIAL)
+        with open(f"{progress}.tmp", "w") as f:
+            json.dump({**self._record, "rows": self.rows}, f)
+        os.replace(f"{progress}.tmp", progress)
+
+    def write(self, planes: np.ndarray) -> None:
+        """Appends the next documents, int8 planes [n, u+1, m] of +-1, and counts them."""
+        planes = codes_lib.check_planes(planes, self.m, self.u)
+        if self.rows + len(planes) > self.count:
+            raise ValueError(f"{self.path}: more than the {self.count} documents announced")
+        for (fd, offset), row_bytes, data in (
+            (self._codes, self._code_bytes, codes_lib.pack(planes).astype("<u4")),
+            (self._norms, 4, codes_lib.inverse_norms(planes).astype("<f4")),
+        ):
+            os.pwrite(fd, data.tobytes(), offset + self.rows * row_bytes)
+        self.rows += len(planes)
+        self._commit()
+
+    def finish(self) -> None:
+        """Writes the header, syncs the files and moves the index to `path`.
+
+        Raises:
+          ValueError: when fewer documents were written than announced.
+        """
+        if self.rows != self.count:
+            raise ValueError(f"{self.path}: {self.rows} of {self.count} documents written")
+        for fd, _ in (self._codes, self._norms):
+            os.fsync(fd)
+        self.close()
+        write_header(self.staging, self.m, self.u, self.metric, self.count)
+        os.remove(os.path.join(self.staging, PARTIAL))
+        move_into_place(self.staging, self.path)
+
+    def close(self) -> None:
+        """Closes the files, leaving the partial directory to resume from."""
+        for fd, _ in (self._codes, self._norms):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def discard(self) -> None:
+        """Closes the files and deletes the partial directory."""
+        self.close()
+        shutil.rmtree(self.staging, ignore_errors=True)

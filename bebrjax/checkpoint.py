@@ -71,5 +71,5 @@ def _reader(directory: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(directory),
         item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        options=ocp.CheckpointManagerOptions(create=False),
     )

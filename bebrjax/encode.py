@@ -96,7 +96,7 @@ def encode_corpus(
       batch_size: rows per batch; memory is O(batch_size). A resumed run
         must use the batch size it started with.
       overwrite: replace an existing index at `index_path`.
-      progress: show a progress bar (rows/s, ETA) on stderr.
+      progress: show a progress bar (rows/s, ETA) on stderr when it is a terminal.
 
     Returns:
       A summary: rows, rows resumed from, seconds, rows/s, code shape, bytes.
@@ -168,18 +168,18 @@ def _encode_rows(encoder, source: RowSource, writer: IndexWriter, batch_size: in
         unit_scale=True,
         dynamic_ncols=True,
         mininterval=1.0,
-        disable=not progress,
+        disable=None if progress else True,  # None: shown on a terminal only
     )
-    pending = None
-    for start in range(writer.rows, n, batch_size):
-        rows = read_checked(source, start, start + batch_size)
-        planes = apply(encoder.variables, rows)
+    with bar:
+        pending = None
+        for start in range(writer.rows, n, batch_size):
+            rows = read_checked(source, start, start + batch_size)
+            planes = apply(encoder.variables, rows)
+            if pending is not None:
+                _write(writer, bar, *pending)
+            pending = planes, len(rows)
         if pending is not None:
             _write(writer, bar, *pending)
-        pending = planes, len(rows)
-    if pending is not None:
-        _write(writer, bar, *pending)
-    bar.close()
 
 
 def _write(writer: IndexWriter, bar, planes, rows: int) -> None:

@@ -56,3 +56,46 @@ def tiny_config():
         return config
 
     return make
+
+
+def small_compare_config(*extra: str):
+    """configs/upgrade/compare.py shrunk to 40 classes and 120 steps, on one device."""
+    from bebrjax.config import apply_overrides, load_config
+
+    config = load_config(os.path.join(ROOT, "configs/upgrade/compare.py"))
+    apply_overrides(
+        config,
+        [
+            "train.steps=120",
+            "data.num_classes=40",
+            "data.per_class=40",
+            "new.model.backbone_args.widths=(256,)",
+            "mesh.num_devices=1",
+            "train.log_every=50",
+            *extra,
+        ],
+    )
+    with config.unlocked():
+        config.methods = ("independent", "l2", "bct", "unibct", "dmu", "bict")
+    return config
+
+
+@pytest.fixture(scope="session")
+def compare_run(tmp_path_factory):
+    """(workdir, results) of the small comparison, trained once for every test that reads it."""
+    from bebrjax.trainers import upgrade_compare
+
+    workdir = tmp_path_factory.mktemp("compare")
+    return workdir, upgrade_compare.train_and_evaluate(small_compare_config(), str(workdir))
+
+
+@pytest.fixture(scope="session")
+def binarizer_run(tmp_path_factory):
+    """(workdir, results) of a tiny binarizer run trained on the 8 forced devices."""
+    from bebrjax.config import apply_overrides, load_config
+    from bebrjax.trainers import binarizer
+
+    config = load_config(os.path.join(ROOT, "configs/bebr/demo.py"))
+    apply_overrides(config, tiny_overrides(steps=8))
+    workdir = tmp_path_factory.mktemp("binarizer")
+    return workdir, binarizer.train_and_evaluate(config, str(workdir))

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_main
+from conftest import ROOT, run_main, small_compare_config
 
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
@@ -52,27 +52,9 @@ def test_flip_rate_gain_and_width_fitting():
     assert np.isnan(out["update_gain"])  # paragon equal to old/old: no room to gain
 
 
-def small_compare_config(*extra):
-    config = load_config(os.path.join(ROOT, "configs/upgrade/compare.py"))
-    apply_overrides(
-        config,
-        [
-            "train.steps=120",
-            "data.num_classes=40",
-            "data.per_class=40",
-            "new.model.backbone_args.widths=(256,)",
-            "mesh.num_devices=1",
-            "train.log_every=50",
-            *extra,
-        ],
-    )
-    with config.unlocked():
-        config.methods = ("independent", "l2", "bct", "unibct", "dmu", "bict")
-    return config
-
-
-def test_method_orderings_on_the_synthetic_default(tmp_path):
-    runs = upgrade_compare.train_and_evaluate(small_compare_config(), str(tmp_path))["methods"]
+def test_method_orderings_on_the_synthetic_default(compare_run):
+    workdir, results = compare_run
+    runs = results["methods"]
 
     def cross(method):
         return runs[method]["matrix"]["new->old"]["mAP@R"]
@@ -98,9 +80,9 @@ def test_method_orderings_on_the_synthetic_default(tmp_path):
         "paragon/checkpoints",
         "bict/forward/checkpoints",
     ):
-        assert (tmp_path / name).exists(), name
+        assert (workdir / name).exists(), name
     assert (
-        json.loads((tmp_path / "bct/results.json").read_text())["split"]["kind"] == "extended_class"
+        json.loads((workdir / "bct/results.json").read_text())["split"]["kind"] == "extended_class"
     )
 
 

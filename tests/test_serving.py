@@ -1,0 +1,318 @@
+"""From a trained workdir to a served index: load, encode, search, export, serve."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from bebrjax import encode, heldout, inference, query
+from bebrjax.evaluators.compatibility import compatibility_matrix
+from bebrjax.export import export_bundle
+from bebrjax.search import BinaryIndex, IndexFormatError
+from bebrjax.search.writer import IndexWriter
+from bebrjax.serving import BundleError, load_bundle
+from bebrjax.trainers import upgrade
+from bebrjax.trainers.binarizer import build_model
+
+
+def _inputs(n, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)) * rng.uniform(0.2, 5.0, (n, 1))).astype(np.float32)
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _same_files(a, b):
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b))
+    for name in names:
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            assert fa.read() == fb.read(), name
+
+
+def test_load_encodes_as_trained_whatever_the_scale(binarizer_run):
+    workdir, _ = binarizer_run
+    model = inference.load(str(workdir))
+    assert (model.dim, model.code_dim, model.loops) == (16, 16, 1)
+    x = _inputs(600)
+    planes = model.encode(x)
+    assert planes.shape == (600, 2, 16) and planes.dtype == np.int8
+    np.testing.assert_array_equal(model.encode(10 * x), planes)
+    # the recurrent vectors are the model's own, on rows normalized as the data loader does
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    code = build_model(model.config).apply(model.encoder.variables, unit, train=False).code
+    np.testing.assert_array_equal(model.vectors(x), np.asarray(code))
+
+
+def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, capsys):
+    workdir, results = binarizer_run
+    pairs, index, hits = (str(tmp_path / f) for f in ("eval.npz", "docs.bebr", "hits.npz"))
+    assert heldout.main(["--workdir", str(workdir), "--out", pairs]) == 0
+    argv = ["--workdir", str(workdir), "--input", pairs, "--index", index, "--batch-size", "48"]
+    assert encode.main(argv) == 0
+    capsys.readouterr()
+    argv = ["--index", index, "--workdir", str(workdir), "--queries", pairs, "--k", "20"]
+    assert query.main([*argv, "--out", hits, "--relevant", f"{pairs}:relevant"]) == 0
+    recall = _last_json(capsys.readouterr().out)["recall"]
+    binary = results["retrieval"]["binary"]
+    assert recall == {k: binary[k] for k in ("R@1", "R@5", "R@10")}
+    with np.load(hits) as saved:
+        assert saved["ids"].dtype == np.int64 and saved["ids"].shape == (128, 20)
+        assert saved["scores"].dtype == np.float32
+        assert np.all(np.diff(saved["scores"], axis=1) <= 0)
+
+
+def test_the_index_writer_matches_a_save(tmp_path):
+    planes = np.where(np.random.default_rng(1).random((50, 3, 40)) < 0.5, 1, -1).astype(np.int8)
+    saved = BinaryIndex(40, 2)
+    saved.add(planes)
+    saved.save(str(tmp_path / "saved"))
+    writer = IndexWriter(str(tmp_path / "written"), m=40, u=2, count=50, job={"a": 1})
+    for start in range(0, 50, 16):
+        writer.write(planes[start : start + 16])
+    writer.finish()
+    _same_files(tmp_path / "saved", tmp_path / "written")
+    assert not (tmp_path / "written.partial").exists()
+
+
+def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_path):
+    workdir, _ = binarizer_run
+    corpus = tmp_path / "corpus.npy"
+    np.save(corpus, _inputs(150_000, seed=2).astype(np.float16))
+    out = tmp_path / "index"
+    command = [sys.executable, "-m", "bebrjax.encode", "--workdir", str(workdir)]
+    command += ["--input", str(corpus), "--index", str(out), "--batch-size", "256"]
+    progress = tmp_path / "index.partial" / "progress.json"
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["rows"] >= 2560:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert not out.exists()
+    with pytest.raises(IndexFormatError, match="unfinished index"):
+        BinaryIndex.load(str(tmp_path / "index.partial"))
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 0 < _last_json(done.stdout)["resumed_from"] < 150_000
+    encode.encode_corpus(
+        str(workdir), str(corpus), str(tmp_path / "straight"), batch_size=256, progress=False
+    )
+    _same_files(out, tmp_path / "straight")
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda t: _npz(t / "a.npz", doc=_inputs(40, d=8)), "width d=16"),
+        (lambda t: _npz(t / "a.npz", doc=_inputs(0)), "is empty"),
+        (lambda t: _npz(t / "a.npz", doc=np.ones((40, 16), np.int32)), "expected float"),
+        (lambda t: _npz(t / "a.npz", other=_inputs(40)), "no array 'doc'"),
+        (lambda t: str(t / "missing.npy"), "no such file"),
+        (
+            lambda t: _npz(
+                t / "a.npz", doc=np.where(np.arange(40)[:, None] == 37, np.nan, _inputs(40))
+            ),
+            "non-finite values (first at row 37)",
+        ),
+        (
+            lambda t: _npz(
+                t / "a.npz", doc=np.where(np.arange(40)[:, None] == 21, 0.0, _inputs(40))
+            ),
+            "row 21 is all zeros",
+        ),
+    ],
+)
+def test_encode_refuses_bad_input_in_one_line(binarizer_run, tmp_path, capsys, make, message):
+    workdir, _ = binarizer_run
+    path = make(tmp_path)
+    out = tmp_path / "index"
+    argv = ["--workdir", str(workdir), "--input", path, "--index", str(out), "--batch-size", "8"]
+    assert encode.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "index.partial").exists()
+
+
+def test_encode_keeps_an_existing_index(binarizer_run, tmp_path, capsys):
+    workdir, _ = binarizer_run
+    path = _npz(tmp_path / "a.npz", doc=_inputs(40))
+    out = tmp_path / "index"
+    argv = ["--workdir", str(workdir), "--input", path, "--index", str(out)]
+    assert encode.main(argv) == 0
+    before = (out / "codes.npy").read_bytes()
+    assert encode.main(argv) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "codes.npy").read_bytes() == before
+    assert encode.main([*argv, "--overwrite"]) == 0
+
+
+def test_load_refuses_what_it_cannot_load(binarizer_run, tmp_path):
+    workdir, _ = binarizer_run
+    with pytest.raises(inference.LoadError, match="no such directory"):
+        inference.load(str(tmp_path / "nothing"))
+    with pytest.raises(inference.LoadError, match="no config.json"):
+        inference.load(str(tmp_path))
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(workdir, unfinished)
+    os.remove(unfinished / "results.json")
+    with pytest.raises(inference.LoadError, match="has not finished"):
+        inference.load(str(unfinished))
+    assert inference.load(str(unfinished), step=8).encoder.step == 8
+    with pytest.raises(inference.LoadError, match="no checkpoint at step 3"):
+        inference.load(str(unfinished), step=3)
+    config = json.loads((workdir / "config.json").read_text())
+    (unfinished / "config.json").write_text(json.dumps({**config, "trainer": "sequential"}))
+    with pytest.raises(inference.LoadError, match="trainer 'sequential' cannot be loaded"):
+        inference.load(str(unfinished))
+
+
+SERVE = """
+import builtins, json, sys
+import jax, numpy as np
+x = np.load(sys.argv[2])
+# 1. plain jax, before bebrjax is imported
+plain = np.asarray(jax.export.deserialize(open(sys.argv[1] + "/encoder.jax", "rb").read()).call(x))
+# 2. bebrjax's serving loader, with the training stack unimportable
+BLOCKED = ("flax", "optax", "orbax", "ml_collections")
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name.split(".")[0] in BLOCKED:
+        raise ImportError(f"blocked: {name}")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+from bebrjax.serving import load_bundle
+bundle = load_bundle(sys.argv[1])
+served = bundle.encode(x)
+scores, ids = bundle.search(x[:50], k=5)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+builtins.__import__ = real_import
+# 3. the workdir itself, loaded on this process's single device
+from bebrjax.inference import load
+model = load(sys.argv[3])
+direct = model.encode(x)
+np.savez(sys.argv[4], plain=plain, served=served, direct=direct, ids=ids, scores=scores)
+print(json.dumps({"devices": jax.device_count(), "loaded": loaded}))
+"""
+
+
+@pytest.fixture(scope="module")
+def bundle(binarizer_run, tmp_path_factory):
+    workdir, _ = binarizer_run
+    tmp = tmp_path_factory.mktemp("bundle")
+    docs = _inputs(300, seed=3)
+    np.save(tmp / "docs.npy", docs)
+    encode.encode_corpus(str(workdir), str(tmp / "docs.npy"), str(tmp / "index"), progress=False)
+    manifest = export_bundle(str(workdir), str(tmp / "bundle"), index=str(tmp / "index"))
+    return tmp / "bundle", manifest
+
+
+def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_path):
+    workdir, _ = binarizer_run
+    path, manifest = bundle
+    assert manifest["function"]["input"] == {"shape": ["N", 16], "dtype": "float32"}
+    assert manifest["function"]["output"] == {"shape": ["N", 2, 16], "dtype": "int8"}
+    assert {"cpu", "cuda"} <= set(manifest["function"]["platforms"])
+    assert (manifest["m"], manifest["u"], manifest["normalization"]) == (16, 1, "l2")
+    assert set(manifest["files"]) == {
+        "encoder.jax",
+        "index/header.json",
+        "index/codes.npy",
+        "index/inv_norms.npy",
+    }
+    x = _inputs(1000, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    args = [str(path), str(tmp_path / "x.npy"), str(workdir), str(tmp_path / "out.npz")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _last_json(proc.stdout) == {"devices": 1, "loaded": []}
+    model = inference.load(str(workdir))  # on the 8 devices that trained it
+    expected = model.encode(x)
+    out = np.load(tmp_path / "out.npz")
+    for name in ("plain", "served", "direct"):
+        np.testing.assert_array_equal(out[name], expected, err_msg=name)
+    index = BinaryIndex.load(str(path / "index"))
+    scores, ids = index.search(expected[:50], 5)
+    np.testing.assert_array_equal(out["ids"], ids)
+    np.testing.assert_array_equal(out["scores"], scores)
+
+
+@pytest.mark.parametrize("name", ["encoder.jax", "index/codes.npy", "manifest.json"])
+def test_an_altered_bundle_is_refused(bundle, tmp_path, name):
+    path, _ = bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(path, copy)
+    target = copy / name
+    data = bytearray(target.read_bytes())
+    if name == "manifest.json":
+        target.write_text(json.dumps({**json.loads(data), "version": 99}))
+        match = "format version 99"
+    else:
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+        match = f"{name} does not match its sha256"
+    with pytest.raises(BundleError, match=match):
+        load_bundle(str(copy))
+    target.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(BundleError, match=name if name != "manifest.json" else "not valid JSON"):
+        load_bundle(str(copy))
+
+
+def test_upgrade_runs_load_and_give_their_results_back(compare_run, tmp_path):
+    workdir, results = compare_run
+    runs = inference.load(str(workdir))  # trained on 1 device, loaded on 8
+    assert set(runs) == set(results["methods"])
+    run = runs["bict"]
+    assert set(run.parts) == {"old", "new", "psi"} and set(runs["bct"].parts) == {"old", "new"}
+    data, split = upgrade.load_labelled(run.config)
+    queries, gallery = data.subset(split.query), data.subset(split.gallery)
+    stored = run.old(gallery.x)
+    embeddings = {
+        "old": (run.old(queries.x), stored),
+        "new": (run.new(queries.x), run.new(gallery.x)),
+        "paragon": (run.new(queries.x), run.new(gallery.x)),
+        "adapted": (None, run.upgrade(stored)),
+    }
+    matrix = compatibility_matrix(
+        embeddings, queries.y, gallery.y, ks=(1, 5, 10), fars=(1e-2, 1e-3)
+    )["matrix"]
+    for cell in ("old/old", "new/new", "new->old", "new->psi(old)"):
+        assert matrix[cell]["mAP@R"] == pytest.approx(
+            results["methods"]["bict"]["matrix"][cell]["mAP@R"], abs=1e-6
+        ), cell
+    manifest = export_bundle(run, str(tmp_path / "psi"), part="psi")
+    assert manifest["kind"] == "adapter" and manifest["function"]["input"]["shape"] == ["N", 32]
+    np.testing.assert_array_equal(
+        load_bundle(str(tmp_path / "psi")).encode(stored[:100]), run.upgrade(stored[:100])
+    )
+    with pytest.raises(inference.LoadError, match="has no part 'psi'"):
+        runs["bct"].upgrade(stored)

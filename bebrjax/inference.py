@@ -48,6 +48,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax import checkpoint, sharding
+from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.search import codes as codes_lib
 
 
@@ -91,8 +92,19 @@ class Encoder:
     mesh: Mesh
 
     def __call__(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """`forward` over `x` (numpy or memory-mapped) in batches sharded on the mesh."""
+        """`forward` over `x` (numpy or memory-mapped) in batches sharded on the mesh.
+
+        Raises:
+          ValueError: when the rows have the wrong shape; DataError (a
+            ValueError) at the first non-finite row, or all-zero row when
+            the input is L2-normalized.
+        """
         x = check_rows(x, self.input_shape, self.name)
+        if np.issubdtype(x.dtype, np.floating):
+            for start in range(0, len(x), batch_size):
+                check_values(
+                    x[start : start + batch_size], self.normalization, f"{self.name} input", start
+                )
         return sharding.batched_apply(self.forward, self.variables, x, self.mesh, batch_size)
 
     def output_spec(self) -> jax.ShapeDtypeStruct:
@@ -103,6 +115,20 @@ class Encoder:
             jax.ShapeDtypeStruct((1, *self.input_shape), self.input_dtype),
         )
         return jax.ShapeDtypeStruct(out.shape[1:], out.dtype)
+
+
+def check_values(chunk: np.ndarray, normalization: str, name: str, start: int = 0) -> None:
+    """Refuses a non-finite row, and an all-zero row where rows are L2-normalized.
+
+    Raises:
+      DataError: naming `name` and the first bad row (numbered from `start`).
+    """
+    rows = np.asarray(chunk, np.float32).reshape(len(chunk), -1)
+    if normalization == "l2":
+        row_norms(rows, name, start)
+    elif not np.isfinite(rows).all():
+        first = start + int(np.argmin(np.isfinite(rows).all(axis=1)))
+        raise DataError(f"{name} has non-finite values (first at row {first})")
 
 
 def check_rows(x: np.ndarray, row_shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -140,7 +166,7 @@ class Loaded:
             return next(iter(self.parts.values()))
         if name not in self.parts:
             raise LoadError(
-                f"{self.workdir}: a {self.trainer} run has no part {name!r} "
+                f"{self.workdir}: this {self.trainer} run has no part {name!r} "
                 f"(it has: {', '.join(self.parts)})"
             )
         return self.parts[name]

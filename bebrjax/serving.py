@@ -65,7 +65,8 @@ class Bundle:
         """The exported function over `x` [N, ...], in batches of at most `batch_size` rows.
 
         Raises:
-          ValueError: when the rows do not have the bundle's input shape.
+          ValueError: when the rows do not have the bundle's input shape or
+            hold non-finite values.
         """
         x = np.asarray(x)
         if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
@@ -74,6 +75,12 @@ class Bundle:
                 f"{self.path}: inputs must have shape [N, {want}]; got {list(x.shape)}"
             )
         x = x.astype(self.input_dtype, copy=False)
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if not finite.all():
+                raise ValueError(
+                    f"inputs have non-finite values (first at row {np.argmin(finite)})"
+                )
         out = [
             np.asarray(self.exported.call(x[s : s + batch_size]))
             for s in range(0, len(x), batch_size)

@@ -182,8 +182,8 @@ def test_load_refuses_what_it_cannot_load(binarizer_run, tmp_path):
     with pytest.raises(inference.LoadError, match="no checkpoint at step 3"):
         inference.load(str(unfinished), step=3)
     config = json.loads((workdir / "config.json").read_text())
-    (unfinished / "config.json").write_text(json.dumps({**config, "trainer": "sequential"}))
-    with pytest.raises(inference.LoadError, match="trainer 'sequential' cannot be loaded"):
+    (unfinished / "config.json").write_text(json.dumps({**config, "trainer": "mystery"}))
+    with pytest.raises(inference.LoadError, match="trainer 'mystery' cannot be loaded"):
         inference.load(str(unfinished))
 
 

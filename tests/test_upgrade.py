@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_main, small_compare_config
 
+from bebrjax import inference
 from bebrjax.config import ConfigError, apply_overrides, load_config
+from bebrjax.data.upgrade_splits import sequence_split
 from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
 from bebrjax.trainers import sequential, upgrade, upgrade_compare
 
@@ -190,6 +192,27 @@ def test_sequential_upgrades_track_the_stored_gallery(tmp_path):
     assert [s["classes"] for s in results["train_sets"]] == [12, 24, 40]
     for name in ("results.json", "results.md", "results.png", "bict/step3/forward/checkpoints"):
         assert (tmp_path / name).exists(), name
+    # loaded back, the chain phi1 -> psi2 -> psi3 gives the stored gallery its score again
+    runs = inference.load(str(tmp_path))
+    assert set(runs) == {"bct/step2", "bct/step3", "bict/step2", "bict/step3"}
+    data = upgrade.labelled_data(config)
+    _, query_rows, gallery_rows = sequence_split(
+        data.y,
+        config.split.kind,
+        config.sequence.ratios,
+        eval_fraction=config.split.eval_fraction,
+        seed=config.seed,
+    )
+    stored = runs["bict/step2"].old(data.x[gallery_rows])
+    for step in ("bict/step2", "bict/step3"):
+        stored = runs[step].upgrade(stored)
+    metrics, _ = retrieval_metrics(
+        runs["bict/step3"].new(data.x[query_rows]),
+        data.y[query_rows],
+        stored,
+        data.y[gallery_rows],
+    )
+    assert metrics["mAP@R"] == pytest.approx(bict[2]["new->stored"]["mAP@R"], abs=1e-6)
 
 
 def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):

@@ -1,0 +1,57 @@
+"""What a run trained, loaded back: `load(workdir)` gives plain numpy-in, numpy-out objects.
+
+    model = bebrjax.inference.load("/tmp/bebr_demo")      # a binarizer run
+    planes = model.encode(x)            # int8 [N, u+1, m] bit planes of +-1
+    vectors = model.vectors(x)          # float32 [N, m], the recurrent codes b
+
+    upgrade = bebrjax.inference.load("/tmp/upgrade_bict")  # an upgrade run
+    gallery = upgrade.old(x_gallery)    # phi_old embeddings
+    queries = upgrade.new(x_queries)    # phi_new embeddings
+    upgraded = upgrade.upgrade(gallery) # psi(stored old embeddings) (dmu, bict)
+
+Which trainers load (`LOADERS`, looked up by config.json's `trainer`):
+  * `binarizer`: one part, "binarizer".
+  * `upgrade`: parts "old", "new" and, for dmu and bict, "psi".
+  * `upgrade_compare`: a `Runs` of every method's `upgrade` run by name;
+  * `sequential`: a `Runs` of every upgrade of the sequence,
+    "<method>/step<t>", whose old part is the previous step's new model.
+A trainer without a loader is a `LoadError` naming it.
+
+A run is loadable once it has finished (its results.json is written); the
+latest checkpoint of each stage is restored. `step=` loads an earlier kept
+checkpoint instead, finished or not. Checkpoints restore onto the devices
+present now, whatever mesh wrote them (`checkpoint.restore_any`).
+
+Input handling is the training data's: a binarizer was trained on
+L2-normalized float32 embeddings (the loaders normalize every row), so its
+encoder casts to float32 and divides each row by its norm first, inside
+the compiled function (the exported bundle carries the same step). Upgrade
+models take the labelled data's `x` as it is stored (float32 features, or
+uint8 images that the backbone scales), and psi the stored old embeddings.
+The normalization is the same operation as the loaders' numpy division; run
+inside XLA it can differ from numpy's in the last bit of a float, which
+flipped one code in 200,000 rows in a measurement (docs/serving.md).
+"""
+
+from bebrjax.inference.loaders import LOADERS, load
+from bebrjax.inference.parts import (
+    Binarizer,
+    Encoder,
+    Loaded,
+    LoadError,
+    Runs,
+    Upgrade,
+    l2_normalize_rows,
+)
+
+__all__ = [
+    "LOADERS",
+    "Binarizer",
+    "Encoder",
+    "LoadError",
+    "Loaded",
+    "Runs",
+    "Upgrade",
+    "l2_normalize_rows",
+    "load",
+]

@@ -1,0 +1,231 @@
+"""`load(workdir)`: the loaders of each trainer's workdir, looked up by config.json's `trainer`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from bebrjax import checkpoint, sharding
+from bebrjax.inference.parts import (
+    Binarizer,
+    Encoder,
+    LoadError,
+    Runs,
+    Upgrade,
+    l2_normalize_rows,
+)
+from bebrjax.models.adapter import split_variables
+from bebrjax.trainers import sequential, upgrade
+from bebrjax.trainers.binarizer import build_model
+from bebrjax.trainers.upgrade_compare import method_configs
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise LoadError(f"{workdir}: no such directory")
+    if not os.path.isfile(path):
+        raise LoadError(f"{workdir}: not a bebrjax workdir (no config.json)")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{path}: not valid JSON ({e})") from None
+
+
+def _restore(directory: str, step: int | None, mesh: Mesh, finished: bool, workdir: str):
+    """(step, flax variables) of a stage directory's checkpoint."""
+    kept = checkpoint.steps(os.path.join(directory, "checkpoints"))
+    if step is None:
+        if not finished:
+            raise LoadError(
+                f"{workdir}: the run has not finished (no results.json); pass a step to load "
+                f"an intermediate checkpoint (kept: {', '.join(map(str, kept)) or 'none'})"
+            )
+        if not kept:
+            raise LoadError(f"{directory}: no finished checkpoint")
+        step = kept[-1]
+    elif step not in kept:
+        raise LoadError(
+            f"{directory}: no checkpoint at step {step} "
+            f"(kept: {', '.join(map(str, kept)) or 'none'})"
+        )
+    state = checkpoint.restore_any(
+        os.path.join(directory, "checkpoints"), step, sharding.replicated(mesh)
+    )
+    return step, {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def _load_binarizer(workdir, config, step, mesh, finished) -> Binarizer:
+    step, variables = _restore(workdir, step, mesh, finished, workdir)
+    model = build_model(config)
+    first = variables["params"]["w"]  # block W's first Dense reads x (see MLPBlock)
+    dim = int(first["Dense_0" if "Dense_0" in first else "linear"]["kernel"].shape[0])
+
+    def forward(v, x):
+        return model.apply(v, l2_normalize_rows(x), train=False).planes
+
+    encoder = Encoder(
+        "binarizer", "binarizer", forward, variables, (dim,), np.dtype(np.float32), "l2", step, mesh
+    )
+    return Binarizer(workdir, "binarizer", config, {"binarizer": encoder})
+
+
+def _embedder(name, model: nn.Module, variables, example: np.ndarray, step, mesh) -> Encoder:
+    def forward(v, x):
+        return model.apply(v, x, train=False)["embedding"]
+
+    return Encoder(
+        name,
+        "embedder",
+        forward,
+        variables,
+        tuple(example.shape[1:]),
+        np.dtype(np.float32 if example.dtype.kind == "f" else example.dtype),
+        "none",
+        step,
+        mesh,
+    )
+
+
+def _model_only(variables: dict) -> tuple[dict, dict | None]:
+    """(the embedding model's variables, psi's or None) of a stage; dmu stages hold both."""
+    if set(variables["params"]) == {"model", "adapter"}:
+        return split_variables(variables)
+    return variables, None
+
+
+def _upgrade(
+    name: str,
+    config,
+    example: np.ndarray,
+    classes: int,
+    old_dir: str,
+    base: str,
+    step,
+    mesh,
+    finished: bool,
+) -> Upgrade:
+    """The parts of one upgrade: old from `old_dir`, new (and psi) from `base`/new, /forward.
+
+    `config` is an `upgrade` trainer config (method, old, new, forward).
+    """
+    old_step, old_vars = _restore(old_dir, None, mesh, True, name)  # always its final one
+    new_step, new_vars = _restore(os.path.join(base, "new"), step, mesh, finished, name)
+    old_vars, _ = _model_only(old_vars)  # the previous step of a dmu sequence holds a psi too
+    new_vars, psi_vars = _model_only(new_vars)
+    psi_step = new_step
+    parts = {
+        "old": _embedder(
+            "old", upgrade.build(config.old, classes), old_vars, example, old_step, mesh
+        ),
+        "new": _embedder(
+            "new", upgrade.build(config.new, classes), new_vars, example, new_step, mesh
+        ),
+    }
+    if config.method == "bict":
+        psi_step, psi_vars = _restore(os.path.join(base, "forward"), step, mesh, finished, name)
+    if psi_vars is not None:
+        adapter = upgrade.build_adapter(config, config.new.model.embedding_dim)
+
+        def forward(v, x):
+            return adapter.apply(v, x.astype(jnp.float32), train=False)
+
+        parts["psi"] = Encoder(
+            "psi",
+            "adapter",
+            forward,
+            psi_vars,
+            (config.old.model.embedding_dim,),
+            np.dtype(np.float32),
+            "none",
+            psi_step,
+            mesh,
+        )
+    return Upgrade(name, "upgrade", config, parts)
+
+
+def _load_upgrade(workdir, config, step, mesh, finished) -> Upgrade:
+    data = upgrade.labelled_data(config)
+    old_dir = config.old_workdir or os.path.join(workdir, "old")
+    return _upgrade(
+        workdir, config, data.x[:1], data.num_classes, old_dir, workdir, step, mesh, finished
+    )
+
+
+def _load_sequential(workdir, config, step, mesh, finished) -> Runs:
+    """Every upgrade of the sequence as `Runs`: "<method>/step<t>" for t = 2..T.
+
+    Step t's old model is step t-1's new model of the same method (step 1:
+    phi1), as in training.
+    """
+    if not finished:
+        raise LoadError(f"{workdir}: the sequence has not finished (no results.json)")
+    data = upgrade.labelled_data(config)
+    runs = Runs()
+    for method in config.methods:
+        old_dir = os.path.join(workdir, "step1")
+        for t in range(1, len(config.sequence.ratios)):
+            base = os.path.join(workdir, method, f"step{t + 1}")
+            sub = sequential.method_config(config, method, t)
+            runs[f"{method}/step{t + 1}"] = _upgrade(
+                base, sub, data.x[:1], data.num_classes, old_dir, base, step, mesh, True
+            )
+            old_dir = os.path.join(base, "new")
+    return runs
+
+
+def _load_compare(workdir, config, step, mesh, finished) -> Runs:
+    if not finished:
+        raise LoadError(f"{workdir}: the comparison has not finished (no results.json)")
+    return Runs(
+        {
+            name: load(path, step, mesh)
+            for name, (_, path) in method_configs(config, workdir).items()
+        }
+    )
+
+
+# config.json's `trainer` -> loader(workdir, config, step, mesh, finished).
+LOADERS: dict[str, Callable[..., Any]] = {
+    "binarizer": _load_binarizer,
+    "upgrade": _load_upgrade,
+    "upgrade_compare": _load_compare,
+    "sequential": _load_sequential,
+}
+
+
+def load(workdir: str, step: int | None = None, mesh: Mesh | None = None) -> Any:
+    """Loads what the run in `workdir` trained onto the devices present.
+
+    Args:
+      workdir: a finished run's directory (config.json, checkpoints, results.json).
+      step: a kept checkpoint step to load instead of the final one.
+      mesh: the devices to hold the variables and run the encoders on
+        (default: all of them, on a `data` axis).
+
+    Returns:
+      A `Binarizer`, an `Upgrade` or, for a comparison or a sequence, `Runs`.
+
+    Raises:
+      LoadError: naming the workdir and the problem: no such directory, no
+        config.json, an unfinished run, a step not kept, a trainer that has
+        no loader.
+    """
+    config = _read_config(workdir)
+    trainer = config.get("trainer")
+    if trainer not in LOADERS:
+        raise LoadError(
+            f"{workdir}: runs of trainer {trainer!r} cannot be loaded "
+            f"(loadable: {', '.join(LOADERS)})"
+        )
+    finished = os.path.isfile(os.path.join(workdir, "results.json"))
+    return LOADERS[trainer](workdir, config, step, mesh or sharding.make_mesh(), finished)

@@ -1,0 +1,200 @@
+"""The trained parts of a run as plain objects: an `Encoder` per part, grouped by run kind."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from bebrjax import sharding
+from bebrjax.data.pairs import DataError, row_norms
+from bebrjax.search import codes as codes_lib
+
+
+class LoadError(ValueError):
+    """A workdir (or checkpoint step) that cannot be loaded; the message says why."""
+
+
+def l2_normalize_rows(x: jax.Array) -> jax.Array:
+    """float32 x / ||x|| per row, as the data loaders do; an all-zero row stays zero."""
+    x = x.astype(jnp.float32)
+    norms = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.where(norms > 0, norms, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """One trained function of a run: `forward(variables, x)` with its variables.
+
+    Attributes:
+      name: the part's name ("binarizer", "old", "new", "psi").
+      kind: "binarizer" (float rows -> int8 planes), "embedder" (inputs ->
+        float embeddings) or "adapter" (old embeddings -> new-space embeddings).
+      forward: a pure, jit-able `(variables, x[N, ...]) -> y[N, ...]`,
+        input handling included (see the module docstring).
+      variables: the trained flax variables, replicated on `mesh`.
+      input_shape: the shape of one input row.
+      input_dtype: the dtype the function takes.
+      normalization: what `forward` does to its input first: "l2" or "none".
+      step: the checkpoint step the variables come from.
+      mesh: the devices the variables live on.
+    """
+
+    name: str
+    kind: str
+    forward: Callable[[Any, jax.Array], jax.Array]
+    variables: Any
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype
+    normalization: str
+    step: int
+    mesh: Mesh
+
+    def __call__(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """`forward` over `x` (numpy or memory-mapped) in batches sharded on the mesh.
+
+        Raises:
+          ValueError: when the rows have the wrong shape; DataError (a
+            ValueError) at the first non-finite row, or all-zero row when
+            the input is L2-normalized.
+        """
+        x = check_rows(x, self.input_shape, self.name)
+        if np.issubdtype(x.dtype, np.floating):
+            for start in range(0, len(x), batch_size):
+                check_values(
+                    x[start : start + batch_size], self.normalization, f"{self.name} input", start
+                )
+        return sharding.batched_apply(self.forward, self.variables, x, self.mesh, batch_size)
+
+    def output_spec(self) -> jax.ShapeDtypeStruct:
+        """Shape (of one row) and dtype of the output."""
+        out = jax.eval_shape(
+            self.forward,
+            self.variables,
+            jax.ShapeDtypeStruct((1, *self.input_shape), self.input_dtype),
+        )
+        return jax.ShapeDtypeStruct(out.shape[1:], out.dtype)
+
+
+def check_values(chunk: np.ndarray, normalization: str, name: str, start: int = 0) -> None:
+    """Refuses a non-finite row, and an all-zero row where rows are L2-normalized.
+
+    Raises:
+      DataError: naming `name` and the first bad row (numbered from `start`).
+    """
+    rows = np.asarray(chunk, np.float32).reshape(len(chunk), -1)
+    if normalization == "l2":
+        row_norms(rows, name, start)
+    elif not np.isfinite(rows).all():
+        first = start + int(np.argmin(np.isfinite(rows).all(axis=1)))
+        raise DataError(f"{name} has non-finite values (first at row {first})")
+
+
+def check_rows(x: np.ndarray, row_shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Checks that `x` is a batch of rows of `row_shape`.
+
+    Raises:
+      ValueError: naming `name`, the expected and the actual shape.
+    """
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if tuple(x.shape[1:]) != tuple(row_shape) or x.ndim != len(row_shape) + 1:
+        raise ValueError(
+            f"{name}: inputs must have shape [N, {', '.join(map(str, row_shape))}]; "
+            f"got {list(x.shape)}"
+        )
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A loaded run: its resolved config and its trained parts by name."""
+
+    workdir: str
+    trainer: str
+    config: ml_collections.ConfigDict
+    parts: Mapping[str, Encoder]
+
+    def part(self, name: str | None = None) -> Encoder:
+        """The part called `name` (None: the run's main part, the first one).
+
+        Raises:
+          LoadError: naming the parts this run has.
+        """
+        if name is None:
+            return next(iter(self.parts.values()))
+        if name not in self.parts:
+            raise LoadError(
+                f"{self.workdir}: this {self.trainer} run has no part {name!r} "
+                f"(it has: {', '.join(self.parts)})"
+            )
+        return self.parts[name]
+
+
+class Binarizer(Loaded):
+    """A trained recurrent binarizer: `encode` to bit planes, `vectors` to codes."""
+
+    @property
+    def encoder(self) -> Encoder:
+        """The float -> planes encoder."""
+        return self.parts["binarizer"]
+
+    @property
+    def dim(self) -> int:
+        """d, the embedding width it encodes."""
+        return self.encoder.input_shape[0]
+
+    @property
+    def code_dim(self) -> int:
+        """m, the code width."""
+        return int(self.config.model.code_dim)
+
+    @property
+    def loops(self) -> int:
+        """u: every code has u+1 bit planes."""
+        return int(self.config.model.loops)
+
+    def encode(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """int8 bit planes [N, u+1, m] of +-1 of float embeddings [N, d] (any scale)."""
+        return self.encoder(x, batch_size)
+
+    def vectors(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """The recurrent codes b = sum_i 2^-i s_i, float32 [N, m] (exact)."""
+        return codes_lib.decode(self.encode(x, batch_size))
+
+
+class Upgrade(Loaded):
+    """A trained upgrade: `old` and `new` embedders and, for dmu and bict, `psi`."""
+
+    @property
+    def method(self) -> str:
+        """The compatibility method the new model was trained with."""
+        return str(self.config.method)
+
+    @property
+    def old(self) -> Encoder:
+        """phi_old: inputs -> old embeddings."""
+        return self.parts["old"]
+
+    @property
+    def new(self) -> Encoder:
+        """phi_new: inputs -> new embeddings."""
+        return self.parts["new"]
+
+    def upgrade(self, stored: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """psi(stored old embeddings): the gallery moved to the new space, no raw data.
+
+        Raises:
+          LoadError: when the run's method has no forward adapter.
+        """
+        return self.part("psi")(stored, batch_size)
+
+
+class Runs(dict):
+    """The upgrades of a comparison or a sequence, by name."""

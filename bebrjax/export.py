@@ -37,12 +37,13 @@ import numpy as np
 
 from bebrjax import cli, report
 from bebrjax.config import to_dict
-from bebrjax.errors import OutputExistsError
+from bebrjax.errors import ConfigError, OutputExistsError
 from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, load
 from bebrjax.search.index import BinaryIndex, move_into_place, staging_dir
 from bebrjax.serving import ENCODER, FORMAT, INDEX, MANIFEST, VERSION, sha256
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 PACKAGES = ("bebrjax", "jax", "jaxlib", "flax", "numpy", "orbax-checkpoint")
 
 
@@ -53,8 +54,15 @@ def serialize(encoder: Encoder, platforms: Sequence[str] = PLATFORMS) -> tuple[b
       (the serialized bytes, the platforms it was lowered for).
 
     Raises:
+      ConfigError: on a platform name jax does not know.
       LoadError: when it cannot be lowered for any of `platforms`.
     """
+    unknown = sorted(set(platforms) - set(KNOWN_PLATFORMS))
+    if unknown or not platforms:
+        raise ConfigError(
+            f"platforms {', '.join(unknown) or '(none)'}: expected some of "
+            f"{', '.join(KNOWN_PLATFORMS)}"
+        )
     constants = jax.tree.map(np.asarray, encoder.variables)  # off the mesh: one device
 
     def function(x):
@@ -62,19 +70,20 @@ def serialize(encoder: Encoder, platforms: Sequence[str] = PLATFORMS) -> tuple[b
 
     (batch,) = jax.export.symbolic_shape("N")
     spec = jax.ShapeDtypeStruct((batch, *encoder.input_shape), encoder.input_dtype)
-    lowered = [p for p in platforms if _lowers(function, spec, p)]
-    if not lowered:
-        raise LoadError(f"the encoder cannot be lowered for any of {', '.join(platforms)}")
-    exported = jax.export.export(jax.jit(function), platforms=lowered)(spec)
-    return bytes(exported.serialize()), lowered
+    exported = _export(function, spec, tuple(platforms))
+    if exported is None:  # find the platforms that lower, one by one
+        lowered = tuple(p for p in platforms if _export(function, spec, (p,)) is not None)
+        if not lowered:
+            raise LoadError(f"the encoder cannot be lowered for any of {', '.join(platforms)}")
+        exported = _export(function, spec, lowered)
+    return bytes(exported.serialize()), list(exported.platforms)
 
 
-def _lowers(function, spec, platform_name: str) -> bool:
+def _export(function, spec, platforms: tuple[str, ...]) -> jax.export.Exported | None:
     try:
-        jax.export.export(jax.jit(function), platforms=(platform_name,))(spec)
-    except Exception:  # noqa: BLE001 - whatever stops a lowering leaves that platform out
-        return False
-    return True
+        return jax.export.export(jax.jit(function), platforms=platforms)(spec)
+    except Exception:  # noqa: BLE001 - whatever stops a lowering leaves those platforms out
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -139,7 +148,8 @@ def export_bundle(
       The manifest written.
 
     Raises:
-      LoadError, IndexFormatError, OutputExistsError: before anything is written.
+      ConfigError, LoadError, IndexFormatError, OutputExistsError: before
+      anything is written.
     """
     loaded = load(model) if isinstance(model, str) else model
     if not isinstance(loaded, Loaded):

@@ -15,6 +15,7 @@ from conftest import ROOT
 from bebrjax import encode, heldout, inference, query
 from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.export import export_bundle
+from bebrjax.export import main as export_main
 from bebrjax.search import BinaryIndex, IndexFormatError
 from bebrjax.search.writer import IndexWriter
 from bebrjax.serving import BundleError, load_bundle
@@ -87,7 +88,7 @@ def test_the_index_writer_matches_a_save(tmp_path):
 def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_path):
     workdir, _ = binarizer_run
     corpus = tmp_path / "corpus.npy"
-    np.save(corpus, _inputs(150_000, seed=2).astype(np.float16))
+    np.save(corpus, _inputs(60_000, seed=2).astype(np.float16))
     out = tmp_path / "index"
     command = [sys.executable, "-m", "bebrjax.encode", "--workdir", str(workdir)]
     command += ["--input", str(corpus), "--index", str(out), "--batch-size", "256"]
@@ -109,7 +110,7 @@ def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_
         BinaryIndex.load(str(tmp_path / "index.partial"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert 0 < _last_json(done.stdout)["resumed_from"] < 150_000
+    assert 0 < _last_json(done.stdout)["resumed_from"] < 60_000
     encode.encode_corpus(
         str(workdir), str(corpus), str(tmp_path / "straight"), batch_size=256, progress=False
     )
@@ -264,6 +265,49 @@ def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_p
     scores, ids = index.search(expected[:50], 5)
     np.testing.assert_array_equal(out["ids"], ids)
     np.testing.assert_array_equal(out["scores"], scores)
+
+
+def test_search_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path, capsys):
+    workdir, _ = binarizer_run
+    index = str(bundle[0] / "index")
+    queries = _npz(tmp_path / "q.npz", query=_inputs(5), narrow=_inputs(5, d=8))
+    np.save(tmp_path / "relevant.npy", np.arange(4))
+    other = BinaryIndex(8, 0)
+    other.add(np.ones((3, 1, 8), np.int8))
+    other.save(str(tmp_path / "other"))
+    hits = str(tmp_path / "hits.npz")
+    for args, message in [
+        (["--index", index, "--k", "301"], "k=301 must be in [1, 300]"),
+        (["--index", str(tmp_path / "other")], "the index holds codes of u=0, m=8"),
+        (["--index", index, "--key", "narrow"], "the model encodes rows of width d=16"),
+        (["--index", index, "--relevant", str(tmp_path / "relevant.npy")], "expected 5 integer"),
+        (["--index", str(tmp_path)], "not a saved index"),
+    ]:
+        argv = ["--workdir", str(workdir), "--queries", queries, "--out", hits, *args]
+        assert query.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+        assert not os.path.exists(hits)
+
+
+def test_export_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path, capsys):
+    workdir, _ = binarizer_run
+    other = BinaryIndex(8, 0)
+    other.add(np.ones((3, 1, 8), np.int8))
+    other.save(str(tmp_path / "other"))
+    out = str(tmp_path / "new_bundle")
+    for extra, message in [
+        (["--out", str(bundle[0])], "exists; pass --overwrite"),
+        (["--platforms", "gpu"], "platforms gpu: expected some of cpu, cuda, rocm, tpu"),
+        (["--part", "psi"], "has no part 'psi'"),
+        (["--index", str(tmp_path / "other")], "holds codes with m=8, u=0"),
+    ]:
+        argv = ["--workdir", str(workdir), "--out", out, *extra]
+        assert export_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+        assert not os.path.exists(out)
+    assert load_bundle(str(bundle[0])).manifest["files"]  # the existing bundle is untouched
 
 
 @pytest.mark.parametrize("name", ["encoder.jax", "index/codes.npy", "manifest.json"])

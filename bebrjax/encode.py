@@ -27,9 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bebrjax import cli, report, sharding
+from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.data.rows import RowSource, open_rows
-from bebrjax.errors import OutputExistsError
 from bebrjax.inference import Binarizer, LoadError, load
 from bebrjax.search.writer import IndexWriter
 
@@ -112,8 +112,7 @@ def encode_corpus(
     encoder = model.encoder
     source = open_embeddings(input_path, key, model.dim)
     try:
-        if os.path.lexists(index_path) and not overwrite:
-            raise OutputExistsError(f"{index_path} exists; pass --overwrite to replace it")
+        wd.refuse_existing(index_path, overwrite)
         n = len(source)
         job = {
             "model": {"workdir": os.path.abspath(model.workdir), "step": encoder.step},

@@ -36,8 +36,9 @@ import jax
 import numpy as np
 
 from bebrjax import cli, report
+from bebrjax import workdir as wd
 from bebrjax.config import to_dict
-from bebrjax.errors import ConfigError, OutputExistsError
+from bebrjax.errors import ConfigError
 from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, load
 from bebrjax.search.index import BinaryIndex, move_into_place, staging_dir
 from bebrjax.serving import ENCODER, FORMAT, INDEX, MANIFEST, VERSION, sha256
@@ -155,8 +156,7 @@ def export_bundle(
     if not isinstance(loaded, Loaded):
         raise LoadError(f"{model}: a comparison holds several runs; export one of them")
     encoder = loaded.part(part or ("binarizer" if isinstance(loaded, Binarizer) else "new"))
-    if os.path.lexists(out) and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    wd.refuse_existing(out, overwrite)
     if index is not None:
         if not isinstance(loaded, Binarizer):
             raise LoadError(f"{loaded.workdir}: an index goes with a binarizer's bundle")

@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 
 from bebrjax import cli
+from bebrjax import workdir as wd
 from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.splits import train_eval_split
-from bebrjax.errors import OutputExistsError
 from bebrjax.inference import LoadError
 
 
@@ -57,15 +57,10 @@ def write_pairs(path: str, pairs: PairedEmbeddings, overwrite: bool = False) -> 
     Raises:
       OutputExistsError: when `path` exists and `overwrite` is False.
     """
-    if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     arrays = {"query": pairs.query, "doc": pairs.doc, "relevant": np.arange(len(pairs))}
     if pairs.labels is not None:
         arrays["labels"] = pairs.labels
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    wd.write_npz(path, arrays, overwrite)
 
 
 def parser() -> argparse.ArgumentParser:

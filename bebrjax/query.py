@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from bebrjax import cli, report
+from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import open_rows
 from bebrjax.encode import open_embeddings, read_checked
-from bebrjax.errors import OutputExistsError
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.search import BinaryIndex
 
@@ -115,20 +115,6 @@ def search_index(
     return ids, scores
 
 
-def save_hits(path: str, ids: np.ndarray, scores: np.ndarray, overwrite: bool = False) -> None:
-    """Writes hits.npz (`ids`, `scores`) whole: a temporary file renamed into place.
-
-    Raises:
-      OutputExistsError: when `path` exists and `overwrite` is False.
-    """
-    if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, ids=ids.astype(np.int64), scores=scores.astype(np.float32))
-    os.replace(tmp, path)
-
-
 def parser() -> argparse.ArgumentParser:
     """The command's flags."""
     p = argparse.ArgumentParser(
@@ -150,8 +136,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> None:
-    if os.path.lexists(args.out) and not args.overwrite:
-        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    wd.refuse_existing(args.out, args.overwrite)  # before the work, not after
     index = BinaryIndex.load(args.index)
     ids, scores = search_index(
         index,
@@ -169,7 +154,7 @@ def _command(args: argparse.Namespace) -> None:
         summary["recall"] = recall_of(ids, relevant, (1, 5, 10))
         head += list(summary["recall"])
         row += [f"{v:.4f}" for v in summary["recall"].values()]
-    save_hits(args.out, ids, scores, overwrite=True)
+    wd.write_npz(args.out, {"ids": ids, "scores": scores}, overwrite=True)
     cli.print_summary(report.table(head, [row]), summary)
 
 

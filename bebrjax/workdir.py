@@ -1,4 +1,4 @@
-"""The files of a run's workdir: config.json, metrics.jsonl, results.{json,md}.
+"""The files of a run's workdir (config.json, metrics.jsonl, results.{json,md}) and outputs.
 
 Every file is written whole or not at all (a temporary file renamed into
 place), so an interrupted run never leaves a half-written result.
@@ -10,7 +10,10 @@ import json
 import os
 from typing import Any
 
+import numpy as np
+
 from bebrjax.config import ConfigError, diff_keys
+from bebrjax.errors import OutputExistsError
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -18,6 +21,25 @@ def write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """Raises OutputExistsError when `path` exists and is not to be replaced."""
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def write_npz(path: str, arrays: dict[str, Any], overwrite: bool = False) -> None:
+    """Writes `arrays` to the .npz `path` whole: a temporary file renamed into place.
+
+    Raises:
+      OutputExistsError: when `path` exists and `overwrite` is False.
+    """
+    refuse_existing(path, overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

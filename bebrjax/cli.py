@@ -3,7 +3,8 @@
 A command's `main(argv)` parses its flags with argparse (which itself exits
 2 with a usage line on a bad flag) and calls a library function; `run`
 turns the errors a user can cause (a bad file, a bad workdir, an output in
-the way) into `error: <message>` on stderr and exit status 2.
+the way, a path the system refuses) into `error: <message>` on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ USER_ERRORS = (
     LoadError,
     OutputExistsError,
     PartialIndexError,
+    OSError,  # a path that cannot be read or written: permissions, a file where a directory goes
 )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -108,18 +109,24 @@ def encode_corpus(
     """
     if batch_size <= 0:
         raise DataError(f"batch size {batch_size}: must be > 0")
+    index_path = os.path.normpath(index_path)
+    out, read = os.path.abspath(index_path), os.path.abspath(input_path)
+    if read == out or read.startswith(out + os.sep):
+        raise DataError(f"{index_path}: the index would replace its own input {input_path}")
     model = as_binarizer(model)
     encoder = model.encoder
     source = open_embeddings(input_path, key, model.dim)
     try:
-        wd.refuse_existing(index_path, overwrite)
+        wd.refuse_existing(index_path, overwrite, directory=True)
         n = len(source)
         job = {
             "model": {"workdir": os.path.abspath(model.workdir), "step": encoder.step},
             "input": source.fingerprint,
             "batch_size": batch_size,
+            "devices": int(encoder.mesh.devices.size),  # the batch's split can round differently
         }
-        os.makedirs(os.path.dirname(os.path.abspath(index_path)), exist_ok=True)
+        made = _missing_parent(out)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
         writer = IndexWriter(
             index_path, m=model.code_dim, u=model.loops, count=n, job=job, restart=overwrite
         )
@@ -129,6 +136,8 @@ def encode_corpus(
         except DataError:
             if writer.resumed_from == 0:
                 writer.discard()  # nothing of this call's is left behind
+                if made:
+                    shutil.rmtree(made, ignore_errors=True)
             else:
                 writer.close()  # an earlier call's rows stay, to resume from
             raise
@@ -149,6 +158,14 @@ def encode_corpus(
         "u": model.loops,
         "bytes": sum(os.path.getsize(os.path.join(index_path, f)) for f in os.listdir(index_path)),
     }
+
+
+def _missing_parent(path: str) -> str | None:
+    """The outermost missing directory above `path`, which writing `path` would create."""
+    missing, parent = None, os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        missing, parent = parent, os.path.dirname(parent)
+    return missing
 
 
 def _encode_rows(encoder, source: RowSource, writer: IndexWriter, batch_size: int, progress):

@@ -71,20 +71,24 @@ def serialize(encoder: Encoder, platforms: Sequence[str] = PLATFORMS) -> tuple[b
 
     (batch,) = jax.export.symbolic_shape("N")
     spec = jax.ShapeDtypeStruct((batch, *encoder.input_shape), encoder.input_dtype)
-    exported = _export(function, spec, tuple(platforms))
-    if exported is None:  # find the platforms that lower, one by one
-        lowered = tuple(p for p in platforms if _export(function, spec, (p,)) is not None)
+    exported, error = _export(function, spec, tuple(platforms))
+    if exported is None:  # keep the platforms that lower, one by one
+        lowered = tuple(p for p in platforms if _export(function, spec, (p,))[0] is not None)
         if not lowered:
-            raise LoadError(f"the encoder cannot be lowered for any of {', '.join(platforms)}")
-        exported = _export(function, spec, lowered)
+            raise LoadError(
+                f"the encoder cannot be lowered for any of {', '.join(platforms)}: "
+                f"{str(error).splitlines()[0]}"
+            )
+        exported, _ = _export(function, spec, lowered)
     return bytes(exported.serialize()), list(exported.platforms)
 
 
-def _export(function, spec, platforms: tuple[str, ...]) -> jax.export.Exported | None:
+def _export(function, spec, platforms: tuple[str, ...]):
+    """(the `jax.export.Exported`, None), or (None, the error that stopped the lowering)."""
     try:
-        return jax.export.export(jax.jit(function), platforms=platforms)(spec)
-    except Exception:  # noqa: BLE001 - whatever stops a lowering leaves those platforms out
-        return None
+        return jax.export.export(jax.jit(function), platforms=platforms)(spec), None
+    except Exception as e:  # noqa: BLE001 - whatever stops a lowering leaves those platforms out
+        return None, e
 
 
 def _versions() -> dict[str, str]:
@@ -156,7 +160,8 @@ def export_bundle(
     if not isinstance(loaded, Loaded):
         raise LoadError(f"{model}: a comparison holds several runs; export one of them")
     encoder = loaded.part(part or ("binarizer" if isinstance(loaded, Binarizer) else "new"))
-    wd.refuse_existing(out, overwrite)
+    out = os.path.normpath(out)
+    wd.refuse_existing(out, overwrite, directory=True)
     if index is not None:
         if not isinstance(loaded, Binarizer):
             raise LoadError(f"{loaded.workdir}: an index goes with a binarizer's bundle")

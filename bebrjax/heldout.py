@@ -12,19 +12,16 @@ the binary row of the run's results.json from the command line.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 
 from bebrjax import cli
 from bebrjax import workdir as wd
 from bebrjax.data import PairedEmbeddings, get_data
-from bebrjax.data.splits import train_eval_split
-from bebrjax.inference import LoadError
+from bebrjax.inference import LoadError, read_config
+from bebrjax.trainers.binarizer import split_pairs
 
 
 def held_out(workdir: str) -> PairedEmbeddings:
@@ -34,21 +31,11 @@ def held_out(workdir: str) -> PairedEmbeddings:
       LoadError: when `workdir` holds no binarizer run.
       DataError: when its data cannot be read any more.
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise LoadError(f"{workdir}: not a bebrjax workdir (no config.json)")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_config(workdir)
     if config.get("trainer") != "binarizer":
         raise LoadError(f"{workdir}: not a binarizer run (trainer {config.get('trainer')!r})")
-    data = get_data(config.data)
-    _, eval_rows = train_eval_split(
-        len(data),
-        eval_fraction=config.split.eval_fraction,
-        eval_indices=config.split.eval_indices or None,
-        seed=config.seed,
-    )
-    return data.subset(eval_rows)
+    _, eval_pairs = split_pairs(config, get_data(config.data))
+    return eval_pairs
 
 
 def write_pairs(path: str, pairs: PairedEmbeddings, overwrite: bool = False) -> None:

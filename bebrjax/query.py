@@ -8,7 +8,8 @@ of <key>.npy) are encoded by the same model as the index's documents, from
 its workdir or its exported bundle, and searched exactly (SDC, ties to the
 lower id). hits.npz holds `ids` int64 [Q, k] and `scores` float32 [Q, k],
 written whole or not at all. With `--relevant` (one relevant doc id per
-query, an integer array) Recall@1/5/10 is printed as a table.
+query, an integer array) Recall@1/5/10 is printed as a table (Recall@j
+for the j <= k only: a smaller k cannot tell the others).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from bebrjax.encode import open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.search import BinaryIndex
 
+RECALL_KS = (1, 5, 10)
+
 
 def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
     """The query embeddings [Q, dim] at `path`, float32, checked as `encode` checks."""
@@ -38,25 +41,28 @@ def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
         source.close()
 
 
-def read_relevant(spec: str, num_queries: int, num_docs: int) -> np.ndarray:
-    """The relevant doc id per query from `PATH[:key]`, checked against the sizes.
+def read_relevant(spec: str, num_docs: int) -> np.ndarray:
+    """The relevant doc id of each query from `PATH[:key]` (key default "relevant").
 
     Raises:
-      DataError: naming the file when it is not [Q] integers in [0, num_docs).
+      DataError: naming the file when it is missing, or not 1-D integers in
+        [0, num_docs).
     """
-    path, _, key = spec.rpartition(":") if not os.path.exists(spec) else (spec, "", "")
-    source = open_rows(path, key or "relevant")
+    path, key = spec, "relevant"
+    if not os.path.exists(spec) and ":" in spec:
+        path, _, key = spec.rpartition(":")
+    source = open_rows(path, key)
     try:
         ids = source.read(0, len(source))
     finally:
         source.close()
-    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (num_queries,):
+    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
         raise DataError(
-            f"{source.name}: expected {num_queries} integer doc ids (one per query); "
-            f"got {ids.dtype} {list(ids.shape)}"
+            f"{source.name}: expected integer doc ids, one per query; got {ids.dtype} "
+            f"{list(ids.shape)}"
         )
     if ids.size and (ids.min() < 0 or ids.max() >= num_docs):
-        raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs})")
+        raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs}) (the index size)")
     return ids.astype(np.int64)
 
 
@@ -89,6 +95,8 @@ def search_index(
     """
     if (workdir is None) == (bundle is None):
         raise DataError("give the model as exactly one of workdir and bundle")
+    if batch_size <= 0:
+        raise DataError(f"batch size {batch_size}: must be > 0")
     if bundle is not None:
         from bebrjax.serving import load_bundle
 
@@ -136,8 +144,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> None:
-    wd.refuse_existing(args.out, args.overwrite)  # before the work, not after
+    wd.refuse_existing(args.out, args.overwrite)  # checked before the work, not after
     index = BinaryIndex.load(args.index)
+    relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
     ids, scores = search_index(
         index,
         args.queries,
@@ -149,9 +158,11 @@ def _command(args: argparse.Namespace) -> None:
     )
     summary = {"hits": args.out, "queries": len(ids), "k": args.k}
     head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]
-    if args.relevant:
-        relevant = read_relevant(args.relevant, len(ids), index.ntotal)
-        summary["recall"] = recall_of(ids, relevant, (1, 5, 10))
+    if relevant is not None:
+        if len(relevant) != len(ids):
+            raise DataError(f"{args.relevant}: {len(relevant)} relevant ids for {len(ids)} queries")
+        ks = [j for j in RECALL_KS if j <= args.k]  # R@j needs j results per query
+        summary["recall"] = recall_of(ids, relevant, ks)
         head += list(summary["recall"])
         row += [f"{v:.4f}" for v in summary["recall"].values()]
     wd.write_npz(args.out, {"ids": ids, "scores": scores}, overwrite=True)

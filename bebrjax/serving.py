@@ -52,50 +52,58 @@ def sha256(path: str) -> str:
 
 
 class Bundle:
-    """A loaded bundle: its manifest, its encoder and, when present, its index."""
+    """A loaded bundle: its manifest, its encoder and, when present, its index.
+
+    Shapes and dtypes come from the serialized function itself, not from the
+    manifest's description of it.
+    """
 
     def __init__(self, path: str, manifest: dict[str, Any], exported: jax.export.Exported):
         self.path, self.manifest, self.exported = path, manifest, exported
-        function = manifest["function"]
-        self.input_shape = tuple(function["input"]["shape"][1:])
-        self.input_dtype = np.dtype(function["input"]["dtype"])
+        (given,), (made,) = exported.in_avals, exported.out_avals
+        self.input_shape, self.input_dtype = tuple(given.shape[1:]), np.dtype(given.dtype)
+        self.output_shape, self.output_dtype = tuple(made.shape[1:]), np.dtype(made.dtype)
         self._index: BinaryIndex | None = None
 
     def encode(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """The exported function over `x` [N, ...], in batches of at most `batch_size` rows.
 
+        Batches are padded to a power of two rows (at least 8) so that a
+        server sees a few compiled shapes, not one per request size.
+
         Raises:
-          ValueError: when the rows do not have the bundle's input shape or
-            hold non-finite values.
+          ValueError: when the rows do not have the bundle's input shape and
+            kind of dtype, or hold a non-finite (or, for an L2-normalizing
+            encoder, all-zero) row.
         """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size}: must be > 0")
         x = np.asarray(x)
         if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
             want = ", ".join(map(str, self.input_shape))
             raise ValueError(
                 f"{self.path}: inputs must have shape [N, {want}]; got {list(x.shape)}"
             )
+        if x.dtype.kind != self.input_dtype.kind:
+            raise ValueError(f"{self.path}: inputs must be {self.input_dtype}; got {x.dtype}")
         x = x.astype(self.input_dtype, copy=False)
         if x.dtype.kind == "f":
-            finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            rows = x.reshape(len(x), -1)
+            finite = np.isfinite(rows).all(axis=1)
             if not finite.all():
                 raise ValueError(
                     f"inputs have non-finite values (first at row {np.argmin(finite)})"
                 )
-        out = [
-            np.asarray(self.exported.call(x[s : s + batch_size]))
-            for s in range(0, len(x), batch_size)
-        ]
+            if self.manifest.get("normalization") == "l2" and not rows.any(axis=1).all():
+                row = int(np.argmin(rows.any(axis=1)))
+                raise ValueError(f"input row {row} is all zeros and cannot be normalized")
+        out = [self._call(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, *self.output_shape), self.output_dtype)
 
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        """The shape of one output row."""
-        return tuple(self.manifest["function"]["output"]["shape"][1:])
-
-    @property
-    def output_dtype(self) -> np.dtype:
-        """The output's dtype."""
-        return np.dtype(self.manifest["function"]["output"]["dtype"])
+    def _call(self, chunk: np.ndarray) -> np.ndarray:
+        rows = 1 << max(3, (len(chunk) - 1).bit_length())
+        padded = np.pad(chunk, [(0, rows - len(chunk))] + [(0, 0)] * (chunk.ndim - 1))
+        return np.asarray(self.exported.call(padded))[: len(chunk)]
 
     @property
     def index(self) -> BinaryIndex:
@@ -125,7 +133,7 @@ def load_bundle(path: str, verify: bool = True) -> Bundle:
 
     Raises:
       BundleError: naming the bundle and the file: not a bundle, another
-        format version, a file missing, altered or truncated.
+        format version, a file missing, unlisted, altered or truncated.
     """
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
@@ -145,12 +153,26 @@ def load_bundle(path: str, verify: bool = True) -> Bundle:
     files = manifest.get("files")
     if not isinstance(files, dict) or ENCODER not in files:
         raise BundleError(f"{path}: {MANIFEST} lists no files (or not {ENCODER})")
-    for name, digest in sorted(files.items()):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            raise BundleError(f"{path}: {name} is missing")
-        if verify and sha256(file) != digest:
-            raise BundleError(f"{path}: {name} does not match its sha256 (altered or truncated)")
+    on_disk = {
+        os.path.relpath(os.path.join(root, name), path)
+        for root, _, names in os.walk(path)
+        for name in names
+    } - {MANIFEST}
+    if set(files) != on_disk:
+        extra, missing = sorted(on_disk - set(files)), sorted(set(files) - on_disk)
+        raise BundleError(
+            f"{path}: the files differ from the manifest's list"
+            + (f"; not listed: {', '.join(extra)}" if extra else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
+    if "index" in manifest and not any(name.startswith(f"{INDEX}/") for name in files):
+        raise BundleError(f"{path}: {MANIFEST} announces an index but lists none of its files")
+    if verify:
+        for name, digest in sorted(files.items()):
+            if sha256(os.path.join(path, name)) != digest:
+                raise BundleError(
+                    f"{path}: {name} does not match its sha256 (altered or truncated)"
+                )
     with open(os.path.join(path, ENCODER), "rb") as f:
         blob = f.read()
     try:

@@ -24,10 +24,23 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def refuse_existing(path: str, overwrite: bool) -> None:
-    """Raises OutputExistsError when `path` exists and is not to be replaced."""
-    if os.path.lexists(path) and not overwrite:
+def refuse_existing(path: str, overwrite: bool, *, directory: bool = False) -> None:
+    """Raises OutputExistsError unless `path` is free, or replaceable with `overwrite`.
+
+    Args:
+      path: the output (a trailing slash is ignored).
+      overwrite: whether an existing output of the same kind may be replaced.
+      directory: the output is a directory (else a file); the other kind is
+        never replaced.
+    """
+    path = os.path.normpath(path)
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if os.path.isdir(path) != directory:
+        kind = "a directory" if os.path.isdir(path) else "not a directory"
+        raise OutputExistsError(f"{path} is {kind}; it is not replaced by this output")
 
 
 def write_npz(path: str, arrays: dict[str, Any], overwrite: bool = False) -> None:

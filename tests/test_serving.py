@@ -70,6 +70,9 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
         assert saved["ids"].dtype == np.int64 and saved["ids"].shape == (128, 20)
         assert saved["scores"].dtype == np.float32
         assert np.all(np.diff(saved["scores"], axis=1) <= 0)
+    argv = [*argv[:-1], "1", "--out", hits, "--relevant", f"{pairs}:relevant", "--overwrite"]
+    assert query.main(argv) == 0  # --k 1: only R@1 can be told
+    assert _last_json(capsys.readouterr().out)["recall"] == {"R@1": binary["R@1"]}
 
 
 def test_the_index_writer_matches_a_save(tmp_path):
@@ -155,7 +158,7 @@ def test_encode_refuses_bad_input_in_one_line(binarizer_run, tmp_path, capsys, m
     assert not out.exists() and not (tmp_path / "index.partial").exists()
 
 
-def test_encode_keeps_an_existing_index(binarizer_run, tmp_path, capsys):
+def test_encode_keeps_an_existing_index_and_its_input(binarizer_run, tmp_path, capsys):
     workdir, _ = binarizer_run
     path = _npz(tmp_path / "a.npz", doc=_inputs(40))
     out = tmp_path / "index"
@@ -166,6 +169,14 @@ def test_encode_keeps_an_existing_index(binarizer_run, tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (out / "codes.npy").read_bytes() == before
     assert encode.main([*argv, "--overwrite"]) == 0
+    argv = ["--workdir", str(workdir), "--input", path, "--overwrite", "--index"]
+    assert encode.main([*argv, path]) == 2
+    assert "would replace its own input" in capsys.readouterr().err
+    (tmp_path / "file").write_text("keep")
+    assert encode.main([*argv, str(tmp_path / "file") + "/"]) == 2
+    assert "is not a directory; it is not replaced" in capsys.readouterr().err
+    assert encode.main([*argv, str(tmp_path / "new" / "deeper" / "index")]) == 0
+    assert (tmp_path / "file").read_text() == "keep" and os.path.isfile(path)
 
 
 def test_load_refuses_what_it_cannot_load(binarizer_run, tmp_path):
@@ -280,7 +291,9 @@ def test_search_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path
         (["--index", index, "--k", "301"], "k=301 must be in [1, 300]"),
         (["--index", str(tmp_path / "other")], "the index holds codes of u=0, m=8"),
         (["--index", index, "--key", "narrow"], "the model encodes rows of width d=16"),
-        (["--index", index, "--relevant", str(tmp_path / "relevant.npy")], "expected 5 integer"),
+        (["--index", index, "--relevant", str(tmp_path / "relevant.npy")], "4 relevant ids for 5"),
+        (["--index", index, "--relevant", str(tmp_path / "nope.npy")], "nope.npy: no such file"),
+        (["--index", index, "--batch-size", "0"], "batch size 0: must be > 0"),
         (["--index", str(tmp_path)], "not a saved index"),
     ]:
         argv = ["--workdir", str(workdir), "--queries", queries, "--out", hits, *args]
@@ -328,6 +341,14 @@ def test_an_altered_bundle_is_refused(bundle, tmp_path, name):
         load_bundle(str(copy))
     target.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(BundleError, match=name if name != "manifest.json" else "not valid JSON"):
+        load_bundle(str(copy))
+
+
+def test_a_bundle_with_an_unlisted_file_is_refused(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle[0], copy)
+    (copy / "index" / "extra.npy").write_bytes(b"x")
+    with pytest.raises(BundleError, match="not listed: index/extra.npy"):
         load_bundle(str(copy))
 
 

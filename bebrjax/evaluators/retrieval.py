@@ -30,9 +30,14 @@ def recall_at_k(ids: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
 
 
 def recall_of(ids: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """{"R@k": share of queries i whose relevant doc relevant[i] is among ids[i, :k]}."""
+    """{"R@k": share of queries i whose relevant doc relevant[i] is among ids[i, :k]}.
+
+    A relevant doc that `ids` does not hold counts as a miss at every k, so
+    R@k for k > ids.shape[1] is only a lower bound unless `ids` covers the
+    whole gallery (as the evaluators' searches do when it is smaller).
+    """
     hit = ids == np.asarray(relevant)[:, None]
-    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), ids.shape[1])
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
     return {f"R@{k}": float(np.mean(rank < k)) for k in ks}
 
 

@@ -33,7 +33,7 @@ inside XLA it can differ from numpy's in the last bit of a float, which
 flipped one code in 200,000 rows in a measurement (docs/serving.md).
 """
 
-from bebrjax.inference.loaders import LOADERS, load
+from bebrjax.inference.loaders import LOADERS, load, read_config
 from bebrjax.inference.parts import (
     Binarizer,
     Encoder,
@@ -54,4 +54,5 @@ __all__ = [
     "Upgrade",
     "l2_normalize_rows",
     "load",
+    "read_config",
 ]

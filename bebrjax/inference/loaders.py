@@ -28,7 +28,12 @@ from bebrjax.trainers.binarizer import build_model
 from bebrjax.trainers.upgrade_compare import method_configs
 
 
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config of the run in `workdir` (its config.json).
+
+    Raises:
+      LoadError: when there is no such directory, no config.json, or bad JSON.
+    """
     path = os.path.join(workdir, "config.json")
     if not os.path.isdir(workdir):
         raise LoadError(f"{workdir}: no such directory")
@@ -220,7 +225,7 @@ def load(workdir: str, step: int | None = None, mesh: Mesh | None = None) -> Any
         config.json, an unfinished run, a step not kept, a trainer that has
         no loader.
     """
-    config = _read_config(workdir)
+    config = read_config(workdir)
     trainer = config.get("trainer")
     if trainer not in LOADERS:
         raise LoadError(

@@ -22,7 +22,12 @@ class LoadError(ValueError):
 
 
 def l2_normalize_rows(x: jax.Array) -> jax.Array:
-    """float32 x / ||x|| per row, as the data loaders do; an all-zero row stays zero."""
+    """float32 x / ||x|| per row, as the data loaders do; an all-zero row stays zero.
+
+    A division by the norm, as numpy's loaders compute it, rather than the
+    models' `l2_normalize` (a multiply by an rsqrt with a floor): the closer
+    the arithmetic to the loaders', the rarer a last-bit difference.
+    """
     x = x.astype(jnp.float32)
     norms = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
     return x / jnp.where(norms > 0, norms, 1.0)

@@ -14,8 +14,9 @@ atomically), so a process killed at any instant leaves a partial directory
 whose counted rows are all whole: the same job started again continues at
 that row and overwrites whatever a half-written batch left behind. `finish`
 writes header.json last, syncs the files and renames the directory to
-`path`, the same layout as `BinaryIndex.save`; before that, `path` does not
-exist and `BinaryIndex.load` of the partial directory is refused.
+`path`, the same layout as `BinaryIndex.save` (progress.json is deleted
+after the rename); before that, `path` does not exist and
+`BinaryIndex.load` of the partial directory is refused.
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ class IndexWriter:
         self.rows = self._resume(restart)
         create = self.rows == 0
         if create:
-            if os.path.lexists(self.staging):
-                shutil.rmtree(self.staging)
+            if os.path.lexists(self.staging) and not os.path.isdir(self.staging):
+                raise PartialIndexError(
+                    f"{self.staging}: exists and is not a partial index; remove it"
+                )
+            shutil.rmtree(self.staging, ignore_errors=True)
             os.makedirs(self.staging)
         words = codes_lib.num_words(m)
         self._codes = _open_array(
@@ -157,8 +161,10 @@ class IndexWriter:
             os.fsync(fd)
         self.close()
         write_header(self.staging, self.m, self.u, self.metric, self.count)
-        os.remove(os.path.join(self.staging, PARTIAL))
         move_into_place(self.staging, self.path)
+        # Last: a kill before this leaves a complete, loadable index (header.json
+        # is what load reads) that a re-run finds whole; progress.json is only junk.
+        os.remove(os.path.join(self.path, PARTIAL))
 
     def close(self) -> None:
         """Closes the files, leaving the partial directory to resume from."""

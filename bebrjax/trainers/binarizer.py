@@ -336,6 +336,23 @@ def evaluate(
     return results
 
 
+def split_pairs(
+    config: ml_collections.ConfigDict, data: PairedEmbeddings
+) -> tuple[PairedEmbeddings, PairedEmbeddings]:
+    """The train and eval pairs of `data` under `config.split` and `config.seed`.
+
+    Raises:
+      DataError: on a split that cannot be drawn.
+    """
+    train_rows, eval_rows = train_eval_split(
+        len(data),
+        eval_fraction=config.split.eval_fraction,
+        eval_indices=config.split.eval_indices or None,
+        seed=config.seed,
+    )
+    return data.subset(train_rows), data.subset(eval_rows)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
 ) -> dict[str, Any] | None:
@@ -359,13 +376,7 @@ def train_and_evaluate(
             f"data.name={config.data.name!r} gives {type(data).__name__}; "
             "the binarizer trains on paired embeddings"
         )
-    train_rows, eval_rows = train_eval_split(
-        len(data),
-        eval_fraction=config.split.eval_fraction,
-        eval_indices=config.split.eval_indices or None,
-        seed=config.seed,
-    )
-    train_data, eval_data = data.subset(train_rows), data.subset(eval_rows)
+    train_data, eval_data = split_pairs(config, data)
     config = resolve(config, train_data)
     validate(config, len(train_data))
     mesh = sharding.make_mesh(config.mesh.num_devices)

@@ -65,10 +65,12 @@ class Encoder:
         """`forward` over `x` (numpy or memory-mapped) in batches sharded on the mesh.
 
         Raises:
-          ValueError: when the rows have the wrong shape; DataError (a
-            ValueError) at the first non-finite row, or all-zero row when
-            the input is L2-normalized.
+          ValueError: on a batch size below 1 or rows of the wrong shape;
+            DataError (a ValueError) at the first non-finite row, or
+            all-zero row when the input is L2-normalized.
         """
+        if batch_size <= 0:
+            raise ValueError(f"{self.name}: batch_size={batch_size} must be > 0")
         x = check_rows(x, self.input_shape, self.name)
         if np.issubdtype(x.dtype, np.floating):
             for start in range(0, len(x), batch_size):

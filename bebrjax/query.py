@@ -25,9 +25,10 @@ from bebrjax import cli, report
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import open_rows
-from bebrjax.encode import open_embeddings, read_checked
+from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.search import BinaryIndex
+from bebrjax.serving import load_bundle
 
 RECALL_KS = (1, 5, 10)
 
@@ -98,13 +99,9 @@ def search_index(
     if batch_size <= 0:
         raise DataError(f"batch size {batch_size}: must be > 0")
     if bundle is not None:
-        from bebrjax.serving import load_bundle
-
         model = load_bundle(bundle)
         dim, encode, model_shape = model.input_shape[0], model.encode, model.output_shape
     else:
-        from bebrjax.encode import as_binarizer
-
         model = as_binarizer(workdir)
         dim, encode = model.dim, model.encode
         model_shape = (model.loops + 1, model.code_dim)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 
 from bebrjax import sharding
-from bebrjax.search import BinaryIndex, FloatIndex, IndexFormatError, scoring
+from bebrjax.search import BinaryIndex, FloatIndex, IndexFormatError, backfill, scoring, storage
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.writer import IndexWriter
 
 RNG = np.random.default_rng(0)
 
@@ -41,26 +43,6 @@ def test_pack_unpack_round_trip_and_norms(m, u):
     np.testing.assert_allclose(
         codes_lib.inverse_norms(planes), 1 / np.linalg.norm(b, axis=1), rtol=1e-6
     )
-
-
-@pytest.mark.parametrize("u", [0, 1, 2, 3])
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
-def test_sdc_equals_the_decoded_inner_product_exactly(u, kernel):
-    m = 45  # not a multiple of 32: the padding bits must not count
-    q, d = random_planes(9, u, m), random_planes(300, u, m)
-    tiles = d.reshape(3, 100, u + 1, m)  # T=3 tiles of b=100 docs
-    block = [np.moveaxis(codes_lib.pack(t), 0, -1) for t in tiles]  # [P, W, b] per tile
-    planes = [jnp.asarray(np.stack([tile[p] for tile in block])) for p in range(u + 1)]
-    words, ints = jnp.asarray(codes_lib.pack(q)), jnp.asarray(codes_lib.decode_int(q))
-    ip4 = (
-        scoring.popcount_ip(words, planes, m)
-        if kernel == "popcount"
-        else scoring.matmul_ip(ints, planes, m)
-    )
-    want = codes_lib.decode(q).astype(np.float64) @ codes_lib.decode(d).astype(np.float64).T
-    got = np.asarray(ip4).transpose(1, 0, 2).reshape(9, 300)
-    np.testing.assert_array_equal(got, want * 4**u)
-    assert got.dtype == np.int32
 
 
 @pytest.mark.parametrize(
@@ -204,4 +186,327 @@ def test_truncated_and_foreign_files(tmp_path):
         BinaryIndex.load(str(path))
     (path / "header.json").write_text("\x00garbage")
     with pytest.raises(IndexFormatError, match="not valid JSON"):
+        BinaryIndex.load(str(path))
+
+
+# --- codes of several versions in one index -------------------------------------------------
+
+VERSIONS3 = {"a": 0, "b": 1, "c": 3}
+
+
+def scaled_ints(planes, u_store):
+    """2^u_store b as int64 [N, m] for codes of u <= u_store (exact)."""
+    u = planes.shape[1] - 1
+    return codes_lib.decode_int(planes).astype(np.int64) * 2 ** (u_store - u)
+
+
+def tiled_block(words, tiles):
+    """[N, P, W] words -> the kernels' P x [T, W, b] planes."""
+    n, p, w = words.shape
+    x = np.moveaxis(words.reshape(tiles, n // tiles, p, w), 1, -1)  # [T, P, W, b]
+    return [jnp.asarray(x[:, j]) for j in range(p)]
+
+
+def kernel_ip(kernel, q, planes, m, loops=None):
+    """A kernel's 2^(u_q+U) <b_q, b_d> for query planes q: int32 [Q, T*b]."""
+    if kernel == "popcount":
+        got = scoring.popcount_ip(jnp.asarray(codes_lib.pack(q)), planes, m, loops)
+    else:
+        got = scoring.matmul_ip(jnp.asarray(codes_lib.decode_int(q)), planes, m, loops)
+    assert got.dtype == jnp.int32
+    return np.asarray(got).transpose(1, 0, 2).reshape(len(q), -1)
+
+
+@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+def test_sdc_is_exact_across_u_and_per_document_loops_mask_missing_planes(kernel):
+    m = 45  # not a multiple of 32: the padding bits must not count
+    docs = {u: random_planes(200, u, m) for u in range(4)}
+    mixed_u = RNG.integers(0, 4, 200)  # a block of U = 3 planes holding codes of every u
+    words = np.zeros((200, 4, codes_lib.num_words(m)), np.uint32)
+    for i, u in enumerate(mixed_u):  # a code of u < 3: zero words past its planes
+        words[i, : u + 1] = codes_lib.pack(docs[u][i : i + 1])[0]
+    mixed_ints = np.stack([scaled_ints(docs[u][i : i + 1], 3)[0] for i, u in enumerate(mixed_u)])
+    loops = jnp.asarray(mixed_u.reshape(2, 100).astype(np.uint8))
+    for u_q in range(4):
+        q = random_planes(5, u_q, m)
+        exact = codes_lib.decode_int(q).astype(np.int64)  # 2^u_q b_q
+        for u_d in range(4):  # one u per block: constant plane weights
+            got = kernel_ip(kernel, q, tiled_block(codes_lib.pack(docs[u_d]), 2), m)
+            np.testing.assert_array_equal(got, exact @ scaled_ints(docs[u_d], u_d).T)
+        got = kernel_ip(kernel, q, tiled_block(words, 2), m, loops)
+        np.testing.assert_array_equal(got, exact @ mixed_ints.T)
+
+
+def mixed_gallery(n=300, m=37):
+    """Codes of versions a (u=0), b (u=1), c (u=3) in random order, with exact and near ties.
+
+    Doc 7 (version b) recurs at 40, 250 and 299; doc 121 (version b) is 1.5x doc 120's
+    one-plane code (version a): the same cosine, up to float32 rounding.
+    Returns the per-document planes (a list) and their version names.
+    """
+    names = RNG.choice(list(VERSIONS3), n)
+    planes = [random_planes(1, VERSIONS3[v], m)[0] for v in names]
+    names[7], planes[7] = "b", random_planes(1, 1, m)[0]
+    for dup in (40, 250, 299):
+        names[dup], planes[dup] = names[7], planes[7]
+    names[120], planes[120] = "a", random_planes(1, 0, m)[0]
+    names[121], planes[121] = "b", np.concatenate([planes[120], planes[120]])
+    return planes, names
+
+
+def build(planes, names, m, **kwargs):
+    """An index with the docs added as version a, then replaced version by version."""
+    index = BinaryIndex(m, VERSIONS3["a"], version="a", **kwargs)
+    index.add(random_planes(len(planes), 0, m))
+    for v in VERSIONS3:
+        ids = np.flatnonzero(names == v)
+        index.replace(ids, np.stack([planes[i] for i in ids]), v)
+    return index
+
+
+def mixed_brute_force(q, planes, names, k):
+    """The kernels' float32 scores computed in numpy, and the top k with ties to the lower id."""
+    u_q, top = q.shape[1] - 1, max(VERSIONS3.values())
+    ints = np.stack([scaled_ints(p[None], top)[0] for p in planes])
+    ip = codes_lib.decode_int(q).astype(np.int64) @ ints.T  # 2^(u_q+U) <b_q, b_d>, exact
+    inv = np.array([codes_lib.inverse_norms(p[None])[0] for p in planes], np.float32)
+    scale = inv * np.float32(2.0**-top) * np.float32(2.0**-u_q)
+    scores = ip.astype(np.float32) * scale
+    ids = np.broadcast_to(np.arange(len(planes)), scores.shape)
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
+    cosine = (ip / 2.0 ** (u_q + top)) * inv.astype(np.float64)
+    return np.take_along_axis(scores, order, 1), order, np.take_along_axis(cosine, order, 1)
+
+
+@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+def test_mixed_versions_search_equals_brute_force_including_ties(kernel):
+    m = 37
+    planes, names = mixed_gallery(m=m)
+    index = build(planes, names, m, kernel=kernel, block_size=128, query_batch=16)
+    assert index.versions == VERSIONS3 and index.u == 3
+    assert index.counts() == {v: int((names == v).sum()) for v in VERSIONS3}
+    np.testing.assert_array_equal(index.doc_versions, [list(VERSIONS3).index(v) for v in names])
+    assert "loops" in index._host_arrays()
+    for u_q in range(4):
+        q = random_planes(9, u_q, m)
+        if u_q <= 1:
+            q[0] = planes[7] if u_q == 1 else planes[120]
+        scores, ids = index.search(q, 20)
+        want_scores, want_ids, cosine = mixed_brute_force(q, planes, names, 20)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+        np.testing.assert_allclose(scores, cosine, rtol=1e-6)
+        if u_q == 1:
+            assert ids[0, :4].tolist() == [7, 40, 250, 299]
+        if u_q == 0:
+            assert sorted(ids[0, :2].tolist()) == [120, 121]
+
+
+def test_mixed_versions_sharded_equals_one_device_and_uniform_needs_no_loops():
+    m = 37
+    planes, names = mixed_gallery(m=m)
+    q = random_planes(9, 1, m)
+    mesh = sharding.make_mesh(8)
+    one = build(planes, names, m, block_size=128)
+    eight = build(planes, names, m, block_size=128, mesh=mesh)
+    for a, b in zip(one.search(q, 20), eight.search(q, 20), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Once every document holds the widest version, the block is the one-version block.
+    widest = random_planes(one.ntotal, 3, m)
+    one.replace(np.arange(one.ntotal), widest, "c")
+    assert "loops" not in one._host_arrays() and one.counts() == {"a": 0, "b": 0, "c": 300}
+    uniform = BinaryIndex(m, 3, version="c", block_size=128)
+    uniform.add(widest)
+    for a, b in zip(one.search(q, 20), uniform.search(q, 20), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wider_queries_meet_the_gallery_on_the_shared_prefix():
+    docs, wide = random_planes(100, 1, 37), random_planes(6, 2, 64)
+    index = BinaryIndex(37, 1, block_size=128)
+    index.add(docs)
+    for a, b in zip(index.search(wide, 10), index.search(wide[:, :, :37], 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backfill_round_trip_and_version_1_directories(tmp_path):
+    m, path = 37, str(tmp_path / "ix")
+    old, new = random_planes(200, 1, m), random_planes(200, 2, m)
+    q = random_planes(7, 2, m)
+    index = BinaryIndex(m, 1, version="old")
+    index.add(old)
+    index.save(path)
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == [
+        "codes.npy",
+        "header.json",
+        "inv_norms.npy",
+    ]
+    loaded = BinaryIndex.load(path)
+    assert loaded._words.mode == "c" and loaded.versions == {"old": 1}
+    before = (tmp_path / "ix" / "codes.npy").read_bytes()
+    loaded.replace(np.arange(50), new[:50], "new")  # copy-on-write: the files stay
+    assert (tmp_path / "ix" / "codes.npy").read_bytes() == before
+    steps = [np.arange(150, 200), RNG.permutation(np.arange(0, 150))[:60]]
+    for ids in steps:
+        backfilled = backfill(path, ids, new[ids], "new")
+        index.replace(ids, new[ids], "new")
+    assert backfilled.versions == {"old": 1, "new": 2} and backfilled.u == 2
+    assert BinaryIndex.load(path).counts() == {"old": 90, "new": 110}
+    np.testing.assert_array_equal(BinaryIndex.load(path).doc_versions, index.doc_versions)
+    assert (tmp_path / "ix" / "versions.npy").is_file()
+    kept = np.setdiff1d(np.arange(200), np.concatenate(steps))[[0, 0, -1]]
+    np.testing.assert_array_equal(backfilled.planes(steps[1]), new[steps[1]])
+    np.testing.assert_array_equal(backfilled.planes(kept)[:, :2], old[kept])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+    for a, b in zip(BinaryIndex.load(path).search(q, 15), index.search(q, 15), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    v1 = tmp_path / "v1"  # format version 1, written by hand
+    v1.mkdir()
+    np.save(v1 / "codes.npy", codes_lib.pack(old))
+    np.save(v1 / "inv_norms.npy", codes_lib.inverse_norms(old))
+    header = {"format": "bebrjax.BinaryIndex", "version": 1, "m": m, "u": 1, "metric": "ip"}
+    (v1 / "header.json").write_text(json.dumps({**header, "count": 200, "words_per_plane": 2}))
+    from_v1 = BinaryIndex.load(str(v1))
+    assert from_v1.versions == {"default": 1} and from_v1.counts() == {"default": 200}
+    reference = BinaryIndex(m, 1)
+    reference.add(old)
+    for a, b in zip(from_v1.search(q, 15), reference.search(q, 15), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_without_an_atomic_exchange(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+    index = BinaryIndex(20, 0)
+    index.add(random_planes(10, 0, 20))
+    for _ in range(2):
+        index.save(str(tmp_path / "ix"))
+    assert BinaryIndex.load(str(tmp_path / "ix")).ntotal == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+
+
+def test_the_writer_records_its_version(tmp_path):
+    planes = random_planes(10, 1, 20)
+    writer = IndexWriter(str(tmp_path / "ix"), m=20, u=1, count=10, job={}, version="v2")
+    writer.write(planes)
+    writer.finish()
+    index = BinaryIndex.load(str(tmp_path / "ix"))
+    assert index.versions == {"v2": 1} and index.ntotal == 10
+
+
+def snapshot(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("crash", ["np.save", "move_into_place", "second rename"])
+def test_a_crash_during_backfill_leaves_the_previous_index(tmp_path, monkeypatch, crash):
+    m, path = 20, tmp_path / "ix"
+    index = BinaryIndex(m, 0, version="old")
+    index.add(random_planes(60, 0, m))
+    index.replace(np.arange(10), random_planes(10, 1, m), "mid")
+    index.save(str(path))
+    before, q = snapshot(path), random_planes(4, 1, m)
+    want = index.search(q, 12)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    if crash == "np.save":
+        real, calls = np.save, []
+
+        def save_once(*args, **kwargs):  # the first file is written, then the crash
+            calls.append(1)
+            if len(calls) > 1:
+                boom()
+            real(*args, **kwargs)
+
+        monkeypatch.setattr(np, "save", save_once)
+    elif crash == "move_into_place":
+        monkeypatch.setattr(storage, "move_into_place", boom)
+    else:  # no atomic exchange: the old index is moved aside, then back
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if os.path.basename(src).startswith(".tmp-index-"):
+                boom()
+            real_replace(src, dst)
+
+        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        backfill(str(path), np.arange(20, 40), random_planes(20, 2, m), "new")
+    monkeypatch.undo()
+    assert snapshot(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+    loaded = BinaryIndex.load(str(path))
+    assert loaded.versions == {"old": 0, "mid": 1}
+    np.testing.assert_array_equal(loaded.doc_versions, index.doc_versions)
+    for a, b in zip(loaded.search(q, 12), want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_versions_and_replacements_are_named():
+    index = BinaryIndex(12, 1, version="old")
+    index.add(random_planes(10, 1, 12))
+    new = random_planes(3, 2, 12)
+    for ids, planes, version, message in [
+        ([1, 2, 1], new, "new", r"ids must be unique; repeated: \[1\]"),
+        ([1, 2, 10], new, "new", r"ids out of range \[0, 10\): \[10\]"),
+        ([-1, 2, 3], new, "new", r"out of range \[0, 10\): \[-1\]"),
+        ([1.0, 2.0, 3.0], new, "new", "1-D array of integers"),
+        ([1, 2], new, "new", "planes hold 3 codes for 2 ids"),
+        ([1, 2, 3], new[:, 0], "new", r"new version 'new' must have shape \[N, u\+1, 12\]"),
+        ([1, 2, 3], new, "old", r"shape \[N, 2, 12\]"),
+        ([1, 2, 3], random_planes(3, 4, 12), "new", "u=4 must be an integer in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            index.replace(ids, planes, version)
+    assert index.versions == {"old": 1} and index.counts() == {"old": 10}
+    with pytest.raises(ValueError, match="width m=11, narrower than the index's m=12"):
+        index.search(random_planes(2, 1, 11), 3)
+    with pytest.raises(ValueError, match=r"shape \[Q, u\+1, m\] with u in 0..3"):
+        index.search(random_planes(2, 4, 12), 3)
+    hamming = BinaryIndex(12, 0, "hamming")
+    with pytest.raises(ValueError, match="'hamming' needs u=0 .* version 'wide' has u=1"):
+        hamming.add(random_planes(3, 1, 12), "wide")
+    hamming.add(random_planes(3, 0, 12))
+    with pytest.raises(ValueError, match="'hamming' needs one-plane queries"):
+        hamming.search(random_planes(2, 1, 12), 2)
+
+
+def test_bad_version_files_are_named(tmp_path):
+    index = BinaryIndex(12, 1, version="old")
+    index.add(random_planes(50, 1, 12))
+    index.replace(np.arange(5), random_planes(5, 0, 12), "tiny")
+    path = tmp_path / "ix"
+    index.save(str(path))
+    header = json.loads((path / "header.json").read_text())
+    assert header["version"] == 2
+    assert header["versions"] == [{"name": "old", "u": 1}, {"name": "tiny", "u": 0}]
+    good = (path / "versions.npy").read_bytes()
+    for change, message in [
+        (lambda: (path / "versions.npy").unlink(), "versions.npy cannot be read"),
+        (lambda: np.save(path / "versions.npy", np.zeros(49, np.uint8)), "truncated"),
+        (lambda: np.save(path / "versions.npy", np.full(50, 2, np.uint8)), "version index 2"),
+        (lambda: np.save(path / "versions.npy", np.zeros(50, np.int32)), "dtype int32"),
+    ]:
+        change()
+        with pytest.raises(IndexFormatError, match=message):
+            BinaryIndex.load(str(path))
+        (path / "versions.npy").write_bytes(good)
+    for versions, message in [
+        ([{"name": "old", "u": 1}, {"name": "old", "u": 0}], "version names repeat"),
+        ([{"name": "old", "u": 1}, {"name": "x", "u": 5}], "bad version entry"),
+        ([{"name": "old"}], "bad version entry"),
+        ([{"name": "old", "u": 0}], "u=1 but the versions' largest u is 0"),
+        ([], "a list of 1 to 256 entries"),
+        ("old", "a list of 1 to 256 entries"),
+    ]:
+        (path / "header.json").write_text(json.dumps({**header, "versions": versions}))
+        with pytest.raises(IndexFormatError, match=message):
+            BinaryIndex.load(str(path))
+    (path / "header.json").write_text(
+        json.dumps({k: v for k, v in header.items() if k != "versions"})
+    )
+    with pytest.raises(IndexFormatError, match="header.json lacks versions"):
         BinaryIndex.load(str(path))

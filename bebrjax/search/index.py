@@ -8,203 +8,77 @@
 Search is exact (see `bebrjax.search.topk`): scores descending (Hamming:
 distances ascending), ties to the lower id, numpy float32 scores and int64 ids.
 
-On-disk format of `BinaryIndex.save(path)`: a directory holding
-  * `header.json`: {"format": "bebrjax.BinaryIndex", "version": 1, "m", "u",
-    "metric", "count", "words_per_plane"};
-  * `codes.npy`: uint32 [count, u+1, words_per_plane], bit c % 32 of word
-    c // 32 of plane i set where s_i[c] = -1 (see `bebrjax.search.codes`);
-  * `inv_norms.npy`: float32 [count], 1/||b|| of each code.
-`load` memory-maps both arrays. A save replaces the directory whole (written
-aside, then renamed into place), so an interrupted save never leaves a
-half-written index.
+Versions: one index may hold codes of several named versions (e.g. the
+binarizers of an old and a new embedding model), each with its own u (0..3)
+and the same width m. Every document is scored with the code of its own
+version, and a query of any u meets every document exactly (cross-u SDC,
+see `bebrjax.search.scoring`), so a gallery can be backfilled to a new
+version a slice at a time while it serves:
+
+    index = BinaryIndex(m=512, u=1, version="v1")
+    index.add(old_planes)                      # version "v1"
+    index.replace(ids, new_planes, "v2")       # re-encoded docs; "v2" registered, u from the planes
+
+`bebrjax.search.backfill` does a replace on a saved index, crash-safely.
+
+The on-disk format (and the crash-safe save) is in `bebrjax.search.storage`;
+its names are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from bebrjax.search import codes as codes_lib
-from bebrjax.search import scoring, topk
-from bebrjax.sharding import DATA_AXIS
+from bebrjax.search import scoring, storage
+from bebrjax.search.blocked import BlockedIndex
+from bebrjax.search.storage import (
+    CODES,
+    HEADER,
+    NORMS,
+    PARTIAL,
+    VERSIONS,
+    IndexFormatError,
+    move_into_place,
+    staging_dir,
+    write_header,
+)
 
-FORMAT = "bebrjax.BinaryIndex"
-VERSION = 1
-HEADER, CODES, NORMS = "header.json", "codes.npy", "inv_norms.npy"
-PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
-
-
-def write_header(directory: str, m: int, u: int, metric: str, count: int) -> None:
-    """Writes an index directory's header.json (the last file of a save)."""
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "m": int(m),
-        "u": int(u),
-        "metric": metric,
-        "count": int(count),
-        "words_per_plane": codes_lib.num_words(m),
-    }
-    with open(os.path.join(directory, HEADER), "w") as f:
-        json.dump(header, f, indent=2)
-
-
-def staging_dir(path: str, prefix: str) -> str:
-    """A new empty directory beside `path` to build its replacement in.
-
-    Made by `tempfile.mkdtemp` (a fresh name), then given the permissions
-    of an ordinary new directory (mkdtemp's are 0700).
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+__all__ = [
+    "CODES",
+    "HEADER",
+    "NORMS",
+    "PARTIAL",
+    "VERSIONS",
+    "BinaryIndex",
+    "FloatIndex",
+    "IndexFormatError",
+    "move_into_place",
+    "staging_dir",
+    "write_header",
+]
 
 
-def move_into_place(tmp: str, path: str) -> None:
-    """Renames the finished directory `tmp` to `path`, replacing whatever was there.
+class BinaryIndex(BlockedIndex):
+    """Recurrent binary codes of one or more versions, packed, searched exactly.
 
-    The old contents are moved aside first and deleted only once the new
-    directory is in place, so an interrupted replace never leaves a
-    half-written index at `path`.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    old = None
-    if os.path.lexists(path):
-        old = tempfile.mkdtemp(prefix=".old-index-", dir=parent)
-        os.replace(path, os.path.join(old, "index"))
-    os.replace(tmp, path)
-    if old:
-        shutil.rmtree(old)
-
-
-class IndexFormatError(ValueError):
-    """A saved index that cannot be read: missing, truncated or foreign."""
-
-
-class _BlockedIndex:
-    """Storage on the host, a tiled copy on the device(s), and batched exact search.
-
-    Subclasses define `ntotal`, `_host_arrays` (a pytree of per-document
-    arrays [N, ...]) and `_score_fn` (a `topk.ScoreFn` over those arrays).
-
-    Args:
-      block_size: documents per scanned block (memory per query batch is
-        O(block_size)); rounded to whole tiles.
-      tile: documents per tile (the inner loop's run of contiguous docs).
-      group: documents per group of the two-level top-k; divides `tile`.
-      query_batch: queries searched at once.
-      mesh: optional device mesh: the gallery is split over its `data` axis.
-    """
-
-    def __init__(
-        self, *, block_size: int, tile: int, group: int, query_batch: int, mesh: Mesh | None
-    ):
-        if tile % group:
-            raise ValueError(f"group={group} must divide tile={tile}")
-        if min(block_size, tile, group, query_batch) <= 0:
-            raise ValueError("block_size, tile, group and query_batch must be positive")
-        self.block_size, self.tile, self.group = block_size, tile, group
-        self.query_batch, self.mesh = query_batch, mesh
-        self._device: tuple[Any, int] | None = None
-        self._compiled: dict[int, Any] = {}
-
-    def _devices(self) -> int:
-        return 1 if self.mesh is None else self.mesh.shape[DATA_AXIS]
-
-    def _layout(self) -> tuple[Any, int]:
-        """The gallery as device blocks [n_blocks, T, ..., tile] (cached until the next add)."""
-        if self._device is not None:
-            return self._device
-        n, devices = self.ntotal, self._devices()
-        per_device = -(-n // devices)
-        block = min(self.block_size, -(-per_device // self.tile) * self.tile)
-        block = max(self.tile, block // self.tile * self.tile)
-        n_blocks = -(-n // block)
-        n_blocks = -(-n_blocks // devices) * devices
-        tiles = block // self.tile
-
-        def tiled(x: np.ndarray) -> np.ndarray:
-            padded = np.zeros((n_blocks * block, *x.shape[1:]), x.dtype)
-            padded[:n] = x
-            shaped = padded.reshape(n_blocks, tiles, self.tile, *x.shape[1:])
-            return np.ascontiguousarray(np.moveaxis(shaped, 2, -1))
-
-        blocks = jax.tree.map(lambda x: tiled(np.asarray(x)), self._host_arrays())
-        if self.mesh is not None:
-            blocks = jax.device_put(blocks, NamedSharding(self.mesh, P(DATA_AXIS)))
-        else:
-            blocks = jax.device_put(blocks)
-        self._device = (blocks, n)
-        return self._device
-
-    def _search_fn(self, k: int):
-        if k not in self._compiled:
-            self._compiled[k] = self._make_search_fn(k)
-        return self._compiled[k]
-
-    def _make_search_fn(self, k: int):
-        score_fn = self._score_fn()
-        kwargs = dict(k=k, group=self.group)
-        if self.mesh is not None and self._devices() > 1:
-            return jax.jit(
-                lambda q, blocks, count: topk.sharded_topk(
-                    score_fn, q, blocks, count, mesh=self.mesh, **kwargs
-                )
-            )
-        return jax.jit(
-            lambda q, blocks, count: topk.local_topk(score_fn, q, blocks, count, **kwargs)
-        )
-
-    def _search(self, queries: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.ntotal == 0:
-            raise ValueError("the index is empty: add documents before searching")
-        if not isinstance(k, int | np.integer) or not 1 <= k <= self.ntotal:
-            raise ValueError(f"k={k} must be an integer in [1, {self.ntotal}] (the index size)")
-        blocks, count = self._layout()
-        search = self._search_fn(int(k))
-        num = len(next(iter(queries.values())))
-        batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))  # few compiled shapes
-        out_scores, out_ids = [], []
-        for start in range(0, num, batch):
-            chunk = {key: x[start : start + batch] for key, x in queries.items()}
-            rows = len(next(iter(chunk.values())))
-            chunk = {
-                key: np.pad(x, [(0, batch - rows)] + [(0, 0)] * (x.ndim - 1))
-                for key, x in chunk.items()
-            }
-            scores, ids = search(chunk, blocks, jnp.int32(count))
-            out_scores.append(np.asarray(scores)[:rows])
-            out_ids.append(np.asarray(ids)[:rows])
-        return np.concatenate(out_scores), np.concatenate(out_ids).astype(np.int64)
-
-    def _invalidate(self) -> None:
-        self._device = None
-
-
-class BinaryIndex(_BlockedIndex):
-    """Recurrent binary codes, packed, searched exactly by SDC or Hamming.
+    Each version has a name and its own loops u; all share the width m.
+    Codes are stored with P = U+1 planes (U the largest u); a document of a
+    version with fewer planes has zero words in the others, which score
+    with weight 0.
 
     Args:
       m: code width (bits per plane).
-      u: loops; every code has u+1 planes (0..3).
+      u: loops of the first version (0..3).
       metric: "ip" ranks by <b_q, b_d> / ||b_d|| (SDC); "hamming" (u = 0
-        only) ranks by Hamming distance and reports distances.
+        only, every version) ranks by Hamming distance and reports distances.
+      version: the first version's name; `add` without a version adds to it.
       kernel: "auto" (popcount on CPU, int8 matmul on GPU/TPU), "popcount"
         or "matmul"; all give identical scores.
-      **layout: block_size, tile, group, query_batch, mesh (see `_BlockedIndex`).
+      **layout: block_size, tile, group, query_batch, mesh (see `BlockedIndex`).
     """
 
     def __init__(
@@ -213,6 +87,7 @@ class BinaryIndex(_BlockedIndex):
         u: int = 1,
         metric: str = "ip",
         *,
+        version: str = "default",
         kernel: str = "auto",
         block_size: int = 65536,
         tile: int = 128,
@@ -225,17 +100,16 @@ class BinaryIndex(_BlockedIndex):
         )
         if not isinstance(m, int | np.integer) or not 1 <= m <= 65535:
             raise ValueError(f"m={m} must be an integer in [1, 65535]")
-        if not isinstance(u, int | np.integer) or not 0 <= u <= 3:
-            raise ValueError(f"u={u} must be an integer in [0, 3]")
         if metric not in ("ip", "hamming"):
             raise ValueError(f"metric={metric!r}: expected 'ip' or 'hamming'")
-        if metric == "hamming" and u != 0:
-            raise ValueError(f"metric='hamming' needs u=0 (one plane); got u={u}")
-        self.m, self.u, self.metric = int(m), int(u), metric
+        self.m, self.metric = int(m), metric
         self.kernel = scoring.resolve_kernel(kernel)
-        words = codes_lib.num_words(self.m)
-        self._words = np.zeros((0, u + 1, words), np.uint32)
+        self._versions: dict[str, int] = {}
+        self._words = np.zeros((0, 0, codes_lib.num_words(self.m)), np.uint32)
         self._inv_norms = np.zeros((0,), np.float32)
+        self._doc_versions = np.zeros((0,), np.uint8)
+        self._check_version(version, u)
+        self._register(version, int(u))
 
     @property
     def ntotal(self) -> int:
@@ -243,116 +117,257 @@ class BinaryIndex(_BlockedIndex):
         return len(self._inv_norms)
 
     @property
-    def bytes_per_doc(self) -> int:
-        """Stored bytes per document: the packed planes plus a float32 1/||b||."""
-        return (self.u + 1) * codes_lib.num_words(self.m) * 4 + 4
+    def u(self) -> int:
+        """The stored planes - 1: the largest u of the versions."""
+        return self._words.shape[1] - 1
 
-    def add(self, planes: np.ndarray) -> None:
-        """Appends documents given as int8 bit planes [N, u+1, m] of +-1."""
-        planes = codes_lib.check_planes(planes, self.m, self.u)
-        self._words = np.concatenate([self._words, codes_lib.pack(planes)])
-        self._inv_norms = np.concatenate([self._inv_norms, codes_lib.inverse_norms(planes)])
+    @property
+    def versions(self) -> dict[str, int]:
+        """Version name -> its u, in the order registered."""
+        return dict(self._versions)
+
+    @property
+    def doc_versions(self) -> np.ndarray:
+        """Each document's version, an index into `versions`: uint8 [ntotal]."""
+        return np.array(self._doc_versions, np.uint8)
+
+    def counts(self) -> dict[str, int]:
+        """Version name -> how many documents hold a code of that version."""
+        found = np.bincount(self._doc_versions, minlength=len(self._versions))
+        return {name: int(n) for name, n in zip(self._versions, found, strict=True)}
+
+    @property
+    def bytes_per_doc(self) -> int:
+        """Stored bytes per document: planes, float32 1/||b||, uint8 version if several."""
+        return (self.u + 1) * codes_lib.num_words(self.m) * 4 + 4 + (len(self._versions) > 1)
+
+    def _check_version(self, name: str, u: int) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"version={name!r} must be a non-empty string")
+        if not isinstance(u, int | np.integer) or not 0 <= u <= 3:
+            raise ValueError(f"u={u} must be an integer in [0, 3] (version {name!r})")
+        if self.metric == "hamming" and u != 0:
+            raise ValueError(
+                f"metric='hamming' needs u=0 (one plane) for every version; "
+                f"version {name!r} has u={u}"
+            )
+        if len(self._versions) >= storage.MAX_VERSIONS:
+            raise ValueError(f"an index holds at most {storage.MAX_VERSIONS} versions")
+
+    def _register(self, name: str, u: int) -> None:
+        """Adds version `name` of loops `u`, widening the stored planes if it has more."""
+        self._versions[name] = u
+        if u + 1 > self._words.shape[1]:
+            wider = np.zeros((self.ntotal, u + 1, self._words.shape[2]), np.uint32)
+            wider[:, : self._words.shape[1]] = self._words
+            self._words = wider
         self._invalidate()
 
-    def search(self, query_planes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The exact k nearest documents of each query.
+    def _resolve(self, planes: np.ndarray, version: str | None) -> tuple[str, int, np.ndarray]:
+        """(name, u, checked planes) of codes given for `version` (None: the first one).
+
+        An unknown name is checked as a new version whose u is the planes'
+        (3-D [N, u+1, m]), but not yet registered.
+        """
+        name = next(iter(self._versions)) if version is None else version
+        if name in self._versions:
+            u = self._versions[name]
+        else:
+            planes = np.asarray(planes)
+            if planes.ndim != 3:
+                raise ValueError(
+                    f"planes of the new version {name!r} must have shape [N, u+1, {self.m}]; "
+                    f"got {list(planes.shape)}"
+                )
+            u = planes.shape[1] - 1
+            self._check_version(name, u)
+        return name, u, codes_lib.check_planes(planes, self.m, u)
+
+    def _stored(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(words [N, U+1, W] with zero words past the code's planes, 1/||b|| [N])."""
+        words = codes_lib.pack(planes)
+        words = np.pad(words, ((0, 0), (0, self.u + 1 - words.shape[1]), (0, 0)))
+        return words, codes_lib.inverse_norms(planes)
+
+    def add(self, planes: np.ndarray, version: str | None = None) -> None:
+        """Appends documents given as int8 bit planes [N, u+1, m] of +-1.
 
         Args:
-          query_planes: int8 [Q, u+1, m] of +-1.
+          planes: the codes, with the u of `version`.
+          version: the codes' version; None is the first version. A new name
+            registers a version with u = planes.shape[1] - 1.
+        """
+        name, u, planes = self._resolve(planes, version)
+        if name not in self._versions:
+            self._register(name, u)
+        words, inv_norms = self._stored(planes)
+        tag = np.full(len(planes), list(self._versions).index(name), np.uint8)
+        self._words = np.concatenate([self._words, words])
+        self._inv_norms = np.concatenate([self._inv_norms, inv_norms])
+        self._doc_versions = np.concatenate([self._doc_versions, tag])
+        self._invalidate()
+
+    def replace(self, ids: np.ndarray, planes: np.ndarray, version: str) -> None:
+        """Replaces the codes of documents `ids` with codes of `version` (a backfill step).
+
+        The documents keep their ids; their codes, norms and version change.
+        Loaded indexes are mapped copy-on-write: their files are never written.
+
+        Args:
+          ids: unique document ids in [0, ntotal), int [n].
+          planes: int8 [n, u+1, m] of +-1, row i the new code of ids[i].
+          version: the codes' version; a new name registers a version with
+            u = planes.shape[1] - 1.
+
+        Raises:
+          ValueError: naming the problem (ids not 1-D integers, out of range
+            or repeated, planes of the wrong shape or values, or a count
+            that differs from the ids'); nothing is changed then.
+        """
+        ids = self._check_ids(ids)
+        name, u, planes = self._resolve(planes, version)
+        if len(planes) != len(ids):
+            raise ValueError(f"planes hold {len(planes)} codes for {len(ids)} ids")
+        if name not in self._versions:
+            self._register(name, u)
+        self._words[ids], self._inv_norms[ids] = self._stored(planes)
+        self._doc_versions[ids] = list(self._versions).index(name)
+        self._invalidate()
+
+    def planes(self, ids: np.ndarray) -> np.ndarray:
+        """The stored codes of documents `ids` (ints in [0, ntotal)) as int8 planes [n, U+1, m].
+
+        A document of a version with u < U reads +1 in the planes past its own
+        (their zero words): its code is the first u+1 planes.
+        """
+        return codes_lib.unpack(self._words[self._check_ids(ids, unique=False)], self.m)
+
+    def _check_ids(self, ids: np.ndarray, unique: bool = True) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(
+                f"ids must be a 1-D array of integers; got shape {list(ids.shape)}, "
+                f"dtype {ids.dtype}"
+            )
+        ids = ids.astype(np.int64)
+        outside = ids[(ids < 0) | (ids >= self.ntotal)]
+        if outside.size:
+            raise ValueError(f"ids out of range [0, {self.ntotal}): {outside[:5].tolist()}")
+        distinct, seen = np.unique(ids, return_counts=True)
+        if unique and (seen > 1).any():
+            raise ValueError(f"ids must be unique; repeated: {distinct[seen > 1][:5].tolist()}")
+        return ids
+
+    def search(self, query_planes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact k nearest documents of each query, each document in its own version.
+
+        Args:
+          query_planes: int8 [Q, u_q+1, m_q] of +-1, any u_q in 0..3 ([Q, m_q]
+            is u_q = 0). m_q >= m: a wider query (e.g. a new version's code
+            against a narrower old gallery) is compared on its first m
+            coordinates, the prefix the codes share.
           k: results per query, 1 <= k <= ntotal.
 
         Returns:
           (scores, ids) [Q, k]: float32 <b_q, b_d> / ||b_d|| descending
           (Hamming: distances ascending) and int64 ids; ties to the lower id.
+
+        Raises:
+          ValueError: for planes of another shape or values, a query
+            narrower than m, or u_q > 0 with metric "hamming".
         """
-        planes = codes_lib.check_planes(query_planes, self.m, self.u, "query_planes")
+        planes = np.asarray(query_planes)
+        if planes.ndim == 2:
+            planes = planes[:, None, :]
+        if planes.ndim != 3 or not 1 <= planes.shape[1] <= 4:
+            raise ValueError(
+                f"query_planes must have shape [Q, u+1, m] with u in 0..3; "
+                f"got {list(np.shape(query_planes))}"
+            )
+        u_q, m_q = planes.shape[1] - 1, planes.shape[2]
+        if m_q < self.m:
+            raise ValueError(
+                f"query_planes have width m={m_q}, narrower than the index's m={self.m}"
+            )
+        if self.metric == "hamming" and u_q:
+            raise ValueError(f"metric='hamming' needs one-plane queries (u=0); got u={u_q}")
+        planes = codes_lib.check_planes(planes, m_q, u_q, "query_planes")[:, :, : self.m]
         queries = {"words": codes_lib.pack(planes), "ints": codes_lib.decode_int(planes)}
         scores, ids = self._search(queries, k)
         return (-scores if self.metric == "hamming" else scores), ids
 
     def _host_arrays(self) -> dict[str, Any]:
-        scale = self._inv_norms * np.float32(4.0**-self.u)
-        return {"planes": [self._words[:, i] for i in range(self.u + 1)], "scale": scale}
+        arrays = {
+            "planes": [self._words[:, j] for j in range(self.u + 1)],
+            "scale": self._inv_norms * np.float32(2.0**-self.u),
+        }
+        loops = np.array(list(self._versions.values()), np.uint8)
+        present = np.bincount(self._doc_versions, minlength=len(loops)) > 0
+        if (loops[present] < self.u).any():  # else every document has U loops: static weights
+            arrays["loops"] = loops[self._doc_versions]
+        return arrays
+
+    def _score_key(self) -> tuple:
+        return (self.m, self.metric, self.kernel)
 
     def _score_fn(self):
         m, metric, kernel = self.m, self.metric, self.kernel
         return lambda q, block: scoring.code_scores(q, block, m=m, metric=metric, kernel=kernel)
 
     def save(self, path: str) -> None:
-        """Writes the index to directory `path`, replacing it whole."""
-        tmp = staging_dir(path, ".tmp-index-")
-        np.save(os.path.join(tmp, CODES), self._words.astype("<u4"))
-        np.save(os.path.join(tmp, NORMS), self._inv_norms.astype("<f4"))
-        write_header(tmp, self.m, self.u, self.metric, self.ntotal)
-        move_into_place(tmp, path)
+        """Writes the index to directory `path`, replacing it whole, crash-safely.
+
+        `path` may be the directory this index was loaded from.
+        """
+        arrays = {
+            CODES: self._words.astype("<u4", copy=False),
+            NORMS: self._inv_norms.astype("<f4", copy=False),
+        }
+        if len(self._versions) > 1:
+            arrays[VERSIONS] = self._doc_versions
+        versions = [{"name": name, "u": u} for name, u in self._versions.items()]
+        storage.write_index(
+            path,
+            arrays,
+            m=self.m,
+            u=self.u,
+            metric=self.metric,
+            count=self.ntotal,
+            versions=versions,
+        )
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> BinaryIndex:
-        """Opens a saved index, memory-mapping its arrays; kwargs as for the constructor.
+        """Opens a saved index, memory-mapping its arrays copy-on-write.
+
+        Args:
+          path: the index directory (format version 1 or 2).
+          **kwargs: as for the constructor (kernel, layout), not m, u, metric
+            or version, which come from the header.
 
         Raises:
           IndexFormatError: when `path` is missing, foreign, of another
-            version, or its arrays are truncated or disagree with the header.
+            format version, its header or versions list is bad, or its
+            arrays are truncated or disagree with the header.
         """
-        header_path = os.path.join(path, HEADER)
-        if not os.path.isfile(header_path):
-            if os.path.isfile(os.path.join(path, PARTIAL)):
-                raise IndexFormatError(
-                    f"{path}: an unfinished index (an interrupted encode); run the same "
-                    "encode command again to finish it"
-                )
-            raise IndexFormatError(f"{path}: not a saved index (no header.json)")
+        stored = storage.read_index(path)
+        (first, u), *rest = stored.versions
         try:
-            with open(header_path) as f:
-                header = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{path}: header.json is not valid JSON ({e})") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise IndexFormatError(
-                f"{path}: not a {FORMAT} (format {header.get('format')!r})"
-                if isinstance(header, dict)
-                else f"{path}: foreign header"
-            )
-        if header.get("version") != VERSION:
-            raise IndexFormatError(
-                f"{path}: format version {header.get('version')} is not "
-                f"supported (this bebrjax reads version {VERSION})"
-            )
-        missing = {"m", "u", "metric", "count", "words_per_plane"} - set(header)
-        if missing:
-            raise IndexFormatError(f"{path}: header.json lacks {', '.join(sorted(missing))}")
-        try:
-            index = cls(header["m"], header["u"], header["metric"], **kwargs)
+            index = cls(stored.m, u, stored.metric, version=first, **kwargs)
+            for name, u in rest:
+                index._check_version(name, u)
+                index._register(name, u)
         except ValueError as e:
             raise IndexFormatError(f"{path}: header.json: {e}") from None
-        if header["words_per_plane"] != codes_lib.num_words(index.m):
-            raise IndexFormatError(
-                f"{path}: words_per_plane={header['words_per_plane']} does not fit m={index.m}"
-            )
-        want = {
-            CODES: ((header["count"], header["u"] + 1, header["words_per_plane"]), "<u4"),
-            NORMS: ((header["count"],), "<f4"),
-        }
-        arrays = {}
-        for name, (shape, dtype) in want.items():
-            try:
-                arrays[name] = np.load(os.path.join(path, name), mmap_mode="r")
-            except (OSError, ValueError, EOFError) as e:
-                raise IndexFormatError(f"{path}: {name} cannot be read ({e})") from None
-            if arrays[name].shape != shape:
-                raise IndexFormatError(
-                    f"{path}: {name} has shape {list(arrays[name].shape)}, "
-                    f"the header says {list(shape)} (truncated?)"
-                )
-            if arrays[name].dtype != np.dtype(dtype):
-                raise IndexFormatError(
-                    f"{path}: {name} has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}"
-                )
-        index._words, index._inv_norms = arrays[CODES], arrays[NORMS]
+        index._words, index._inv_norms = stored.words, stored.inv_norms
+        if stored.doc_versions is None:
+            index._doc_versions = np.zeros(len(stored.inv_norms), np.uint8)
+        else:
+            index._doc_versions = stored.doc_versions
         return index
 
 
-class FloatIndex(_BlockedIndex):
+class FloatIndex(BlockedIndex):
     """Exact inner-product search over float32 vectors (the reference path).
 
     Exact up to float32 rounding: the documents of the best groups are scored
@@ -362,7 +377,7 @@ class FloatIndex(_BlockedIndex):
 
     Args:
       dim: vector width.
-      **layout: block_size, tile, group, query_batch, mesh (see `_BlockedIndex`).
+      **layout: block_size, tile, group, query_batch, mesh (see `BlockedIndex`).
     """
 
     def __init__(
@@ -403,6 +418,9 @@ class FloatIndex(_BlockedIndex):
 
     def _host_arrays(self) -> dict[str, np.ndarray]:
         return {"x": self._x}
+
+    def _score_key(self) -> tuple:
+        return ()
 
     def _score_fn(self):
         return scoring.float_scores

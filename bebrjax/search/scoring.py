@@ -1,26 +1,34 @@
 """Scoring kernels over one block of a gallery, XLA-compiled.
 
-A gallery block is tiled: each of the P = u+1 bit planes is its own array
-[T, W, b] (T tiles of b documents, W uint32 words, documents last so that
-the inner loop runs over contiguous documents), with 4^-u/||b|| as [T, b].
-Planes are separate arrays because slicing a plane axis inside the scan's
-loop body measured 6-9x slower on XLA:CPU. Every kernel returns
+A gallery block is tiled: each of the P = U+1 stored bit planes is its own
+array [T, W, b] (T tiles of b documents, W uint32 words, documents last so
+that the inner loop runs over contiguous documents), with 2^-U/||b|| as
+[T, b]. Planes are separate arrays because slicing a plane axis inside the
+scan's loop body measured 6-9x slower on XLA:CPU. Every kernel returns
 scores [T, Q, b] to maximize: the tile axis leads so that a tile is reused
 by all Q queries while it sits in cache (measured 1.3-2x faster on XLA:CPU
 than query-major at 1024 bits).
 
-Symmetric distance calculation (SDC): for codes b = sum_i 2^-i s_i,
+Symmetric distance calculation (SDC): for a query code of u_q loops and a
+document code of u_d loops, b = sum_i 2^-i s_i,
 
-    4^u <b_q, b_d> = sum_{i,j} 2^(2u-i-j) (m - 2 popcount(t_q,i XOR t_d,j))
+    2^(u_q+U) <b_q, b_d> = sum_{i,j} 2^(u_q-i) c_j (m - 2 popcount(t_q,i XOR t_d,j)),
 
-is an exact integer; the score is <b_q, b_d> / ||b_d|| (the query's norm
-does not change the ranking). Two kernels compute it:
-  * `popcount`: (u+1)^2 xor-popcount passes, accumulated in uint16 (the
-    vectorized form on CPU);
-  * `matmul`: the block is unpacked to 2^u b as int8 and multiplied by the
-    queries' 2^u b with int32 accumulation (the tensor-core/MXU form).
-Both give the same integer, then the same float32 multiply: identical scores.
-Hamming (u = 0) scores are minus the distance.
+with c_j = 2^(U-j) for the document's planes j <= u_d and c_j = 0 for the
+planes it lacks (stored as zero words), is an exact integer. When every
+document of a block has U loops the c_j are constants; otherwise the block
+carries its documents' loops ("loops" [T, b]) and c_j is selected per
+document. The score is <b_q, b_d> / ||b_d|| (the query's norm does not
+change the ranking). Two kernels compute the integer:
+  * `popcount`: (u_q+1)(U+1) xor-popcount passes, accumulated in uint16
+    (the vectorized form on CPU);
+  * `matmul`: the block is unpacked to sum_j c_j s_j as int8 and multiplied
+    by the queries' 2^u_q b_q with int32 accumulation (the tensor-core/MXU
+    form).
+Both give the same integer, then the same float32 multiply by the block's
+2^-U/||b_d|| times 2^-u_q (a power of two, so exact): identical scores, and
+for u_q = U the same bits as a one-version index. Hamming (u_q = U = 0)
+scores are minus the distance.
 """
 
 from __future__ import annotations
@@ -41,42 +49,78 @@ def resolve_kernel(kernel: str) -> str:
     return kernel
 
 
-def _pair_weights(u: int) -> list[tuple[int, int, int]]:
-    """(i, j, 2^(2u-i-j)) for every plane pair."""
-    return [(i, j, 2 ** (2 * u - i - j)) for i in range(u + 1) for j in range(u + 1)]
+def _doc_weights(num_planes: int, loops: jax.Array | None) -> list[int | jax.Array]:
+    """c_j for stored planes j = 0..P-1: 2^(P-1-j), or 0 past a document's loops.
+
+    Args:
+      num_planes: P, the stored planes (U+1).
+      loops: None when every document has U loops (constant weights), else
+        each document's loops [T, b] (int32 weights [T, b] for planes j >= 1).
+    """
+    u = num_planes - 1
+    if loops is None:
+        return [2 ** (u - j) for j in range(num_planes)]
+    return [2**u] + [
+        jnp.where(loops >= j, jnp.int32(2 ** (u - j)), jnp.int32(0)) for j in range(1, num_planes)
+    ]
 
 
-def popcount_ip(q_words: jax.Array, planes: list[jax.Array], m: int) -> jax.Array:
-    """4^u <b_q, b_d> by xor-popcount: q [Q, P, W], planes P x [T, W, b] -> int32 [T, Q, b]."""
-    u = q_words.shape[1] - 1
+def _per_doc(weight: int | jax.Array, dtype: jnp.dtype) -> int | jax.Array:
+    """A plane weight broadcastable against [T, X, b]: constants stay Python ints."""
+    return weight if isinstance(weight, int) else weight[:, None, :].astype(dtype)
+
+
+def popcount_ip(
+    q_words: jax.Array, planes: list[jax.Array], m: int, loops: jax.Array | None = None
+) -> jax.Array:
+    """2^(u_q+U) <b_q, b_d> by xor-popcount.
+
+    Args:
+      q_words: queries' packed planes [Q, u_q+1, W] uint32.
+      planes: the block's P = U+1 planes, each [T, W, b] uint32.
+      m: code width.
+      loops: the documents' loops [T, b], or None when all have U.
+
+    Returns:
+      int32 [T, Q, b].
+    """
+    u_q = q_words.shape[1] - 1
+    weights = _doc_weights(len(planes), loops)
     total = None
-    for i, j, weight in _pair_weights(u):
-        pc = jnp.sum(
-            lax.population_count(q_words[None, :, i, :, None] ^ planes[j][:, None, :, :]),
-            axis=2,
-            dtype=jnp.uint16,
-        )
-        term = weight * (m - 2 * pc.astype(jnp.int32))
-        total = term if total is None else total + term
+    for i in range(u_q + 1):
+        for j, c in enumerate(weights):
+            pc = jnp.sum(
+                lax.population_count(q_words[None, :, i, :, None] ^ planes[j][:, None, :, :]),
+                axis=2,
+                dtype=jnp.uint16,
+            )
+            term = _per_doc(2 ** (u_q - i) * c, jnp.int32) * (m - 2 * pc.astype(jnp.int32))
+            total = term if total is None else total + term
     return total
 
 
-def unpack_block(planes: list[jax.Array], m: int) -> jax.Array:
-    """Packed planes P x [T, W, b] -> 2^u b as int8 [T, m, b]."""
+def unpack_block(planes: list[jax.Array], m: int, loops: jax.Array | None = None) -> jax.Array:
+    """Packed planes P x [T, W, b] -> sum_j c_j s_j as int8 [T, m, b] (2^U b without loops)."""
     shifts = jnp.arange(32, dtype=jnp.uint32)[None, None, :, None]
     total = None
-    for i, words in enumerate(planes):
+    for words, c in zip(planes, _doc_weights(len(planes), loops), strict=True):
         tiles, num_words, b = words.shape
         bits = ((words[:, :, None, :] >> shifts) & 1).reshape(tiles, num_words * 32, b)[:, :m]
-        signs = (1 - 2 * bits.astype(jnp.int8)) * jnp.int8(2 ** (len(planes) - 1 - i))
+        weight = jnp.int8(c) if isinstance(c, int) else _per_doc(c, jnp.int8)
+        signs = (1 - 2 * bits.astype(jnp.int8)) * weight
         total = signs if total is None else total + signs
     return total
 
 
-def matmul_ip(q_int: jax.Array, planes: list[jax.Array], m: int) -> jax.Array:
-    """4^u <b_q, b_d> as an int8 product: q_int [Q, m] (2^u b_q) -> int32 [T, Q, b]."""
+def matmul_ip(
+    q_int: jax.Array, planes: list[jax.Array], m: int, loops: jax.Array | None = None
+) -> jax.Array:
+    """2^(u_q+U) <b_q, b_d> as an int8 product: q_int [Q, m] (2^u_q b_q) -> int32 [T, Q, b].
+
+    `planes` and `loops` as for `popcount_ip`.
+    """
     return jnp.einsum(
-        "qm,tmb->tqb", q_int, unpack_block(planes, m), preferred_element_type=jnp.int32
+        "qm,tmb->tqb", q_int, unpack_block(planes, m, loops), preferred_element_type=jnp.int32
     )
 
 
@@ -91,19 +135,23 @@ def code_scores(
     """Scores to maximize of packed queries against one block, float32 [T, Q, b].
 
     Args:
-      queries: {"words": [Q, P, W] uint32, "ints": [Q, m] int8 (2^u b)}.
-      block: {"planes": P x [T, W, b] uint32, "scale": [T, b] float32 = 4^-u / ||b_d||}.
+      queries: {"words": [Q, u_q+1, W] uint32, "ints": [Q, m] int8 (2^u_q b_q)}.
+      block: {"planes": P x [T, W, b] uint32, "scale": [T, b] float32 = 2^-U / ||b_d||,
+        and "loops": [T, b] the documents' loops when some have fewer than U}.
       m: code width.
-      metric: "ip" (SDC, <b_q, b_d> / ||b_d||) or "hamming" (minus the distance, u = 0).
+      metric: "ip" (SDC, <b_q, b_d> / ||b_d||) or "hamming" (minus the distance, u_q = U = 0).
       kernel: "popcount" or "matmul".
     """
+    loops = block.get("loops")
     if kernel == "popcount":
-        ip = popcount_ip(queries["words"], block["planes"], m)
+        ip = popcount_ip(queries["words"], block["planes"], m, loops)
     else:
-        ip = matmul_ip(queries["ints"], block["planes"], m)
+        ip = matmul_ip(queries["ints"], block["planes"], m, loops)
     if metric == "hamming":
         return -((m - ip) // 2).astype(jnp.float32)
-    return ip.astype(jnp.float32) * block["scale"][:, None, :]
+    u_q = queries["words"].shape[1] - 1
+    scale = block["scale"] * jnp.float32(2.0**-u_q)  # a power of two: exact
+    return ip.astype(jnp.float32) * scale[:, None, :]
 
 
 def float_scores(queries: dict[str, jax.Array], block: dict[str, jax.Array]) -> jax.Array:

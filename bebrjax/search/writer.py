@@ -1,6 +1,6 @@
 """A `BinaryIndex` written to disk batch by batch, resumable after any kill.
 
-    writer = IndexWriter("gallery.bebr", m=512, u=1, count=n, job={...})
+    writer = IndexWriter("gallery.bebr", m=512, u=1, count=n, job={...}, version="v2")
     for start in range(writer.rows, n, batch):
         writer.write(planes_of(start))       # the next rows, in order
     writer.finish()                          # gallery.bebr appears, complete
@@ -14,7 +14,8 @@ atomically), so a process killed at any instant leaves a partial directory
 whose counted rows are all whole: the same job started again continues at
 that row and overwrites whatever a half-written batch left behind. `finish`
 writes header.json last, syncs the files and renames the directory to
-`path`, the same layout as `BinaryIndex.save` (progress.json is deleted
+`path`, the same layout as `BinaryIndex.save` of an index of one version
+(named `version`; see `bebrjax.search.storage`; progress.json is deleted
 after the rename); before that, `path` does not exist and
 `BinaryIndex.load` of the partial directory is refused.
 """
@@ -29,7 +30,7 @@ import shutil
 import numpy as np
 
 from bebrjax.search import codes as codes_lib
-from bebrjax.search.index import CODES, NORMS, PARTIAL, move_into_place, write_header
+from bebrjax.search.storage import CODES, NORMS, PARTIAL, move_into_place, write_header
 
 
 class PartialIndexError(ValueError):
@@ -63,10 +64,12 @@ class IndexWriter:
       job: what makes the rows what they are (model, input, batching): a
         partial directory is continued only by the same job.
       restart: discard a partial directory of another job instead of refusing.
+      version: the name of the codes' version, recorded in the header.
 
     Raises:
       PartialIndexError: when `<path>.partial` holds another job's rows and
         `restart` is False.
+      ValueError: when `version` is not a non-empty string.
     """
 
     def __init__(
@@ -79,11 +82,16 @@ class IndexWriter:
         job: dict,
         metric: str = "ip",
         restart: bool = False,
+        version: str = "default",
     ):
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"version={version!r} must be a non-empty string")
         self.path, self.staging = path, f"{os.path.normpath(path)}.partial"
-        self.m, self.u, self.count, self.metric = m, u, count, metric
+        self.m, self.u, self.count, self.metric, self.version = m, u, count, metric, version
         self._record = json.loads(
-            json.dumps({"m": m, "u": u, "metric": metric, "count": count, "job": job})
+            json.dumps(
+                {"m": m, "u": u, "metric": metric, "count": count, "job": job, "version": version}
+            )
         )
         self.rows = self._resume(restart)
         create = self.rows == 0
@@ -118,6 +126,8 @@ class IndexWriter:
                 saved = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError):
             saved = None
+        if isinstance(saved, dict):
+            saved.setdefault("version", "default")  # recorded since index format 2
         if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "rows"} != (
             self._record
         ):
@@ -160,7 +170,14 @@ class IndexWriter:
         for fd, _ in (self._codes, self._norms):
             os.fsync(fd)
         self.close()
-        write_header(self.staging, self.m, self.u, self.metric, self.count)
+        write_header(
+            self.staging,
+            self.m,
+            self.u,
+            self.metric,
+            self.count,
+            versions=[{"name": self.version, "u": self.u}],
+        )
         move_into_place(self.staging, self.path)
         # Last: a kill before this leaves a complete, loadable index (header.json
         # is what load reads) that a re-run finds whole; progress.json is only junk.

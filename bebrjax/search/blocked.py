@@ -1,0 +1,129 @@
+"""The search engine shared by the indexes: host storage, device blocks, batched exact top-k.
+
+An index keeps its documents on the host as per-document arrays [N, ...]; on
+the first search after a change they are tiled into blocks [n_blocks, T,
+..., tile] (documents last), put on the device(s) (split over a mesh's
+`data` axis when one is given) and searched by `bebrjax.search.topk`, with
+queries in batches of a few compiled shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bebrjax.search import topk
+from bebrjax.sharding import DATA_AXIS
+
+# (index type, score key, k, group, mesh) -> the jit'd search; see `BlockedIndex._search_fn`.
+_SEARCH_FNS: dict[tuple, Any] = {}
+
+
+def _make_search_fn(score_fn: topk.ScoreFn, k: int, group: int, mesh: Mesh | None):
+    """jit(queries, blocks, count) -> (scores, ids): one device, or the blocks split over `mesh`."""
+    if mesh is not None:
+        return jax.jit(
+            lambda q, blocks, count: topk.sharded_topk(
+                score_fn, q, blocks, count, k=k, group=group, mesh=mesh
+            )
+        )
+    return jax.jit(
+        lambda q, blocks, count: topk.local_topk(score_fn, q, blocks, count, k=k, group=group)
+    )
+
+
+class BlockedIndex:
+    """Storage on the host, a tiled copy on the device(s), and batched exact search.
+
+    Subclasses define `ntotal`, `_host_arrays` (a pytree of per-document
+    arrays [N, ...]), `_score_fn` (a `topk.ScoreFn` over those arrays) and
+    `_score_key` (hashable: equal keys mean equal score functions, so
+    indexes share one compiled search, as an evaluation building many
+    indexes of one shape wants).
+
+    Args:
+      block_size: documents per scanned block (memory per query batch is
+        O(block_size)); rounded to whole tiles.
+      tile: documents per tile (the inner loop's run of contiguous docs).
+      group: documents per group of the two-level top-k; divides `tile`.
+      query_batch: queries searched at once.
+      mesh: optional device mesh: the gallery is split over its `data` axis.
+    """
+
+    def __init__(
+        self, *, block_size: int, tile: int, group: int, query_batch: int, mesh: Mesh | None
+    ):
+        if tile % group:
+            raise ValueError(f"group={group} must divide tile={tile}")
+        if min(block_size, tile, group, query_batch) <= 0:
+            raise ValueError("block_size, tile, group and query_batch must be positive")
+        self.block_size, self.tile, self.group = block_size, tile, group
+        self.query_batch, self.mesh = query_batch, mesh
+        self._device: tuple[Any, int] | None = None
+
+    def _devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape[DATA_AXIS]
+
+    def _layout(self) -> tuple[Any, int]:
+        """The gallery as device blocks [n_blocks, T, ..., tile] (cached until the next add)."""
+        if self._device is not None:
+            return self._device
+        n, devices = self.ntotal, self._devices()
+        per_device = -(-n // devices)
+        block = min(self.block_size, -(-per_device // self.tile) * self.tile)
+        block = max(self.tile, block // self.tile * self.tile)
+        n_blocks = -(-n // block)
+        n_blocks = -(-n_blocks // devices) * devices
+        tiles = block // self.tile
+
+        def tiled(x: np.ndarray) -> np.ndarray:
+            padded = np.zeros((n_blocks * block, *x.shape[1:]), x.dtype)
+            padded[:n] = x
+            shaped = padded.reshape(n_blocks, tiles, self.tile, *x.shape[1:])
+            return np.ascontiguousarray(np.moveaxis(shaped, 2, -1))
+
+        blocks = jax.tree.map(lambda x: tiled(np.asarray(x)), self._host_arrays())
+        if self.mesh is not None:
+            blocks = jax.device_put(blocks, NamedSharding(self.mesh, P(DATA_AXIS)))
+        else:
+            blocks = jax.device_put(blocks)
+        self._device = (blocks, n)
+        return self._device
+
+    def _search_fn(self, k: int):
+        """The jit'd search, shared by every index that scores alike (compiled once per shape)."""
+        mesh = self.mesh if self._devices() > 1 else None
+        key = (type(self).__name__, self._score_key(), k, self.group, mesh)
+        if key not in _SEARCH_FNS:
+            _SEARCH_FNS[key] = _make_search_fn(self._score_fn(), k, self.group, mesh)
+        return _SEARCH_FNS[key]
+
+    def _search(self, queries: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.ntotal == 0:
+            raise ValueError("the index is empty: add documents before searching")
+        if not isinstance(k, int | np.integer) or not 1 <= k <= self.ntotal:
+            raise ValueError(f"k={k} must be an integer in [1, {self.ntotal}] (the index size)")
+        blocks, count = self._layout()
+        search = self._search_fn(int(k))
+        num = len(next(iter(queries.values())))
+        batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))  # few compiled shapes
+        out_scores, out_ids = [], []
+        for start in range(0, num, batch):
+            chunk = {key: x[start : start + batch] for key, x in queries.items()}
+            rows = len(next(iter(chunk.values())))
+            chunk = {
+                key: np.pad(x, [(0, batch - rows)] + [(0, 0)] * (x.ndim - 1))
+                for key, x in chunk.items()
+            }
+            scores, ids = search(chunk, blocks, jnp.int32(count))
+            out_scores.append(np.asarray(scores)[:rows])
+            out_ids.append(np.asarray(ids)[:rows])
+        return np.concatenate(out_scores), np.concatenate(out_ids).astype(np.int64)
+
+    def _invalidate(self) -> None:
+        self._device = None

@@ -1,0 +1,302 @@
+"""The on-disk format of a `BinaryIndex`, and crash-safe directory replacement.
+
+`BinaryIndex.save(path)` writes a directory holding
+  * `header.json`: {"format": "bebrjax.BinaryIndex", "version": 2, "m", "u",
+    "metric", "count", "words_per_plane", "versions": [{"name", "u"}, ...]},
+    where "versions" lists the code versions in order and "u" is their
+    largest u (the stored planes - 1);
+  * `codes.npy`: uint32 [count, u+1, words_per_plane], bit c % 32 of word
+    c // 32 of plane i set where s_i[c] = -1 (see `bebrjax.search.codes`);
+    a document of a version with fewer loops has zero words in the planes
+    it lacks;
+  * `inv_norms.npy`: float32 [count], 1/||b|| of each code;
+  * `versions.npy` (only when there is more than one version): uint8
+    [count], each document's index into "versions".
+An index of one version writes exactly the first three files. Version-1
+directories (no "versions", no versions.npy) still load, as one version
+named "default". `read_index` memory-maps the arrays copy-on-write
+(mmap_mode="c"): changing a loaded index never writes into its files.
+
+Every save builds the new directory beside `path` and swaps it into place
+(`move_into_place`), so a crash at any instant leaves either the previous
+index or the new one at `path`, never a mixture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from bebrjax.search import codes as codes_lib
+
+FORMAT = "bebrjax.BinaryIndex"
+VERSION = 2
+HEADER, CODES, NORMS, VERSIONS = "header.json", "codes.npy", "inv_norms.npy", "versions.npy"
+PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
+MAX_VERSIONS = 256  # a document's version is a uint8
+_RENAME_EXCHANGE = 2  # renameat2 flag (Linux): swap two paths atomically
+
+
+class IndexFormatError(ValueError):
+    """A saved index that cannot be read: missing, truncated or foreign."""
+
+
+def write_header(
+    directory: str, m: int, u: int, metric: str, count: int, versions: list[dict] | None = None
+) -> None:
+    """Writes (and syncs) an index directory's header.json, the last file of a save.
+
+    Args:
+      directory: the index directory being built.
+      m: code width.
+      u: the stored planes - 1 (the largest u of the versions).
+      metric: "ip" or "hamming".
+      count: documents.
+      versions: [{"name": str, "u": int}, ...] in order; None is one version
+        named "default" of loops `u`.
+    """
+    if versions is None:
+        versions = [{"name": "default", "u": int(u)}]
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "m": int(m),
+        "u": int(u),
+        "metric": metric,
+        "count": int(count),
+        "words_per_plane": codes_lib.num_words(m),
+        "versions": [{"name": str(v["name"]), "u": int(v["u"])} for v in versions],
+    }
+    with open(os.path.join(directory, HEADER), "w") as f:
+        json.dump(header, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def staging_dir(path: str, prefix: str) -> str:
+    """A new empty directory beside `path` to build its replacement in.
+
+    Made by `tempfile.mkdtemp` (a fresh name), then given the permissions
+    of an ordinary new directory (mkdtemp's are 0700).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps paths `a` and `b` (Linux renameat2); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def move_into_place(tmp: str, path: str) -> None:
+    """Renames the finished directory `tmp` to `path`, replacing whatever was there.
+
+    Where the system can (Linux renameat2), `tmp` and an existing `path` are
+    swapped atomically and the old contents deleted after: at every instant
+    `path` is the old or the new directory, whole. Elsewhere the old
+    contents are first moved aside (and moved back if the second rename
+    fails), a short window in which `path` is absent.
+    """
+    _fsync_dir(tmp)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        _remove(tmp)
+    else:
+        old = os.path.join(tempfile.mkdtemp(prefix=".old-index-", dir=parent), "index")
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        finally:
+            shutil.rmtree(os.path.dirname(old), ignore_errors=True)
+    _fsync_dir(parent)
+
+
+def write_index(path: str, arrays: dict[str, np.ndarray], **header) -> None:
+    """Saves an index directory at `path` crash-safely: staged beside it, then swapped in.
+
+    Args:
+      path: the index directory, replaced whole (it may be the directory the
+        arrays are memory-mapped from).
+      arrays: file name -> array, each written as .npy and synced.
+      **header: the arguments of `write_header` after `directory`.
+
+    The staging directory is removed if anything fails.
+    """
+    tmp = staging_dir(path, ".tmp-index-")
+    try:
+        for name, x in arrays.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                np.save(f, x)
+                f.flush()
+                os.fsync(f.fileno())
+        write_header(tmp, **header)
+        move_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclasses.dataclass
+class StoredIndex:
+    """What `read_index` found: the header's fields and the memory-mapped arrays."""
+
+    m: int
+    u: int
+    metric: str
+    versions: list[tuple[str, int]]
+    words: np.ndarray
+    inv_norms: np.ndarray
+    doc_versions: np.ndarray | None  # None: one version
+
+
+def _read_header(path: str) -> dict:
+    header_path = os.path.join(path, HEADER)
+    if not os.path.isfile(header_path):
+        if os.path.isfile(os.path.join(path, PARTIAL)):
+            raise IndexFormatError(
+                f"{path}: an unfinished index (an interrupted encode); run the same "
+                "encode command again to finish it"
+            )
+        raise IndexFormatError(f"{path}: not a saved index (no header.json)")
+    try:
+        with open(header_path) as f:
+            header = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path}: header.json is not valid JSON ({e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise IndexFormatError(
+            f"{path}: not a {FORMAT} (format {header.get('format')!r})"
+            if isinstance(header, dict)
+            else f"{path}: foreign header"
+        )
+    if header.get("version") not in (1, VERSION):
+        raise IndexFormatError(
+            f"{path}: format version {header.get('version')} is not "
+            f"supported (this bebrjax reads versions 1 and {VERSION})"
+        )
+    need = {"m", "u", "metric", "count", "words_per_plane"} | (
+        {"versions"} if header["version"] >= 2 else set()
+    )
+    missing = need - set(header)
+    if missing:
+        raise IndexFormatError(f"{path}: header.json lacks {', '.join(sorted(missing))}")
+    for key in ("m", "u", "count", "words_per_plane"):
+        if not isinstance(header[key], int) or isinstance(header[key], bool) or header[key] < 0:
+            raise IndexFormatError(f"{path}: header.json: {key}={header[key]!r} is not a count")
+    return header
+
+
+def _versions(path: str, header: dict) -> list[tuple[str, int]]:
+    """The header's [(name, u)], checked (version 1: one version named "default")."""
+    if header["version"] == 1:
+        return [("default", header["u"])]
+    listed = header["versions"]
+    if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_VERSIONS:
+        raise IndexFormatError(
+            f"{path}: header.json: versions must be a list of 1 to {MAX_VERSIONS} entries"
+        )
+    out = []
+    for entry in listed:
+        name, u = (entry.get("name"), entry.get("u")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(name, str) or not name or not isinstance(u, int) or not 0 <= u <= 3:
+            raise IndexFormatError(
+                f"{path}: header.json: bad version entry {entry!r} (need a name and u in 0..3)"
+            )
+        out.append((name, u))
+    if len({name for name, _ in out}) != len(out):
+        raise IndexFormatError(f"{path}: header.json: version names repeat")
+    if max(u for _, u in out) != header["u"]:
+        raise IndexFormatError(
+            f"{path}: header.json: u={header['u']} but the versions' largest u is "
+            f"{max(u for _, u in out)}"
+        )
+    return out
+
+
+def _load_array(path: str, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    try:
+        x = np.load(os.path.join(path, name), mmap_mode="c")
+    except (OSError, ValueError, EOFError) as e:
+        raise IndexFormatError(f"{path}: {name} cannot be read ({e})") from None
+    if x.shape != shape:
+        raise IndexFormatError(
+            f"{path}: {name} has shape {list(x.shape)}, the header says {list(shape)} (truncated?)"
+        )
+    if x.dtype != np.dtype(dtype):
+        raise IndexFormatError(f"{path}: {name} has dtype {x.dtype}, expected {np.dtype(dtype)}")
+    return x
+
+
+def read_index(path: str) -> StoredIndex:
+    """Reads and checks the index directory `path`, memory-mapping its arrays copy-on-write.
+
+    Raises:
+      IndexFormatError: naming `path` and the problem: missing, unfinished,
+        foreign, of an unknown format version, a bad header or versions
+        list, arrays missing, truncated or disagreeing with the header, or a
+        document's version out of range.
+    """
+    header = _read_header(path)
+    versions = _versions(path, header)
+    m, u, count, words = header["m"], header["u"], header["count"], header["words_per_plane"]
+    if words != codes_lib.num_words(m):
+        raise IndexFormatError(f"{path}: words_per_plane={words} does not fit m={m}")
+    doc_versions = None
+    if len(versions) > 1:
+        doc_versions = _load_array(path, VERSIONS, (count,), "u1")
+        if count and doc_versions.max() >= len(versions):
+            raise IndexFormatError(
+                f"{path}: {VERSIONS} holds version index {doc_versions.max()}, but only "
+                f"{len(versions)} versions are listed"
+            )
+    return StoredIndex(
+        m=m,
+        u=u,
+        metric=header["metric"],
+        versions=versions,
+        words=_load_array(path, CODES, (count, u + 1, words), "<u4"),
+        inv_norms=_load_array(path, NORMS, (count,), "<f4"),
+        doc_versions=doc_versions,
+    )

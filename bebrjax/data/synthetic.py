@@ -7,6 +7,12 @@ in R^d, and each side adds its own isotropic noise:
 
     query = normalize(g(z) + noise * e_q),   doc = normalize(g(z) + noise * e_d)
 
+`encoder` k > 0 gives another "model" of the same pairs: the same latents
+and labels seen through its own random map (A_k, B_k) and its own noise, as
+an old and a new embedding model see the same items. Two encoders' spaces
+are unrelated (float search across them is at chance), like the embeddings
+of two versions of a model.
+
 Float cosine retrieval is far from perfect (the noise fills all d
 dimensions while the signal lives on a k-dimensional manifold, and
 neighbouring points of one cluster compete), so there is room both to lose
@@ -28,6 +34,7 @@ def get_data(
     spread: float = 0.6,
     noise: float = 1.2,
     seed: int = 0,
+    encoder: int = 0,
 ) -> PairedEmbeddings:
     """Generates `num_pairs` pairs of `dim`-d embeddings, the same for the same arguments.
 
@@ -39,18 +46,26 @@ def get_data(
       spread: standard deviation of a latent around its cluster centre.
       noise: per-coordinate noise of each side, relative to the signal's scale.
       seed: the generator's seed.
+      encoder: which model sees the latents: 0 the default one; k > 0 draws its
+        own map and noise from (seed, k), over the same latents and labels.
 
     Returns:
       Normalized `PairedEmbeddings` with cluster labels.
     """
     if min(num_pairs, dim, latent_dim, num_clusters) <= 0:
         raise DataError("synthetic data: num_pairs, dim, latent_dim and num_clusters must be > 0")
+    if encoder < 0:
+        raise DataError(f"synthetic data: encoder={encoder} must be >= 0")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_clusters, latent_dim))
     lift = rng.standard_normal((latent_dim, 2 * dim)) / np.sqrt(latent_dim)
     mix = rng.standard_normal((2 * dim, dim)) / np.sqrt(2 * dim)
     labels = rng.integers(0, num_clusters, num_pairs)
     latent = centres[labels] + spread * rng.standard_normal((num_pairs, latent_dim))
+    if encoder:
+        rng = np.random.default_rng((seed, encoder))
+        lift = rng.standard_normal(lift.shape) / np.sqrt(latent_dim)
+        mix = rng.standard_normal(mix.shape) / np.sqrt(2 * dim)
     signal = np.tanh(latent @ lift) @ mix
     scale = noise * signal.std()
     query = signal + scale * rng.standard_normal(signal.shape)

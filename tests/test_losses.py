@@ -2,7 +2,11 @@ import jax
 import numpy as np
 import pytest
 
-from bebrjax.losses.pair_contrastive import pair_contrastive_loss
+from bebrjax.losses.pair_contrastive import (
+    cross_version_loss,
+    pair_contrastive_loss,
+    shared_prefix,
+)
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
 
 
@@ -44,6 +48,39 @@ def test_pair_contrastive_matches_numpy(k, with_labels):
     got = pair_contrastive_loss(z1, z2, temperature=0.1, hard_negatives=k, labels=labels)
     want = _pair_reference(z1.astype(np.float64), z2.astype(np.float64), 0.1, k, labels)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def _mixed_rows(query, doc, own, tau, k):
+    """Query j: positive doc j of the other version; negatives doc k and own-version doc k != j."""
+    width = min(query.shape[1], doc.shape[1])
+    cross = _normalize(query[:, :width]) @ _normalize(doc[:, :width]).T / tau
+    same = _normalize(query) @ _normalize(own).T / tau
+    losses = []
+    for j in range(len(query)):
+        negs = [cross[j, c] for c in range(len(query)) if c != j]
+        negs += [same[j, c] for c in range(len(query)) if c != j]
+        row = np.array([cross[j, j], *sorted(negs, reverse=True)[:k]])
+        losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - cross[j, j])
+    return np.mean(losses) + _one_direction(cross.T, None, k)
+
+
+@pytest.mark.parametrize("directions", [("new->old",), ("new->old", "old->new")])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_cross_version_loss_matches_numpy_on_the_shared_prefix(directions, mixed):
+    rng = np.random.default_rng(2)
+    new_q, new_d = rng.standard_normal((2, 10, 8))  # new codes are wider
+    old_q, old_d = rng.standard_normal((2, 10, 5))
+    codes = [x.astype(np.float32) for x in (new_q, new_d, old_q, old_d)]
+    kwargs = dict(directions=directions, temperature=0.1, hard_negatives=3, mixed_negatives=mixed)
+    got = cross_version_loss(*codes, **kwargs)
+    sides = {"new->old": (new_q, old_d, new_d), "old->new": (old_q, new_d, old_d)}
+    if mixed:
+        want = sum(_mixed_rows(*sides[d], 0.1, 3) for d in directions)
+    else:
+        want = sum(_pair_reference(*shared_prefix(*sides[d][:2]), 0.1, 3, None) for d in directions)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    grads = jax.grad(lambda o: cross_version_loss(*codes[:2], o, codes[3], **kwargs))(codes[2])
+    assert not np.any(np.asarray(grads))  # the old codes are frozen
 
 
 def test_distillation_matches_numpy_and_vanishes_for_a_perfect_student():

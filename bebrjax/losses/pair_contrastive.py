@@ -105,3 +105,77 @@ def pair_contrastive_loss(
     return hard_negative_cross_entropy(
         logits, allowed, hard_negatives
     ) + hard_negative_cross_entropy(logits.T, allowed.T, hard_negatives)
+
+
+# The cross-version terms: (query side, doc side) of each direction.
+CROSS_DIRECTIONS = ("new->old", "old->new")
+
+
+def shared_prefix(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both codes cut to their first min(m_a, m_b) coordinates (codes of unequal width)."""
+    width = min(a.shape[-1], b.shape[-1])
+    return a[..., :width], b[..., :width]
+
+
+def cross_version_loss(
+    new_query: jax.Array,
+    new_doc: jax.Array,
+    old_query: jax.Array,
+    old_doc: jax.Array,
+    *,
+    directions: tuple[str, ...] = CROSS_DIRECTIONS,
+    temperature: float = 0.05,
+    hard_negatives: int = 5,
+    mixed_negatives: bool = True,
+    labels: jax.Array | None = None,
+) -> jax.Array:
+    """The pair loss between a new binarizer's codes and a frozen old one's (DESIGN.md §4).
+
+    "new->old" is `pair_contrastive_loss(new_query, old_doc)` (new query codes
+    rank the old doc codes, and the old docs rank the new queries);
+    "old->new" is `pair_contrastive_loss(old_query, new_doc)`. The old codes
+    carry no gradient. Codes of unequal width are compared on their shared
+    prefix: both are cut to the first min(m_new, m_old) coordinates, then
+    L2-normalized by the cosine logits (a wider new code keeps its extra
+    coordinates for new/new search only).
+
+    With `mixed_negatives`, a query's row also holds, as negatives, the other
+    docs' codes of the other version (new query j: cos(new_query_j,
+    new_doc_k) for k != j beside cos(new_query_j, old_doc_k)): what a query
+    meets in an index holding both versions, where the positive must beat
+    both. Without it, nothing ties the scale of cross-version scores to
+    same-version ones, and the documents of one version crowd out those of
+    the other in a mixed gallery.
+
+    Args:
+      new_query: [n, m_new] new codes of the queries.
+      new_doc: [n, m_new] new codes of their docs.
+      old_query: [n, m_old] old codes of the same queries.
+      old_doc: [n, m_old] old codes of the same docs.
+      directions: which of `CROSS_DIRECTIONS` to sum.
+      temperature: tau of the cosine logits.
+      hard_negatives: K largest negatives kept per row; 0 keeps all.
+      mixed_negatives: add the other version's docs to each row's negatives.
+      labels: optional [n] labels masking same-label negatives.
+
+    Returns:
+      The scalar sum over `directions`.
+    """
+    old_query, old_doc = jax.lax.stop_gradient(old_query), jax.lax.stop_gradient(old_doc)
+    # direction -> (queries, docs of the other version, docs of the queries' own version)
+    sides = {
+        "new->old": (new_query, old_doc, new_doc),
+        "old->new": (old_query, new_doc, old_doc),
+    }
+    allowed = negatives_mask(new_query.shape[0], labels)
+    total = jnp.zeros(())
+    for direction in directions:
+        query, doc, own = sides[direction]
+        logits = cosine_logits(*shared_prefix(query, doc), temperature)
+        negatives = jnp.where(allowed, logits, MASKED)
+        if mixed_negatives:
+            same = jnp.where(allowed, cosine_logits(query, own, temperature), MASKED)
+            negatives = jnp.concatenate([negatives, same], axis=1)
+        rows = positive_cross_entropy(jnp.diagonal(logits), negatives, hard_negatives)
+        total = total + rows + hard_negative_cross_entropy(logits.T, allowed.T, hard_negatives)
+    return total

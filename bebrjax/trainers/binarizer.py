@@ -20,6 +20,7 @@ import copy
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -141,14 +142,30 @@ def compute_loss(
     return total, terms
 
 
+CrossTerm = Callable[[jax.Array, jax.Array, dict[str, jax.Array]], tuple[jax.Array, dict]]
+
+
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, loss: ml_collections.ConfigDict, mesh
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss: ml_collections.ConfigDict,
+    mesh,
+    cross: CrossTerm | None = None,
 ):
     """The jit'd step: batch sharded on `data`, state replicated and donated.
 
     BatchNorm sees both members of every pair (queries and docs are encoded
     in one call), and under jit its statistics span the global batch, so the
     step computes the same thing on any number of devices.
+
+    Args:
+      model: the binarizer.
+      tx: the optimizer.
+      loss: the `loss` section of the config.
+      mesh: the device mesh.
+      cross: an extra term `cross(query codes, doc codes, batch) -> (value,
+        {term: value})` added to the loss (the compatible trainer's
+        cross-version term, which reads the old codes from the batch).
     """
 
     def step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
@@ -165,6 +182,9 @@ def make_train_step(
             total, terms = compute_loss(
                 loss, out.code[:n], out.code[n:], batch["query"], batch["doc"], batch["labels"]
             )
+            if cross is not None:
+                value, more = cross(out.code[:n], out.code[n:], batch)
+                total, terms = total + value, {**terms, **more}
             return total, (terms, updates["batch_stats"])
 
         return optimizer_step(state, tx, loss_fn)
@@ -185,6 +205,8 @@ def fit(
     mesh,
     *,
     stop_after_steps: int | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    cross: CrossTerm | None = None,
 ) -> State | None:
     """Trains (or resumes) the model of `config` on `data`, checkpointing to `workdir`.
 
@@ -196,6 +218,8 @@ def fit(
       stop_after_steps: run at most this many steps in this call, then save
         and return None, as a preempted job would; the schedule still spans
         `train.steps`, and the next call resumes.
+      extra: more per-pair arrays [N, ...] batched beside the pairs.
+      cross: an extra loss term over the batch (see `make_train_step`).
 
     Returns:
       The final train state, or None when stopped before the end.
@@ -203,12 +227,16 @@ def fit(
     model = build_model(config)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     state = init_state(model, tx, jnp.zeros((2, data.dim), jnp.float32), config.seed, mesh)
+    extra = extra or {}
+
+    def batch(step):
+        rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
+        return {**make_batch(data, rows), **{k: v[rows] for k, v in extra.items()}}
+
     return train_loop(
         state,
-        make_train_step(model, tx, config.loss, mesh),
-        lambda step: make_batch(
-            data, batch_indices(len(data), config.train.batch_size, step, config.seed)
-        ),
+        make_train_step(model, tx, config.loss, mesh, cross),
+        batch,
         workdir=workdir,
         total=config.train.steps,
         schedule=schedule,
@@ -393,10 +421,39 @@ def train_and_evaluate(
         float_dir = os.path.join(workdir, "float_baseline")
         os.makedirs(float_dir, exist_ok=True)
         float_state = fit(float_baseline_config(config), train_data, float_dir, mesh)
+    return write_results(
+        config, workdir, state, (train_data, eval_data), mesh, train_seconds, float_state
+    )
+
+
+def write_results(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: State,
+    split: tuple[PairedEmbeddings, PairedEmbeddings],
+    mesh,
+    train_seconds: float,
+    float_state: State | None = None,
+) -> dict[str, Any]:
+    """Evaluates a trained binarizer and writes results.json, results.md and results.png.
+
+    results.json is written last but one (before the plot), and a workdir
+    holding it counts as a finished run.
+
+    Args:
+      config: the run's resolved config.
+      workdir: the run's directory.
+      state: the trained state.
+      split: (train pairs, eval pairs).
+      mesh: the device mesh.
+      train_seconds: the wall time of training, for the record.
+      float_state: the float baseline's state, when trained.
+    """
+    train_data, eval_data = split
     results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state)}
     results["data"] = {
-        "source": data.source,
-        "dim": data.dim,
+        "source": eval_data.source,
+        "dim": eval_data.dim,
         "train_pairs": len(train_data),
         "eval_pairs": len(eval_data),
     }
@@ -406,8 +463,8 @@ def train_and_evaluate(
         "devices": int(mesh.devices.size),
     }
     table = report.retrieval_table(results["retrieval"])
-    wd.write_json(os.path.join(workdir, "results.json"), results)
     wd.write_atomic(os.path.join(workdir, "results.md"), table + "\n")
+    wd.write_json(os.path.join(workdir, "results.json"), results)
     metrics = wd.read_metrics(workdir)
     report.plot_run(os.path.join(workdir, "results.png"), metrics, results["retrieval"])
     return results

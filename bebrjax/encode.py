@@ -1,7 +1,8 @@
 """Encode a corpus into a `BinaryIndex` on disk, batch by batch, resumably.
 
     python -m bebrjax.encode --workdir W --input PATH [--key doc] --index OUT \
-        [--batch-size 8192] [--overwrite]
+        [--batch-size 8192] [--overwrite] [--version NAME]
+    python -m bebrjax.encode --workdir W --input PATH --index OUT --ids PATH[:key]  # backfill
 
 PATH is an .npy file, an .npz archive (the array `--key`) or a directory of
 `<key>.npy` files, of float embeddings [N, d] (any float dtype, any scale:
@@ -13,6 +14,14 @@ with the same index as an uninterrupted run; until it finishes, OUT does not
 exist (the rows are in OUT.partial). An existing OUT is kept unless
 `--overwrite`. A bad input (wrong width, a non-finite or all-zero row, no
 rows) is one line on stderr, exit status 2, and leaves nothing behind.
+
+The codes are recorded in the index as version `--version` (default: the
+workdir's name). With `--ids`, the input's rows are the new embeddings of
+those documents of the existing index OUT (row r is document ids[r]): a
+backfill step that replaces their codes by this model's, as a new version
+beside the old codes (a compatible binarizer's queries search both,
+`configs/bebr/compatible.py`). The step rewrites OUT crash-safely: killed at
+any point, OUT holds either the old index or the new one.
 """
 
 from __future__ import annotations
@@ -30,8 +39,9 @@ from tqdm.auto import tqdm
 from bebrjax import cli, report, sharding
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError, row_norms
-from bebrjax.data.rows import RowSource, open_rows
+from bebrjax.data.rows import RowSource, open_rows, read_ids
 from bebrjax.inference import Binarizer, LoadError, load
+from bebrjax.search import BinaryIndex, IndexFormatError, backfill
 from bebrjax.search.writer import IndexWriter
 
 
@@ -86,6 +96,8 @@ def encode_corpus(
     batch_size: int = 8192,
     overwrite: bool = False,
     progress: bool = True,
+    ids: np.ndarray | str | None = None,
+    version: str | None = None,
 ) -> dict:
     """Encodes the embeddings at `input_path` into a `BinaryIndex` written to `index_path`.
 
@@ -98,9 +110,16 @@ def encode_corpus(
         must use the batch size it started with.
       overwrite: replace an existing index at `index_path`.
       progress: show a progress bar (rows/s, ETA) on stderr when it is a terminal.
+      ids: a backfill step instead of a new index: the ids of the existing
+        index's documents that the input's rows are (row r is document
+        ids[r]), as an int array or `PATH[:key]` (key default "ids"); their
+        codes are replaced by this model's, crash-safely (`search.backfill`).
+      version: the name of the codes' version in the index (default: the
+        model's workdir name, e.g. "new" for `<run>/new`).
 
     Returns:
-      A summary: rows, rows resumed from, seconds, rows/s, code shape, bytes.
+      A summary: rows, rows resumed from, seconds, rows/s, code shape, bytes
+      (a backfill step: rows replaced and the documents per version).
 
     Raises:
       DataError, LoadError, OutputExistsError, PartialIndexError: before
@@ -115,6 +134,9 @@ def encode_corpus(
         raise DataError(f"{index_path}: the index would replace its own input {input_path}")
     model = as_binarizer(model)
     encoder = model.encoder
+    version = version or os.path.basename(os.path.normpath(model.workdir))
+    if ids is not None:
+        return _backfill(model, input_path, key, index_path, ids, version, batch_size)
     source = open_embeddings(input_path, key, model.dim)
     try:
         wd.refuse_existing(index_path, overwrite, directory=True)
@@ -128,7 +150,13 @@ def encode_corpus(
         made = _missing_parent(out)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         writer = IndexWriter(
-            index_path, m=model.code_dim, u=model.loops, count=n, job=job, restart=overwrite
+            index_path,
+            m=model.code_dim,
+            u=model.loops,
+            count=n,
+            job=job,
+            restart=overwrite,
+            version=version,
         )
         start_rows, clock = writer.rows, time.perf_counter()
         try:
@@ -157,6 +185,45 @@ def encode_corpus(
         "m": model.code_dim,
         "u": model.loops,
         "bytes": sum(os.path.getsize(os.path.join(index_path, f)) for f in os.listdir(index_path)),
+    }
+
+
+def _backfill(
+    model: Binarizer,
+    input_path: str,
+    key: str | None,
+    index_path: str,
+    ids: np.ndarray | str,
+    version: str,
+    batch_size: int,
+) -> dict:
+    """A backfill step: the input's rows re-encoded as documents `ids` of the saved index."""
+    clock = time.perf_counter()
+    index = BinaryIndex.load(index_path)
+    if isinstance(ids, str):
+        ids = read_ids(ids, index.ntotal, key="ids", what="one per input row")
+    ids = np.asarray(ids)
+    source = open_embeddings(input_path, key, model.dim)
+    try:
+        if len(source) != len(ids):
+            raise DataError(
+                f"{source.name} has {len(source)} rows for {len(ids)} ids: row r is document ids[r]"
+            )
+        planes = model.encode(read_checked(source, 0, len(source)), batch_size)
+    finally:
+        source.close()
+    try:
+        index = backfill(index_path, ids, planes, version)
+    except IndexFormatError:
+        raise
+    except ValueError as e:  # ids, or a version of other loops or width
+        raise DataError(f"{index_path}: {e}") from None
+    return {
+        "index": index_path,
+        "version": version,
+        "replaced": len(ids),
+        "versions": index.counts(),
+        "seconds": round(time.perf_counter() - clock, 2),
     }
 
 
@@ -215,6 +282,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="the index directory to write")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per batch (8192)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument(
+        "--ids",
+        help="PATH[:key]: a backfill step: the input's rows replace these docs of --index",
+    )
+    p.add_argument("--version", help="the codes' version name (default: the workdir's name)")
     return p
 
 
@@ -226,7 +298,21 @@ def _command(args: argparse.Namespace) -> None:
         key=args.key,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        ids=args.ids,
+        version=args.version,
     )
+    if args.ids is not None:
+        head = ["index", "version", "replaced", "docs per version", "seconds"]
+        counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
+        row = [
+            summary["index"],
+            summary["version"],
+            summary["replaced"],
+            counts,
+            summary["seconds"],
+        ]
+        cli.print_summary(report.table(head, [row]), summary)
+        return
     head = ["index", "rows", "resumed from", "bits/doc", "MB", "seconds", "rows/s"]
     row = [
         summary["index"],

@@ -17,7 +17,9 @@ lower for is left out and the manifest lists those it has).
 Choices: variables as constants rather than a second file, so the artifact
 is one function that cannot be paired with the wrong weights; the manifest
 hashes every file but itself; `--index` copies a `BinaryIndex` (checked to
-hold codes of this binarizer's m and u) into B/index. B is written aside and
+hold codes this binarizer's queries can search: no wider than its m, of any
+loops and versions, e.g. the old codes a compatible binarizer searches)
+into B/index. B is written aside and
 renamed into place, so an interrupted export leaves no half bundle.
 """
 
@@ -166,10 +168,10 @@ def export_bundle(
         if not isinstance(loaded, Binarizer):
             raise LoadError(f"{loaded.workdir}: an index goes with a binarizer's bundle")
         saved = BinaryIndex.load(index)
-        if (saved.m, saved.u) != (loaded.code_dim, loaded.loops):
+        if saved.m > loaded.code_dim:  # any loops and versions search exactly (SDC across u)
             raise LoadError(
-                f"{index}: holds codes with m={saved.m}, u={saved.u}; the binarizer of "
-                f"{loaded.workdir} makes m={loaded.code_dim}, u={loaded.loops}"
+                f"{index}: holds codes of width m={saved.m}; the binarizer of "
+                f"{loaded.workdir} makes narrower ones (m={loaded.code_dim})"
             )
     blob, lowered = serialize(encoder, platforms)
     manifest = _describe(loaded, encoder, lowered)

@@ -4,18 +4,21 @@
         [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite]
 
 The queries (float embeddings [Q, d] in an .npy, an .npz key or a directory
-of <key>.npy) are encoded by the same model as the index's documents, from
-its workdir or its exported bundle, and searched exactly (SDC, ties to the
-lower id). hits.npz holds `ids` int64 [Q, k] and `scores` float32 [Q, k],
-written whole or not at all. With `--relevant` (one relevant doc id per
-query, an integer array) Recall@1/5/10 is printed as a table (Recall@j
-for the j <= k only: a smaller k cannot tell the others).
+of <key>.npy) are encoded by the model of a workdir or an exported bundle:
+the one that encoded the index's documents, or a compatible newer version
+(`configs/bebr/compatible.py`) whose codes search an old or a mixed-version
+index; each document is scored with the code of its own version, exactly
+(SDC, ties to the lower id). A query code wider than the index's is
+compared on the index's width (the shared prefix). hits.npz holds `ids`
+int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
+With `--relevant` (one relevant doc id per query, an integer array)
+Recall@1/5/10 is printed as a table (Recall@j for the j <= k only: a
+smaller k cannot tell the others).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +27,7 @@ import numpy as np
 from bebrjax import cli, report
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
-from bebrjax.data.rows import open_rows
+from bebrjax.data.rows import read_ids
 from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.search import BinaryIndex
@@ -49,22 +52,7 @@ def read_relevant(spec: str, num_docs: int) -> np.ndarray:
       DataError: naming the file when it is missing, or not 1-D integers in
         [0, num_docs).
     """
-    path, key = spec, "relevant"
-    if not os.path.exists(spec) and ":" in spec:
-        path, _, key = spec.rpartition(":")
-    source = open_rows(path, key)
-    try:
-        ids = source.read(0, len(source))
-    finally:
-        source.close()
-    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
-        raise DataError(
-            f"{source.name}: expected integer doc ids, one per query; got {ids.dtype} "
-            f"{list(ids.shape)}"
-        )
-    if ids.size and (ids.min() < 0 or ids.max() >= num_docs):
-        raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs}) (the index size)")
-    return ids.astype(np.int64)
+    return read_ids(spec, num_docs, key="relevant", what="one per query")
 
 
 def search_index(
@@ -106,10 +94,10 @@ def search_index(
         dim, encode = model.dim, model.encode
         model_shape = (model.loops + 1, model.code_dim)
     index = BinaryIndex.load(index) if isinstance(index, str) else index
-    if (index.u + 1, index.m) != tuple(model_shape):
+    if model_shape[1] < index.m:
         raise DataError(
-            f"the index holds codes of u={index.u}, m={index.m}; the model makes "
-            f"u={model_shape[0] - 1}, m={model_shape[1]}"
+            f"the index holds codes of width m={index.m}; the model makes narrower ones "
+            f"(m={model_shape[1]}): queries must be at least as wide as the documents"
         )
     if not 1 <= k <= index.ntotal:
         raise DataError(f"k={k} must be in [1, {index.ntotal}] (the documents in the index)")

@@ -229,3 +229,66 @@ def plot_sequence(path: str, results: Mapping[str, Any], metric: str = "mAP@R") 
     axes[0].legend(fontsize=8)
     fig.suptitle(f"sequential upgrades: phi1 -> ... -> phi{results['steps']}")
     _save(fig, path)
+
+
+VERSION_CELLS = {
+    "old/old": "old / old",
+    "new/new": "new / new",
+    "new->old": "new -> old (compatibility)",
+    "old->new": "old -> new",
+    "new->psi(old)": "new -> psi(old codes) (upgraded gallery)",
+    "paragon": "independent new / itself",
+}
+CURVE_NAMES = {
+    "random": "compatible, random order",
+    "worst_first": "compatible, worst first",
+    "psi": "psi(old codes), then random",
+    "independent": "independent new model",
+    "keep_old": "keep old until f = 1",
+}
+
+
+def versions_report(results: Mapping[str, Any]) -> str:
+    """The compatible-codes run as markdown: the matrix (binary beside float) and backfill."""
+    compat, backfill = results["compatibility"], results["backfill"]
+    ks = list(next(iter(compat["binary"].values())))
+    rows = [
+        [label, *(f"{compat[kind][cell][k]:.3f}" for kind in ("binary", "float") for k in ks)]
+        for cell, label in VERSION_CELLS.items()
+    ]
+    head = ["queries -> gallery", *(f"{kind} {k}" for kind in ("binary", "float") for k in ks)]
+    lines = [table(head, rows), ""]
+    for kind in ("binary", "float"):
+        criteria = compat["criteria"][kind]
+        for cross, c in (("new->old", criteria), ("new->psi(old)", criteria["psi"])):
+            lines.append(
+                f"{kind} {cross}: update gain {c['update_gain']:.3f}; negative-flip rate "
+                f"{c['negative_flip_rate']:.3f}; above old/old: {c['compatible']}"
+            )
+    fractions = backfill["fractions"]
+    curve_rows = [
+        [CURVE_NAMES.get(name, name), *(f"{v:.3f}" for v in values), f"{backfill['auc'][name]:.3f}"]
+        for name, values in backfill["curves"].items()
+    ]
+    lines += ["", table(["backfilled f", *(f"{f:g}" for f in fractions), "AUC"], curve_rows)]
+    return "\n".join(lines)
+
+
+def plot_backfill(path: str, backfill: Mapping[str, Any]) -> None:
+    """Saves a PNG: Recall@k against the fraction of the gallery backfilled, per strategy."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fractions = backfill["fractions"]
+    for name, values in backfill["curves"].items():
+        style = "--" if name in ("keep_old", "independent") else "-"
+        label = f"{CURVE_NAMES.get(name, name)} (AUC {backfill['auc'][name]:.3f})"
+        ax.plot(fractions, values, style, marker="o", markersize=3, label=label)
+    psi = backfill["curves"].get("psi")
+    if psi:
+        ax.plot([0], [psi[0]], "k*", markersize=12, label="new -> psi(old codes), no re-encoding")
+    ax.set(
+        xlabel="fraction of the gallery re-encoded by the new model",
+        ylabel=f"Recall@{backfill['k']}",
+    )
+    ax.set_title("backfilling a binary index")
+    ax.legend(fontsize=8)
+    _save(fig, path)

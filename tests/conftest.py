@@ -6,6 +6,19 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the session (and its subprocesses): the many tiny runs
+# of the suite compile identical programs from distinct jit objects, and a hit
+# skips XLA. It starts empty, so no run depends on an earlier one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _CACHE = tempfile.mkdtemp(prefix="bebrjax-jit-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -99,3 +112,30 @@ def binarizer_run(tmp_path_factory):
     apply_overrides(config, [*tiny_overrides(steps=8), "eval.hash=false"])
     workdir = tmp_path_factory.mktemp("binarizer")
     return workdir, binarizer.train_and_evaluate(config, str(workdir))
+
+
+def compatible_overrides(steps: int = 10) -> list[str]:
+    """Overrides that shrink configs/bebr/compatible.py (synthetic) to seconds per stage."""
+    data = [
+        f"data.{v}.{k}={x}"
+        for v in ("old", "new")
+        for k, x in (("num_pairs", 640), ("dim", 16), ("latent_dim", 4), ("num_clusters", 10))
+    ]
+    stages = [
+        f"{s}.{k}"
+        for s in ("old", "independent", "new")
+        for k in ("model.hidden=32", "train.batch_size=64", f"train.steps={steps}")
+    ]
+    return [*data, *stages, "eval.batch_size=64", "backfill.points=5", "mesh.num_devices=1"]
+
+
+@pytest.fixture(scope="session")
+def compatible_run(tmp_path_factory):
+    """(workdir, results) of a tiny compatible-codes run, trained once on the 8 forced devices."""
+    from bebrjax.config import apply_overrides, load_config
+    from bebrjax.trainers import compatible
+
+    config = load_config(os.path.join(ROOT, "configs/bebr/compatible.py"))
+    apply_overrides(config, compatible_overrides())
+    workdir = tmp_path_factory.mktemp("compatible")
+    return workdir, compatible.train_and_evaluate(config, str(workdir))

@@ -283,13 +283,13 @@ def test_search_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path
     index = str(bundle[0] / "index")
     queries = _npz(tmp_path / "q.npz", query=_inputs(5), narrow=_inputs(5, d=8))
     np.save(tmp_path / "relevant.npy", np.arange(4))
-    other = BinaryIndex(8, 0)
-    other.add(np.ones((3, 1, 8), np.int8))
+    other = BinaryIndex(32, 0)  # wider than the model's codes
+    other.add(np.ones((3, 1, 32), np.int8))
     other.save(str(tmp_path / "other"))
     hits = str(tmp_path / "hits.npz")
     for args, message in [
         (["--index", index, "--k", "301"], "k=301 must be in [1, 300]"),
-        (["--index", str(tmp_path / "other")], "the index holds codes of u=0, m=8"),
+        (["--index", str(tmp_path / "other")], "the index holds codes of width m=32"),
         (["--index", index, "--key", "narrow"], "the model encodes rows of width d=16"),
         (["--index", index, "--relevant", str(tmp_path / "relevant.npy")], "4 relevant ids for 5"),
         (["--index", index, "--relevant", str(tmp_path / "nope.npy")], "nope.npy: no such file"),
@@ -305,15 +305,15 @@ def test_search_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path
 
 def test_export_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path, capsys):
     workdir, _ = binarizer_run
-    other = BinaryIndex(8, 0)
-    other.add(np.ones((3, 1, 8), np.int8))
+    other = BinaryIndex(32, 0)  # wider than the model's codes
+    other.add(np.ones((3, 1, 32), np.int8))
     other.save(str(tmp_path / "other"))
     out = str(tmp_path / "new_bundle")
     for extra, message in [
         (["--out", str(bundle[0])], "exists; pass --overwrite"),
         (["--platforms", "gpu"], "platforms gpu: expected some of cpu, cuda, rocm, tpu"),
         (["--part", "psi"], "has no part 'psi'"),
-        (["--index", str(tmp_path / "other")], "holds codes with m=8, u=0"),
+        (["--index", str(tmp_path / "other")], "holds codes of width m=32"),
     ]:
         argv = ["--workdir", str(workdir), "--out", out, *extra]
         assert export_main(argv) == 2

@@ -114,3 +114,33 @@ def open_rows(path: str, key: str | None = None) -> RowSource:
     return RowSource(
         f"{path}:{key}", archive.open(members[key]), {**_file_fingerprint(path), "key": key}
     )
+
+
+def read_ids(spec: str, num_docs: int, *, key: str, what: str) -> np.ndarray:
+    """Document ids from `PATH[:key]` (`key` when the spec names none), as int64 [n].
+
+    Args:
+      spec: the file, optionally with ":key" for an .npz or a directory.
+      num_docs: ids must lie in [0, num_docs).
+      key: the default array name.
+      what: what the ids are, for messages (e.g. "one per query").
+
+    Raises:
+      DataError: naming the file when it is missing, or not 1-D integers in
+        [0, num_docs).
+    """
+    path = spec
+    if not os.path.exists(spec) and ":" in spec:
+        path, _, key = spec.rpartition(":")
+    source = open_rows(path, key)
+    try:
+        ids = source.read(0, len(source))
+    finally:
+        source.close()
+    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+        raise DataError(
+            f"{source.name}: expected integer doc ids, {what}; got {ids.dtype} {list(ids.shape)}"
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= num_docs):
+        raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs}) (the index size)")
+    return ids.astype(np.int64)

@@ -14,7 +14,9 @@ Which trainers load (`LOADERS`, looked up by config.json's `trainer`):
   * `upgrade`: parts "old", "new" and, for dmu and bict, "psi".
   * `upgrade_compare`: a `Runs` of every method's `upgrade` run by name;
   * `sequential`: a `Runs` of every upgrade of the sequence,
-    "<method>/step<t>", whose old part is the previous step's new model.
+    "<method>/step<t>", whose old part is the previous step's new model;
+  * `compatible`: `Versions`: the binarizer runs "old", "new" and
+    "independent" and "psi" (stored old codes -> new codes, no raw data).
 A trainer without a loader is a `LoadError` naming it.
 
 A run is loadable once it has finished (its results.json is written); the
@@ -41,6 +43,7 @@ from bebrjax.inference.parts import (
     LoadError,
     Runs,
     Upgrade,
+    Versions,
     l2_normalize_rows,
 )
 
@@ -52,6 +55,7 @@ __all__ = [
     "Loaded",
     "Runs",
     "Upgrade",
+    "Versions",
     "l2_normalize_rows",
     "load",
     "read_config",

@@ -8,21 +8,25 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax import checkpoint, sharding
+from bebrjax import workdir as wd
 from bebrjax.inference.parts import (
     Binarizer,
     Encoder,
     LoadError,
     Runs,
     Upgrade,
+    Versions,
     l2_normalize_rows,
 )
 from bebrjax.models.adapter import split_variables
+from bebrjax.models.code_adapter import CodeAdapter
 from bebrjax.trainers import sequential, upgrade
 from bebrjax.trainers.binarizer import build_model
 from bebrjax.trainers.upgrade_compare import method_configs
@@ -199,12 +203,74 @@ def _load_compare(workdir, config, step, mesh, finished) -> Runs:
     )
 
 
+def save_psi(
+    directory: str, params: dict[str, np.ndarray], old: Binarizer, new: Binarizer, alpha: float
+) -> None:
+    """Writes psi (the params of `CodeAdapter`) as an orbax checkpoint in `directory`.
+
+    `directory`/config.json records the old codes psi reads, the new codes
+    it writes and the runs it was fitted on.
+    """
+
+    def codes(run: Binarizer) -> dict:
+        return {
+            "workdir": os.path.abspath(run.workdir),
+            "step": run.encoder.step,
+            "m": run.code_dim,
+            "u": run.loops,
+        }
+
+    wd.prepare(directory, {"alpha": alpha, "old": codes(old), "new": codes(new)})
+    mngr = checkpoint.manager(os.path.join(directory, "checkpoints"), every=1, keep=1)
+    checkpoint.save(mngr, 0, {"params": {"linear": jax.tree.map(jnp.asarray, params)}}, force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def code_upgrade(directory: str, mesh: Mesh) -> Encoder:
+    """The psi of `directory`: old bit planes [N, u_old+1, m_old] -> new ones (`CodeAdapter`)."""
+    record = read_config(directory)
+    step, variables = _restore(directory, None, mesh, True, directory)
+    adapter = CodeAdapter(int(record.new.m), int(record.new.u))
+
+    def forward(v, planes):
+        return adapter.apply(v, planes)
+
+    return Encoder(
+        "psi",
+        "adapter",
+        forward,
+        {"params": variables["params"]},
+        (int(record.old.u) + 1, int(record.old.m)),
+        np.dtype(np.int8),
+        "none",
+        step,
+        mesh,
+    )
+
+
+def _load_compatible(workdir, config, step, mesh, finished) -> Versions:
+    """The old, new and independent binarizers (each its own run) and psi."""
+    if not finished:
+        raise LoadError(f"{workdir}: the run has not finished (no results.json)")
+    dirs = {
+        "old": config.old_workdir or os.path.join(workdir, "old"),
+        "new": os.path.join(workdir, "new"),
+        "independent": config.get("independent_workdir") or os.path.join(workdir, "independent"),
+    }
+    runs = {name: load(path, step if name == "new" else None, mesh) for name, path in dirs.items()}
+    psi = code_upgrade(os.path.join(workdir, "psi"), mesh)
+    parts = {name: run.encoder for name, run in runs.items()}
+    return Versions(workdir, "compatible", config, {**parts, "psi": psi}, runs)
+
+
 # config.json's `trainer` -> loader(workdir, config, step, mesh, finished).
 LOADERS: dict[str, Callable[..., Any]] = {
     "binarizer": _load_binarizer,
     "upgrade": _load_upgrade,
     "upgrade_compare": _load_compare,
     "sequential": _load_sequential,
+    "compatible": _load_compatible,
 }
 
 

@@ -205,3 +205,31 @@ class Upgrade(Loaded):
 
 class Runs(dict):
     """The upgrades of a comparison or a sequence, by name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Versions(Loaded):
+    """A compatible-codes run: binarizers "old", "new", "independent", and psi.
+
+    `parts` holds each binarizer's encoder and "psi" (old bit planes -> new
+    bit planes: decode, psi, the new binarizer); `binarizers` the three runs,
+    each usable wherever a binarizer run is (encode, search, export).
+    """
+
+    binarizers: Mapping[str, Binarizer] = dataclasses.field(default_factory=dict)
+
+    def binarizer(self, name: str) -> Binarizer:
+        """The binarizer run `name` ("old", "new" or "independent").
+
+        Raises:
+          LoadError: naming the runs this one has.
+        """
+        if name not in self.binarizers:
+            raise LoadError(
+                f"{self.workdir}: no binarizer {name!r} (it has: {', '.join(self.binarizers)})"
+            )
+        return self.binarizers[name]
+
+    def upgrade_codes(self, planes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """New-version bit planes of stored old-version planes [N, u_old+1, m_old], no raw data."""
+        return self.part("psi")(planes, batch_size)

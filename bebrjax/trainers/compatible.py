@@ -1,0 +1,388 @@
+"""Compatible binary codes: a new binarizer whose codes search the old one's, and psi.
+
+The contract of a trainer module: `train_and_evaluate(config, workdir)`.
+
+1. Load the old and the new embeddings of the same pairs (`data.old`,
+   `data.new`: row i of each is the same query and doc), check they agree,
+   draw one split for both, validate every stage's config and an old run
+   given by `old_workdir`. Nothing is written before all of it passes.
+2. Stage `old` (`<old_workdir or workdir/old>`): a binarizer run on the old
+   pairs (`config.old`); a finished one is reused as it is.
+3. Stage `independent` (`<independent_workdir or workdir/independent>`): a
+   binarizer run on the new pairs with the plain recipe
+   (`config.independent`): the paragon of new/new and the model a user
+   without compatible training would deploy; reused like `old`.
+4. Stage `new` (workdir/new): the compatible binarizer: the binarizer loss
+   of `config.new` plus `compat.weight` x `cross_version_loss` against the
+   frozen old binarizer's codes of the same pairs (computed once). It is a
+   binarizer run in its own right (config.json, checkpoints, results.json):
+   `bebrjax.inference.load`, `encode` and `export` take it like any other.
+5. Stage `psi` (workdir/psi): psi from decoded old codes to new codes, by
+   ridge regression on the training pairs' docs and requantization (see
+   `bebrjax.models.code_adapter`), saved as an orbax checkpoint. The float
+   matrix's new->psi(old) cell is the same ridge on float embeddings (old
+   doc embeddings -> new ones), for reference.
+6. Evaluate on the held-out pairs (`bebrjax.evaluators.versions`): the binary
+   and float compatibility matrices and the backfill curves, written to
+   results.json, results.md, results.png (the binary matrix) and
+   backfill.png.
+
+The worst-first backfill order is our reading of FastFill (which orders by
+a learned uncertainty of each old feature): the documents whose old codes
+are the most ambiguous in the old gallery go first, ambiguity being the
+cosine of a doc's old code to its nearest other old code
+(`versions.ambiguity`). It needs the stored codes only, like the backfill
+it orders. A learned alternative, a ridge regression predicting each doc's
+cross-version margin from its old code, ordered worse than random on
+FOLDOC (AUC 0.381-0.383 against 0.391); ambiguity ordered better (0.404).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from bebrjax import report, sharding
+from bebrjax import workdir as wd
+from bebrjax.config import ConfigError, check_rules, diff_keys, to_dict
+from bebrjax.data import DataError, PairedEmbeddings, get_data
+from bebrjax.evaluators import versions
+from bebrjax.inference import Binarizer, load
+from bebrjax.inference.loaders import code_upgrade, read_config, save_psi
+from bebrjax.losses.pair_contrastive import CROSS_DIRECTIONS, cross_version_loss
+from bebrjax.models.code_adapter import fit_ridge
+from bebrjax.optim import optim_config
+from bebrjax.search import codes as codes_lib
+from bebrjax.trainers import binarizer
+from bebrjax.trainers.loop import Laps, train_config
+
+STAGES = ("old", "independent", "new")
+
+
+def default_config(
+    *, bits: int = 2, old_bits: int = 0, code_dim: int = 0, old_code_dim: int = 0, steps: int = 0
+) -> ml_collections.ConfigDict:
+    """The recipe of every stage, less the `data` section (the config file's).
+
+    Args:
+      bits: bits per dimension (u + 1) of the new codes.
+      old_bits: bits per dimension of the old codes; 0 means `bits`.
+      code_dim: m of the new codes; 0 means the new embedding width.
+      old_code_dim: m of the old codes; 0 means the old embedding width.
+      steps: training steps of every stage; 0 means each stage's epochs.
+    """
+    plain = binarizer.default_config(bits=bits, code_dim=code_dim, steps=steps)
+    old = binarizer.default_config(bits=old_bits or bits, code_dim=old_code_dim, steps=steps)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.trainer = "compatible"
+    c.split = plain.split.to_dict()
+    c.mesh = dict(num_devices=0)
+    recipe = ("model", "loss", "optim", "train")
+    c.old = {key: old[key].to_dict() for key in recipe}
+    c.independent = {key: plain[key].to_dict() for key in recipe}
+    # Measured on FOLDOC: under the binarizer's SGD recipe the cross-version loss
+    # barely moves; AdamW at 1e-3 for 30 epochs aligns the versions.
+    c.new = dict(
+        model=plain.model.to_dict(),
+        # A heavier similarity distillation keeps new/new near the float ranking,
+        # which the cross-version term pulls away (FOLDOC u=1 new/new: 0.483 at
+        # weight 1, 0.515 at 3, 0.519 at 5).
+        loss=dict(plain.loss.to_dict(), distill_weight=5.0),
+        optim=optim_config(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine"),
+        train=train_config(epochs=30.0, steps=steps),
+    )
+    c.compat = dict(
+        weight=1.0,
+        directions=CROSS_DIRECTIONS,
+        temperature=0.05,
+        hard_negatives=5,
+        mixed_negatives=True,
+    )
+    c.psi = dict(alpha=0.01)
+    c.backfill = dict(points=11)
+    c.eval = dict(ks=(1, 5, 10), batch_size=2048, kernel="auto")
+    c.old_workdir = ""  # an existing binarizer run on the old pairs, reused
+    c.independent_workdir = ""  # the same for the independent new binarizer
+    return c
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """The binarizer-trainer config of stage "old", "independent" or "new" (unresolved)."""
+    c = binarizer.default_config()
+    with c.unlocked():
+        for key in ("model", "loss", "optim", "train"):
+            c[key] = copy.deepcopy(config[stage][key])
+        c.seed, c.split, c.mesh = config.seed, copy.deepcopy(config.split), config.mesh
+        c.data = copy.deepcopy(config.data["old" if stage == "old" else "new"])
+        c.eval.update(hash=False, ks=config.eval.ks, batch_size=config.eval.batch_size)
+        c.eval.kernel = config.eval.kernel
+        if stage == "new":
+            c.compat = copy.deepcopy(config.compat)
+    return c
+
+
+_RULES = (
+    ("compat.weight", lambda v: v >= 0, ">= 0"),
+    (
+        "compat.directions",
+        lambda v: len(v) > 0 and set(v) <= set(CROSS_DIRECTIONS),
+        f"a non-empty tuple of {', '.join(CROSS_DIRECTIONS)}",
+    ),
+    ("compat.temperature", lambda v: v > 0, "> 0"),
+    ("compat.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("psi.alpha", lambda v: v >= 0, ">= 0"),
+    ("backfill.points", lambda v: v >= 2, ">= 2 (f = 0 and f = 1 at least)"),
+)
+
+
+def stage_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) -> str:
+    """Where a stage is (or will be) trained: `<stage>_workdir` when given, else workdir/<stage>."""
+    return config.get(f"{stage}_workdir") or os.path.join(workdir, stage)
+
+
+def _finished(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "results.json"))
+
+
+def check_reused(
+    config: ml_collections.ConfigDict, stage: str, resolved: ml_collections.ConfigDict
+) -> None:
+    """Refuses a given `<stage>_workdir` trained on other data, or unfinished under another recipe.
+
+    A finished binarizer run on the same pairs, split and seed is reused
+    whatever its recipe (a model a user already has); an unfinished one is
+    resumed only under this run's recipe of the stage.
+
+    Raises:
+      ConfigError: naming the directory and what differs.
+    """
+    key = f"{stage}_workdir"
+    directory = config[key]
+    if not directory or not os.path.isfile(os.path.join(directory, "config.json")):
+        return
+    saved = read_config(directory)
+    if saved.get("trainer") != "binarizer":
+        raise ConfigError(f"{key} {directory}: not a binarizer run")
+    want = {"data": to_dict(resolved.data), "split": to_dict(config.split), "seed": config.seed}
+    have = {key: to_dict(saved[key]) if key != "seed" else saved[key] for key in want}
+    changed = diff_keys(have, want)
+    if changed:
+        raise ConfigError(
+            f"{key} {directory} was trained on other data (differs in: "
+            f"{', '.join(changed)}); its held-out pairs would not be this run's"
+        )
+    if not _finished(directory) and diff_keys(to_dict(saved), to_dict(resolved)):
+        raise ConfigError(
+            f"{key} {directory} holds an unfinished run of another recipe; finish it "
+            "or use another directory"
+        )
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str):
+    """Everything checked before a run writes anything.
+
+    Returns:
+      ({"old": (train, eval), "new": (train, eval)}, {stage: resolved config}, mesh).
+
+    Raises:
+      DataError: on bad or disagreeing data; ConfigError: on a bad config.
+    """
+    data = {part: get_data(config.data[part]) for part in ("old", "new")}
+    for part, pairs in data.items():
+        if not isinstance(pairs, PairedEmbeddings):
+            raise ConfigError(
+                f"data.{part} gives {type(pairs).__name__}; expected paired embeddings"
+            )
+    if len(data["old"]) != len(data["new"]):
+        raise DataError(
+            f"data.old ({data['old'].source}) has {len(data['old'])} pairs and data.new "
+            f"({data['new'].source}) {len(data['new'])}: row i of each must be the same pair"
+        )
+    check_rules(config, _RULES)
+    plain = stage_config(config, "independent")
+    splits = {part: binarizer.split_pairs(plain, pairs) for part, pairs in data.items()}
+    resolved = {}
+    for stage in STAGES:
+        train = splits["old" if stage == "old" else "new"][0]
+        resolved[stage] = binarizer.resolve(stage_config(config, stage), train)
+        binarizer.validate(resolved[stage], len(train))
+    mesh = sharding.make_mesh(config.mesh.num_devices)
+    for stage in STAGES:
+        sharding.check_batch_size(resolved[stage].train.batch_size, mesh)
+    for stage in ("old", "independent"):
+        check_reused(config, stage, resolved[stage])
+    return splits, resolved, mesh
+
+
+def run_stage(stage: ml_collections.ConfigDict, directory: str, mesh) -> Binarizer:
+    """A binarizer stage: trained (or resumed) unless finished, then loaded."""
+    if not _finished(directory):
+        binarizer.train_and_evaluate(stage, directory)
+    return load(directory, mesh=mesh)
+
+
+def train_new(
+    stage: ml_collections.ConfigDict,
+    directory: str,
+    split: tuple[PairedEmbeddings, PairedEmbeddings],
+    old_codes: dict[str, np.ndarray],
+    old: Binarizer,
+    mesh,
+) -> Binarizer:
+    """Stage new: the binarizer loss plus compat.weight x the cross-version loss.
+
+    Args:
+      stage: the resolved config of stage new (with its `compat` section).
+      directory: workdir/new.
+      split: the new (train, eval) pairs.
+      old_codes: {"old_query", "old_doc"}: the old binarizer's codes b of the
+        training pairs, batched beside them.
+      old: the old binarizer (its workdir and step are recorded).
+      mesh: the device mesh.
+    """
+    if not _finished(directory):
+        with stage.unlocked():
+            stage.compatible_with = dict(
+                workdir=os.path.abspath(old.workdir), step=old.encoder.step
+            )
+        wd.prepare(directory, to_dict(stage))
+        compat = stage.compat
+
+        def cross(new_query, new_doc, batch):
+            value = cross_version_loss(
+                new_query,
+                new_doc,
+                batch["old_query"],
+                batch["old_doc"],
+                directions=tuple(compat.directions),
+                temperature=compat.temperature,
+                hard_negatives=compat.hard_negatives,
+                mixed_negatives=compat.mixed_negatives,
+            )
+            return compat.weight * value, {"cross": value}
+
+        start = time.perf_counter()
+        state = binarizer.fit(stage, split[0], directory, mesh, extra=old_codes, cross=cross)
+        binarizer.write_results(stage, directory, state, split, mesh, time.perf_counter() - start)
+    return load(directory, mesh=mesh)
+
+
+def float_psi(splits: dict, alpha: float) -> np.ndarray:
+    """The float reference of psi: the same ridge from old to new doc embeddings, on eval docs."""
+    (old_train, old_eval), (new_train, _) = splits["old"], splits["new"]
+    params = fit_ridge(old_train.doc, new_train.doc, alpha)
+    return old_eval.doc @ params["kernel"] + params["bias"]
+
+
+def _encode(model: Binarizer, x: np.ndarray, config) -> np.ndarray:
+    return model.encode(x, config.eval.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the old (unless present), independent and compatible binarizers and psi.
+
+    Raises:
+      DataError: on bad or disagreeing input data; ConfigError: on a bad
+        config, a workdir holding another run, or an old run of other data.
+        All before anything is written.
+    """
+    splits, stages, mesh = preflight(config, workdir)
+    wd.prepare(workdir, to_dict(config))
+    lap = Laps()
+    encode = functools.partial(_encode, config=config)
+    (old_train, old_eval), (new_train, new_eval) = splits["old"], splits["new"]
+
+    old = run_stage(stages["old"], stage_dir(config, workdir, "old"), mesh)
+    lap("old")
+    independent = run_stage(stages["independent"], stage_dir(config, workdir, "independent"), mesh)
+    lap("independent")
+    old_train_doc = encode(old, old_train.doc)
+    old_codes = {
+        "old_query": codes_lib.decode(encode(old, old_train.query)),
+        "old_doc": codes_lib.decode(old_train_doc),
+    }
+    new = train_new(
+        stages["new"],
+        os.path.join(workdir, "new"),
+        splits["new"],
+        old_codes,
+        old,
+        mesh,
+    )
+    lap("new")
+    psi_dir = os.path.join(workdir, "psi")
+    if not os.path.isdir(os.path.join(psi_dir, "checkpoints")):
+        targets = codes_lib.decode(encode(new, new_train.doc))
+        params = fit_ridge(codes_lib.decode(old_train_doc), targets, config.psi.alpha)
+        save_psi(psi_dir, params, old, new, config.psi.alpha)
+    psi = code_upgrade(psi_dir, mesh)
+    lap("psi")
+
+    old_doc = encode(old, old_eval.doc)
+    queries = {
+        "old": encode(old, old_eval.query),
+        "new": encode(new, new_eval.query),
+        "independent": encode(independent, new_eval.query),
+    }
+    docs = {
+        "old": old_doc,
+        "new": encode(new, new_eval.doc),
+        "independent": encode(independent, new_eval.doc),
+        "psi": psi(old_doc, config.eval.batch_size),
+    }
+    kernel = config.eval.kernel
+    results = {
+        "compatibility": versions.compatibility_matrix(
+            queries,
+            docs,
+            {"old": old_eval.query, "new": new_eval.query},
+            {"old": old_eval.doc, "new": new_eval.doc, "psi": float_psi(splits, config.psi.alpha)},
+            ks=tuple(config.eval.ks),
+            mesh=mesh,
+            kernel=kernel,
+        )
+    }
+    orders = {
+        "random": np.random.default_rng(config.seed).permutation(len(old_doc)),
+        "worst_first": np.argsort(
+            -versions.ambiguity(old_doc, mesh=mesh, kernel=kernel), kind="stable"
+        ),
+    }
+    results["backfill"] = versions.backfill_curves(
+        queries,
+        docs,
+        orders,
+        results["compatibility"]["binary"],
+        points=config.backfill.points,
+        k=max(config.eval.ks),
+        mesh=mesh,
+        kernel=kernel,
+    )
+    lap("evaluation")
+    results["data"] = {
+        "old": old_eval.source,
+        "new": new_eval.source,
+        "dims": {"old": old_eval.dim, "new": new_eval.dim},
+        "train_pairs": len(new_train),
+        "eval_pairs": len(new_eval),
+    }
+    results["codes"] = {
+        name: {"m": model.code_dim, "u": model.loops}
+        for name, model in (("old", old), ("new", new), ("independent", independent))
+    }
+    results["seconds"] = lap.seconds
+    wd.write_atomic(os.path.join(workdir, "results.md"), report.versions_report(results) + "\n")
+    wd.write_json(os.path.join(workdir, "results.json"), results)
+    report.plot_matrix(
+        os.path.join(workdir, "results.png"),
+        {"matrix": results["compatibility"]["binary"], "method": "binary codes"},
+        metric=f"R@{max(config.eval.ks)}",
+    )
+    report.plot_backfill(os.path.join(workdir, "backfill.png"), results["backfill"])
+    return results

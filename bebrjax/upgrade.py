@@ -1,0 +1,138 @@
+"""Upgrade the stored codes of an index to the new version, from the codes alone.
+
+    python -m bebrjax.upgrade --workdir W --index OUT [--ids PATH[:key]] \
+        [--from old] [--version psi] [--batch-size 8192]
+
+W is a finished compatible-codes run (`configs/bebr/compatible.py`). Every
+document of OUT whose codes are of version `--from` (or only the given
+`--ids`) gets new-version codes computed from its stored old codes, with no
+raw data and no float embeddings: the codes are decoded, mapped by psi to
+the new embedding space and encoded by the new binarizer (see
+`bebrjax.models.code_adapter`). They are recorded as version `--version`
+("psi" by default, so an index tells which documents were moved this way).
+The index is rewritten crash-safely (`bebrjax.search.backfill`): killed at
+any point, OUT holds either the old index or the upgraded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bebrjax import cli, report
+from bebrjax.data.pairs import DataError
+from bebrjax.data.rows import read_ids
+from bebrjax.inference import LoadError, Versions, load
+from bebrjax.search import BinaryIndex, backfill
+
+
+def upgrade_codes(
+    model: Versions | str,
+    index_path: str,
+    *,
+    ids: np.ndarray | str | None = None,
+    source: str = "old",
+    version: str = "psi",
+    batch_size: int = 8192,
+) -> dict:
+    """Replaces stored old-version codes of the index at `index_path` by psi's new-version codes.
+
+    Args:
+      model: a loaded compatible-codes run, or its workdir.
+      index_path: a saved index holding old-version codes.
+      ids: the documents to upgrade (int array or `PATH[:key]`, key default
+        "ids"); default: every document of version `source`.
+      source: the version name of the stored old codes.
+      version: the version name the upgraded codes get.
+      batch_size: rows per batch of psi and the new binarizer.
+
+    Returns:
+      A summary: documents upgraded, the documents per version, seconds.
+
+    Raises:
+      LoadError: when `model` is not a finished compatible-codes run;
+      DataError: when the index has no version `source`, the ids are not of
+        that version, or its codes are not the shape psi reads.
+    """
+    clock = time.perf_counter()
+    loaded = load(model) if isinstance(model, str) else model
+    if not isinstance(loaded, Versions):
+        raise LoadError(f"{model}: not a compatible-codes run (no psi to upgrade codes with)")
+    psi = loaded.part("psi")
+    index = BinaryIndex.load(index_path)
+    if source not in index.versions:
+        raise DataError(
+            f"{index_path}: no codes of version {source!r} (versions: {', '.join(index.versions)})"
+        )
+    kind = list(index.versions).index(source)
+    if ids is None:
+        ids = np.flatnonzero(index.doc_versions == kind)
+    elif isinstance(ids, str):
+        ids = read_ids(ids, index.ntotal, key="ids", what="the documents to upgrade")
+    ids = np.asarray(ids, np.int64)
+    if np.any(index.doc_versions[ids] != kind):
+        raise DataError(f"{index_path}: some of the ids are not codes of version {source!r}")
+    want = (index.versions[source] + 1, index.m)
+    if tuple(psi.input_shape) != want:
+        raise DataError(
+            f"{index_path}: version {source!r} codes are [u+1, m] = {list(want)}; psi reads "
+            f"{list(psi.input_shape)} (the old binarizer of {loaded.workdir})"
+        )
+    planes = index.planes(ids)[:, : want[0]]
+    upgraded = psi(planes, batch_size) if len(ids) else planes
+    try:
+        index = backfill(index_path, ids, upgraded, version)
+    except ValueError as e:  # a version name already used for codes of other loops
+        raise DataError(f"{index_path}: {e}") from None
+    return {
+        "index": index_path,
+        "version": version,
+        "upgraded": len(ids),
+        "versions": index.counts(),
+        "seconds": round(time.perf_counter() - clock, 2),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m bebrjax.upgrade",
+        description="Move an index's stored old codes to the new version with psi (no raw data).",
+    )
+    p.add_argument("--workdir", required=True, help="a finished compatible-codes run")
+    p.add_argument("--index", required=True, help="the index to upgrade in place")
+    p.add_argument("--ids", help="PATH[:key]: only these documents (default: all of --from)")
+    p.add_argument("--from", dest="source", default="old", help="the old codes' version (old)")
+    p.add_argument("--version", default="psi", help="the upgraded codes' version (psi)")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per batch (8192)")
+    return p
+
+
+def _command(args: argparse.Namespace) -> None:
+    if args.batch_size <= 0:
+        raise DataError(f"batch size {args.batch_size}: must be > 0")
+    summary = upgrade_codes(
+        args.workdir,
+        args.index,
+        ids=args.ids,
+        source=args.source,
+        version=args.version,
+        batch_size=args.batch_size,
+    )
+    counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
+    head = ["index", "version", "upgraded", "docs per version", "seconds"]
+    row = [summary["index"], summary["version"], summary["upgraded"], counts, summary["seconds"]]
+    cli.print_summary(report.table(head, [row]), summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bebrjax.upgrade`; returns the exit status."""
+    return cli.run(parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

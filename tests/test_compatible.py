@@ -1,0 +1,114 @@
+"""Compatible binary codes: the trainer, its results, and the backfill and upgrade commands."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT, compatible_overrides, run_main
+
+from bebrjax import encode, upgrade
+from bebrjax.config import ConfigError, apply_overrides, load_config
+from bebrjax.data import DataError
+from bebrjax.evaluators.retrieval import recall_at_k
+from bebrjax.heldout import held_out
+from bebrjax.inference import Binarizer, Versions, load
+from bebrjax.query import search_index
+from bebrjax.search import BinaryIndex
+from bebrjax.trainers import compatible
+
+CELLS = ("old/old", "new/new", "new->old", "old->new", "new->psi(old)")
+
+
+def _config(*extra):
+    config = load_config(os.path.join(ROOT, "configs/bebr/compatible.py"))
+    apply_overrides(config, [*compatible_overrides(), *extra])
+    return config
+
+
+def test_the_run_reports_the_matrix_and_the_backfill_curves(compatible_run):
+    workdir, results = compatible_run
+    for kind in ("binary", "float"):
+        for cell in CELLS:
+            assert set(results["compatibility"][kind][cell]) == {"R@1", "R@5", "R@10"}
+    binary, backfill = results["compatibility"]["binary"], results["backfill"]
+    assert backfill["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert set(backfill["auc"]) >= {"random", "worst_first", "keep_old", "independent"}
+    curves = backfill["curves"]
+    # The mixed-version index at f = 0 and f = 1 is the single-version search of the matrix.
+    for name in ("random", "worst_first"):
+        assert curves[name][0] == binary["new->old"]["R@10"]
+        assert curves[name][-1] == binary["new/new"]["R@10"]
+    assert curves["psi"][0] == binary["new->psi(old)"]["R@10"]
+    assert curves["independent"][-1] == curves["keep_old"][-1] == binary["paragon"]["R@10"]
+    assert curves["keep_old"][0] == binary["old/old"]["R@10"]
+    for name in ("results.json", "results.md", "results.png", "backfill.png"):
+        assert os.path.isfile(workdir / name)
+    loaded = load(str(workdir))
+    assert isinstance(loaded, Versions) and isinstance(loaded.binarizer("new"), Binarizer)
+    assert set(loaded.parts) == {"old", "new", "independent", "psi"}
+
+
+def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run, tmp_path, capsys):
+    workdir, results = compatible_run
+    old_pairs, new_pairs = held_out(str(workdir / "old")), held_out(str(workdir / "new"))
+    n = len(new_pairs)
+    index = str(tmp_path / "gallery.bebr")
+    np.save(tmp_path / "old_docs.npy", old_pairs.doc)
+    docs = str(tmp_path / "old_docs.npy")
+    assert encode.main(["--workdir", str(workdir / "old"), "--input", docs, "--index", index]) == 0
+    half = np.random.default_rng(0).permutation(n)[: n // 2]  # the run's random order, f = 0.5
+    np.savez(tmp_path / "step.npz", doc=new_pairs.doc[half], ids=half)
+    step = str(tmp_path / "step.npz")
+    argv = ["--workdir", str(workdir / "new"), "--input", step, "--index", index, "--ids", step]
+    assert encode.main(argv) == 0
+    assert BinaryIndex.load(index).counts() == {"old": n - n // 2, "new": n // 2}
+
+    def recall():
+        ids, _ = search_index(index, new_pairs.query, k=10, workdir=str(workdir / "new"))
+        return recall_at_k(ids, (10,))["R@10"]
+
+    curves = results["backfill"]["curves"]
+    assert recall() == curves["random"][2]
+    assert upgrade.main(["--workdir", str(workdir), "--index", index]) == 0
+    assert BinaryIndex.load(index).counts() == {"old": 0, "new": n // 2, "psi": n - n // 2}
+    assert recall() == curves["psi"][2]
+    capsys.readouterr()
+    # A second backfill of the same ids is refused with one line when an id repeats.
+    np.savez(tmp_path / "bad.npz", doc=new_pairs.doc[:2], ids=np.array([3, 3]))
+    bad = str(tmp_path / "bad.npz")
+    argv = ["--workdir", str(workdir / "new"), "--input", bad, "--index", index, "--ids", bad]
+    assert encode.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "3" in err, err
+
+
+def test_bad_old_data_is_refused_before_anything_is_written(compatible_run, tmp_path):
+    workdir, _ = compatible_run
+    out = tmp_path / "run"
+    for extra, error, message in [
+        (["data.old.num_pairs=600"], DataError, "600 pairs and data.new"),
+        ([f"old_workdir={workdir / 'old'}", "data.old.noise=1.7"], ConfigError, "other data"),
+    ]:
+        with pytest.raises(error, match=message):
+            compatible.train_and_evaluate(_config(*extra), str(out))
+        assert not out.exists()
+    # The same old data: the finished old run is reused as it is.
+    stamp = os.path.getmtime(workdir / "old" / "results.json")
+    config = _config(f"old_workdir={workdir / 'old'}")
+    splits, stages, mesh = compatible.preflight(config, str(out))
+    compatible.run_stage(stages["old"], config.old_workdir, mesh)
+    assert os.path.getmtime(workdir / "old" / "results.json") == stamp and not out.exists()
+
+
+def test_a_missing_old_key_is_one_line_and_exit_2(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "pairs.npz",
+        **{k: rng.standard_normal((50, 8)) for k in ("query_new", "doc_new", "query_old")},
+    )
+    spec = f"configs/bebr/compatible.py:path={tmp_path / 'pairs.npz'}"
+    proc = run_main("--config", spec, "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "no array 'doc_old'" in err[0], proc.stderr
+    assert not (tmp_path / "w").exists()

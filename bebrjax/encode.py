@@ -212,11 +212,23 @@ def _backfill(
         planes = model.encode(read_checked(source, 0, len(source)), batch_size)
     finally:
         source.close()
+    return backfill_step(index_path, ids, planes, version, clock)
+
+
+def backfill_step(
+    index_path: str, ids: np.ndarray, planes: np.ndarray, version: str, clock: float
+) -> dict:
+    """`search.backfill` of the saved index, as a command's summary (started at `clock`).
+
+    Raises:
+      DataError: naming the index when the ids or the codes cannot replace
+        its documents (repeated or out-of-range ids, a version of other loops).
+    """
     try:
         index = backfill(index_path, ids, planes, version)
     except IndexFormatError:
         raise
-    except ValueError as e:  # ids, or a version of other loops or width
+    except ValueError as e:
         raise DataError(f"{index_path}: {e}") from None
     return {
         "index": index_path,
@@ -225,6 +237,14 @@ def _backfill(
         "versions": index.counts(),
         "seconds": round(time.perf_counter() - clock, 2),
     }
+
+
+def print_backfill(summary: dict) -> None:
+    """A backfill step's summary as a table and a JSON line."""
+    counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
+    head = ["index", "version", "replaced", "docs per version", "seconds"]
+    row = [summary["index"], summary["version"], summary["replaced"], counts, summary["seconds"]]
+    cli.print_summary(report.table(head, [row]), summary)
 
 
 def _missing_parent(path: str) -> str | None:
@@ -302,16 +322,7 @@ def _command(args: argparse.Namespace) -> None:
         version=args.version,
     )
     if args.ids is not None:
-        head = ["index", "version", "replaced", "docs per version", "seconds"]
-        counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
-        row = [
-            summary["index"],
-            summary["version"],
-            summary["replaced"],
-            counts,
-            summary["seconds"],
-        ]
-        cli.print_summary(report.table(head, [row]), summary)
+        print_backfill(summary)
         return
     head = ["index", "rows", "resumed from", "bits/doc", "MB", "seconds", "rows/s"]
     row = [

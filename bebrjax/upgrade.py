@@ -23,11 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bebrjax import cli, report
+from bebrjax import cli
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
+from bebrjax.encode import backfill_step, print_backfill
 from bebrjax.inference import LoadError, Versions, load
-from bebrjax.search import BinaryIndex, backfill
+from bebrjax.search import BinaryIndex
 
 
 def upgrade_codes(
@@ -51,7 +52,7 @@ def upgrade_codes(
       batch_size: rows per batch of psi and the new binarizer.
 
     Returns:
-      A summary: documents upgraded, the documents per version, seconds.
+      A summary: documents replaced, the documents per version, seconds.
 
     Raises:
       LoadError: when `model` is not a finished compatible-codes run;
@@ -84,17 +85,7 @@ def upgrade_codes(
         )
     planes = index.planes(ids)[:, : want[0]]
     upgraded = psi(planes, batch_size) if len(ids) else planes
-    try:
-        index = backfill(index_path, ids, upgraded, version)
-    except ValueError as e:  # a version name already used for codes of other loops
-        raise DataError(f"{index_path}: {e}") from None
-    return {
-        "index": index_path,
-        "version": version,
-        "upgraded": len(ids),
-        "versions": index.counts(),
-        "seconds": round(time.perf_counter() - clock, 2),
-    }
+    return backfill_step(index_path, ids, upgraded, version, clock)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,10 +114,7 @@ def _command(args: argparse.Namespace) -> None:
         version=args.version,
         batch_size=args.batch_size,
     )
-    counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
-    head = ["index", "version", "upgraded", "docs per version", "seconds"]
-    row = [summary["index"], summary["version"], summary["upgraded"], counts, summary["seconds"]]
-    cli.print_summary(report.table(head, [row]), summary)
+    print_backfill(summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

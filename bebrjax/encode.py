@@ -212,28 +212,51 @@ def _backfill(
         planes = model.encode(read_checked(source, 0, len(source)), batch_size)
     finally:
         source.close()
-    return backfill_step(index_path, ids, planes, version, clock)
+    return backfill_step(index, index_path, ids, planes, version, clock)
 
 
 def backfill_step(
-    index_path: str, ids: np.ndarray, planes: np.ndarray, version: str, clock: float
+    index: BinaryIndex,
+    index_path: str,
+    ids: np.ndarray,
+    planes: np.ndarray,
+    version: str,
+    clock: float,
 ) -> dict:
     """`search.backfill` of the saved index, as a command's summary (started at `clock`).
+
+    Codes wider than the index are stored on its width m (their first m
+    coordinates, the shared prefix on which codes of unequal widths are
+    compared everywhere); an empty step writes nothing.
+
+    Args:
+      index: the index at `index_path`, as loaded.
+      index_path: the saved index to update.
+      ids: the documents to replace.
+      planes: their new codes, int8 [n, u+1, m'] with m' >= m.
+      version: the codes' version name.
+      clock: `time.perf_counter()` when the step began.
 
     Raises:
       DataError: naming the index when the ids or the codes cannot replace
         its documents (repeated or out-of-range ids, a version of other loops).
     """
+    if len(ids) == 0:
+        return _step_summary(index, index_path, 0, version, clock)
     try:
-        index = backfill(index_path, ids, planes, version)
+        index = backfill(index_path, ids, np.ascontiguousarray(planes[..., : index.m]), version)
     except IndexFormatError:
         raise
     except ValueError as e:
         raise DataError(f"{index_path}: {e}") from None
+    return _step_summary(index, index_path, len(ids), version, clock)
+
+
+def _step_summary(index: BinaryIndex, path: str, replaced: int, version: str, clock: float):
     return {
-        "index": index_path,
+        "index": path,
         "version": version,
-        "replaced": len(ids),
+        "replaced": replaced,
         "versions": index.counts(),
         "seconds": round(time.perf_counter() - clock, 2),
     }

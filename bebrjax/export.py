@@ -41,7 +41,7 @@ from bebrjax import cli, report
 from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.errors import ConfigError
-from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, load
+from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, Upgrade, Versions, load
 from bebrjax.search.index import BinaryIndex, move_into_place, staging_dir
 from bebrjax.serving import ENCODER, FORMAT, INDEX, MANIFEST, VERSION, sha256
 
@@ -126,7 +126,7 @@ def _describe(loaded: Loaded, encoder: Encoder, platforms: list[str]) -> dict:
     }
     if isinstance(loaded, Binarizer):
         manifest.update(m=loaded.code_dim, u=loaded.loops)
-    else:
+    elif isinstance(loaded, Upgrade):
         manifest.update(method=loaded.config.method, d_out=int(out.shape[-1]))
     return manifest
 
@@ -146,7 +146,9 @@ def export_bundle(
       model: a loaded run, or its workdir.
       out: the bundle directory to create.
       index: a saved `BinaryIndex` to ship with a binarizer's encoder.
-      part: which part ("binarizer"; "new", "old" or "psi" of an upgrade);
+      part: which part ("binarizer"; "new", "old" or "psi" of an upgrade;
+        "new", "old", "independent" or "psi" of a compatible-codes run, whose
+        binarizers export as binarizer bundles, with an index if given);
         default the run's main part (the binarizer, or the new model).
       platforms: the platforms to lower for.
       overwrite: replace an existing `out`.
@@ -161,6 +163,8 @@ def export_bundle(
     loaded = load(model) if isinstance(model, str) else model
     if not isinstance(loaded, Loaded):
         raise LoadError(f"{model}: a comparison holds several runs; export one of them")
+    if isinstance(loaded, Versions) and (part or "new") in loaded.binarizers:
+        loaded, part = loaded.binarizer(part or "new"), "binarizer"  # a binarizer run of its own
     encoder = loaded.part(part or ("binarizer" if isinstance(loaded, Binarizer) else "new"))
     out = os.path.normpath(out)
     wd.refuse_existing(out, overwrite, directory=True)
@@ -205,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="a finished run")
     p.add_argument("--out", required=True, help="the bundle directory to write")
     p.add_argument("--index", help="a BinaryIndex to ship with a binarizer's encoder")
-    p.add_argument("--part", help="binarizer; or new, old, psi of an upgrade (default: main)")
+    p.add_argument(
+        "--part", help="binarizer; or new, old, psi of an upgrade or compatible run (default: main)"
+    )
     p.add_argument("--platforms", default=",".join(PLATFORMS), help="cpu,cuda,tpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p

@@ -112,11 +112,13 @@ def parser() -> argparse.ArgumentParser:
     """The command's flags."""
     p = argparse.ArgumentParser(
         prog="python -m bebrjax.search",
-        description="Search a binary index with queries encoded by the same model.",
+        description="Search a binary index with queries encoded by its model or a compatible one.",
     )
     p.add_argument("--index", required=True, help="a saved BinaryIndex directory")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--workdir", help="the binarizer run that encoded the index")
+    model.add_argument(
+        "--workdir", help="the binarizer run that encoded the index (or a compatible newer one)"
+    )
     model.add_argument("--bundle", help="its exported serving bundle")
     p.add_argument("--queries", required=True, help=".npy, .npz, or a directory of <key>.npy")
     p.add_argument("--key", default="query", help="the array in an .npz or directory (query)")

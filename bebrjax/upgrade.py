@@ -6,9 +6,11 @@
 W is a finished compatible-codes run (`configs/bebr/compatible.py`). Every
 document of OUT whose codes are of version `--from` (or only the given
 `--ids`) gets new-version codes computed from its stored old codes, with no
-raw data and no float embeddings: the codes are decoded, mapped by psi to
-the new embedding space and encoded by the new binarizer (see
-`bebrjax.models.code_adapter`). They are recorded as version `--version`
+raw data and no float embeddings: psi maps each decoded old code to a
+prediction of the new binarizer's code and requantizes it (see
+`bebrjax.models.code_adapter`). The `--from` codes must be the codes of the
+run's old binarizer: the index records each version's name and loops, not
+the model that made it, so only their shape is checked. They are recorded as version `--version`
 ("psi" by default, so an index tells which documents were moved this way).
 The index is rewritten crash-safely (`bebrjax.search.backfill`): killed at
 any point, OUT holds either the old index or the upgraded one.
@@ -60,6 +62,10 @@ def upgrade_codes(
         that version, or its codes are not the shape psi reads.
     """
     clock = time.perf_counter()
+    if source == version:
+        raise DataError(
+            f"{index_path}: the stored codes' version and the new one are both {source!r}"
+        )
     loaded = load(model) if isinstance(model, str) else model
     if not isinstance(loaded, Versions):
         raise LoadError(f"{model}: not a compatible-codes run (no psi to upgrade codes with)")
@@ -84,8 +90,8 @@ def upgrade_codes(
             f"{list(psi.input_shape)} (the old binarizer of {loaded.workdir})"
         )
     planes = index.planes(ids)[:, : want[0]]
-    upgraded = psi(planes, batch_size) if len(ids) else planes
-    return backfill_step(index_path, ids, upgraded, version, clock)
+    upgraded = psi(planes, batch_size) if len(ids) else planes  # an empty step writes nothing
+    return backfill_step(index, index_path, ids, upgraded, version, clock)
 
 
 def parser() -> argparse.ArgumentParser:

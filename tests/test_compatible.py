@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, compatible_overrides, run_main
 
-from bebrjax import encode, upgrade
+from bebrjax import encode, export, upgrade
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.data import DataError
 from bebrjax.evaluators.retrieval import recall_at_k
@@ -14,6 +14,7 @@ from bebrjax.heldout import held_out
 from bebrjax.inference import Binarizer, Versions, load
 from bebrjax.query import search_index
 from bebrjax.search import BinaryIndex
+from bebrjax.serving import load_bundle
 from bebrjax.trainers import compatible
 
 CELLS = ("old/old", "new/new", "new->old", "old->new", "new->psi(old)")
@@ -72,8 +73,27 @@ def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run
     assert upgrade.main(["--workdir", str(workdir), "--index", index]) == 0
     assert BinaryIndex.load(index).counts() == {"old": 0, "new": n // 2, "psi": n - n // 2}
     assert recall() == curves["psi"][2]
+    # Nothing old is left: a second upgrade is an empty step that writes nothing.
+    stamp = os.path.getmtime(os.path.join(index, "codes.npy"))
+    assert upgrade.main(["--workdir", str(workdir), "--index", index]) == 0
+    assert os.path.getmtime(os.path.join(index, "codes.npy")) == stamp
+    # The compatible run exports its new binarizer with the mixed index, and psi.
+    bundle, psi_bundle = str(tmp_path / "bundle"), str(tmp_path / "psi")
+    argv = ["--workdir", str(workdir), "--platforms", "cpu"]
+    assert export.main([*argv, "--out", bundle, "--index", index]) == 0
+    assert export.main([*argv, "--out", psi_bundle, "--part", "psi"]) == 0
+    _, served = load_bundle(bundle).search(new_pairs.query, 10)
+    ids, _ = search_index(index, new_pairs.query, k=10, workdir=str(workdir / "new"))
+    assert np.array_equal(served, ids)
+    old_codes = load(str(workdir / "old")).encode(old_pairs.doc)
+    assert np.array_equal(
+        load_bundle(psi_bundle).encode(old_codes), load(str(workdir)).upgrade_codes(old_codes)
+    )
     capsys.readouterr()
-    # A second backfill of the same ids is refused with one line when an id repeats.
+    argv = ["--workdir", str(workdir), "--index", index, "--from", "psi", "--version", "psi"]
+    assert upgrade.main(argv) == 2
+    assert "both 'psi'" in capsys.readouterr().err
+    # A backfill step with a repeated id is refused in one line.
     np.savez(tmp_path / "bad.npz", doc=new_pairs.doc[:2], ids=np.array([3, 3]))
     bad = str(tmp_path / "bad.npz")
     argv = ["--workdir", str(workdir / "new"), "--input", bad, "--index", index, "--ids", bad]

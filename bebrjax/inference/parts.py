@@ -212,7 +212,7 @@ class Versions(Loaded):
     """A compatible-codes run: binarizers "old", "new", "independent", and psi.
 
     `parts` holds each binarizer's encoder and "psi" (old bit planes -> new
-    bit planes: decode, psi, the new binarizer); `binarizers` the three runs,
+    bit planes: decode, the affine map, requantize); `binarizers` the three runs,
     each usable wherever a binarizer run is (encode, search, export).
     """
 

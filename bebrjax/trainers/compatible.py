@@ -3,7 +3,8 @@
 The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 
 1. Load the old and the new embeddings of the same pairs (`data.old`,
-   `data.new`: row i of each is the same query and doc), check they agree,
+   `data.new`: row i of each is the same query and doc), check they hold
+   as many pairs,
    draw one split for both, validate every stage's config and an old run
    given by `old_workdir`. Nothing is written before all of it passes.
 2. Stage `old` (`<old_workdir or workdir/old>`): a binarizer run on the old
@@ -47,7 +48,7 @@ import time
 import ml_collections
 import numpy as np
 
-from bebrjax import report, sharding
+from bebrjax import checkpoint, report, sharding
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, check_rules, diff_keys, to_dict
 from bebrjax.data import DataError, PairedEmbeddings, get_data
@@ -264,6 +265,7 @@ def train_new(
                 temperature=compat.temperature,
                 hard_negatives=compat.hard_negatives,
                 mixed_negatives=compat.mixed_negatives,
+                labels=batch["labels"] if stage.loss.mask_same_label else None,
             )
             return compat.weight * value, {"cross": value}
 
@@ -292,6 +294,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config, a workdir holding another run, or an old run of other data.
         All before anything is written.
     """
+    config = copy.deepcopy(config)
+    with config.unlocked():  # reused stages are found again from any directory
+        for key in ("old_workdir", "independent_workdir"):
+            config[key] = config[key] and os.path.abspath(config[key])
     splits, stages, mesh = preflight(config, workdir)
     wd.prepare(workdir, to_dict(config))
     lap = Laps()
@@ -317,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     lap("new")
     psi_dir = os.path.join(workdir, "psi")
-    if not os.path.isdir(os.path.join(psi_dir, "checkpoints")):
+    if not checkpoint.steps(os.path.join(psi_dir, "checkpoints")):  # none, or cut short
         targets = codes_lib.decode(encode(new, new_train.doc))
         params = fit_ridge(codes_lib.decode(old_train_doc), targets, config.psi.alpha)
         save_psi(psi_dir, params, old, new, config.psi.alpha)

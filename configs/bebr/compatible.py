@@ -23,7 +23,7 @@ The recipe: old and independent are the plain binarizer; new is the same
 model trained with AdamW for 30 epochs on its pair loss plus
 compat.weight x the cross-version pair loss against the frozen old codes
 (`compat.directions`: new->old and old->new); psi is a ridge regression
-from decoded old codes to new embeddings (`psi.alpha`).
+from decoded old codes to the new codes, requantized (`psi.alpha`).
 """
 
 from bebrjax.config import parse_arg

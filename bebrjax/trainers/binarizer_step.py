@@ -1,0 +1,120 @@
+"""The binarizer's training step: its loss (pair + distillation + an optional extra term).
+
+`make_train_step` is what `bebrjax.trainers.binarizer.fit` runs; the
+compatible trainer adds its cross-version term through `cross`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bebrjax.data import PairedEmbeddings
+from bebrjax.losses.pair_contrastive import pair_contrastive_loss
+from bebrjax.losses.similarity_distill import similarity_distillation_loss
+from bebrjax.trainers.loop import State, jit_train_step, optimizer_step
+
+
+def compute_loss(
+    loss: ml_collections.ConfigDict,
+    z1: jax.Array,
+    z2: jax.Array,
+    x1: jax.Array,
+    x2: jax.Array,
+    labels: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted training loss of a batch of encoded pairs.
+
+    Args:
+      loss: the `loss` section of the config (weights, temperatures, K).
+      z1: [n, m] codes of the queries.
+      z2: [n, m] codes of their docs.
+      x1: [n, d] the float queries (with x2, the distillation teacher).
+      x2: [n, d] the float docs.
+      labels: [n] int labels, negative for unlabelled.
+
+    Returns:
+      (total, {term: value}) where total = pair_weight * pair + distill_weight * distill.
+    """
+    terms = {}
+    if loss.pair_weight:
+        terms["pair"] = pair_contrastive_loss(
+            z1,
+            z2,
+            temperature=loss.temperature,
+            hard_negatives=loss.hard_negatives,
+            labels=labels if loss.mask_same_label else None,
+        )
+    if loss.distill_weight:
+        terms["distill"] = similarity_distillation_loss(
+            jnp.concatenate([z1, z2]),
+            jnp.concatenate([x1, x2]),
+            teacher_temperature=loss.teacher_temperature,
+            student_temperature=loss.student_temperature,
+        )
+    total = loss.pair_weight * terms.get("pair", 0.0) + loss.distill_weight * terms.get(
+        "distill", 0.0
+    )
+    return total, terms
+
+
+CrossTerm = Callable[[jax.Array, jax.Array, dict[str, jax.Array]], tuple[jax.Array, dict]]
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss: ml_collections.ConfigDict,
+    mesh,
+    cross: CrossTerm | None = None,
+):
+    """The jit'd step: batch sharded on `data`, state replicated and donated.
+
+    BatchNorm sees both members of every pair (queries and docs are encoded
+    in one call), and under jit its statistics span the global batch, so the
+    step computes the same thing on any number of devices.
+
+    Args:
+      model: the binarizer.
+      tx: the optimizer.
+      loss: the `loss` section of the config.
+      mesh: the device mesh.
+      cross: an extra term `cross(query codes, doc codes, batch) -> (value,
+        {term: value})` added to the loss (the compatible trainer's
+        cross-version term, which reads the old codes from the batch).
+    """
+
+    def step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
+        n = batch["query"].shape[0]
+
+        def loss_fn(params):
+            x = jnp.concatenate([batch["query"], batch["doc"]])
+            out, updates = model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            total, terms = compute_loss(
+                loss, out.code[:n], out.code[n:], batch["query"], batch["doc"], batch["labels"]
+            )
+            if cross is not None:
+                value, more = cross(out.code[:n], out.code[n:], batch)
+                total, terms = total + value, {**terms, **more}
+            return total, (terms, updates["batch_stats"])
+
+        return optimizer_step(state, tx, loss_fn)
+
+    return jit_train_step(step, mesh)
+
+
+def make_batch(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of one batch; missing labels become -1 (unlabelled)."""
+    labels = data.labels[rows] if data.labels is not None else np.full(len(rows), -1, np.int32)
+    return {"query": data.query[rows], "doc": data.doc[rows], "labels": labels}

@@ -136,6 +136,10 @@ def encode_corpus(
     encoder = model.encoder
     version = version or os.path.basename(os.path.normpath(model.workdir))
     if ids is not None:
+        if overwrite:
+            raise DataError(
+                "--overwrite does not go with --ids: a backfill step replaces those ids"
+            )
         return _backfill(model, input_path, key, index_path, ids, version, batch_size)
     source = open_embeddings(input_path, key, model.dim)
     try:

@@ -100,6 +100,8 @@ def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run
     assert encode.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and "3" in err, err
+    assert encode.main([*argv[:-2], "--ids", step, "--overwrite"]) == 2
+    assert "--overwrite does not go with --ids" in capsys.readouterr().err
 
 
 def test_bad_old_data_is_refused_before_anything_is_written(compatible_run, tmp_path):

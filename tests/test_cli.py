@@ -85,7 +85,7 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
             ["--config", "configs/bebr/demo.py", "--config.mesh.num_devices=64"],
             "'mesh.num_devices' = 64",
         ),
-        (["--config", "configs/bebr/demo.py:bits=5"], "'model.loops' = 4: must be in [0, 3]"),
+        (["--config", "configs/bebr/demo.py:bits=5"], "'bits' = 5: must be in [1, 4]"),
         (["--config", "configs/bebr/demo.py", "--config.train.steps=-3"], "'train.steps' = -3"),
         (
             ["--config", "configs/bebr/demo.py", "--config.data.name=digits"],

@@ -142,6 +142,18 @@ def test_bad_input_is_named(make, message):
         make(BinaryIndex(12, 1))
 
 
+def test_no_queries_and_a_file_in_the_way(tmp_path):
+    index = BinaryIndex(12, 1)
+    index.add(random_planes(5, 1, 12))
+    scores, ids = index.search(random_planes(0, 1, 12), 3)
+    assert scores.shape == ids.shape == (0, 3) and ids.dtype == np.int64
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(FileExistsError, match="is not a directory"):
+        index.save(str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "kept"
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # no staging directory left
+
+
 def test_bad_k_and_bad_construction():
     index = BinaryIndex(12, 1)
     index.add(random_planes(5, 1, 12))

@@ -108,9 +108,11 @@ class BlockedIndex:
             raise ValueError("the index is empty: add documents before searching")
         if not isinstance(k, int | np.integer) or not 1 <= k <= self.ntotal:
             raise ValueError(f"k={k} must be an integer in [1, {self.ntotal}] (the index size)")
+        num = len(next(iter(queries.values())))
+        if num == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         blocks, count = self._layout()
         search = self._search_fn(int(k))
-        num = len(next(iter(queries.values())))
         batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))  # few compiled shapes
         out_scores, out_ids = [], []
         for start in range(0, num, batch):

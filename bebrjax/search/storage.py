@@ -163,7 +163,15 @@ def write_index(path: str, arrays: dict[str, np.ndarray], **header) -> None:
       **header: the arguments of `write_header` after `directory`.
 
     The staging directory is removed if anything fails.
+
+    Raises:
+      FileExistsError: when `path` is something other than a directory (a
+        file is never replaced by an index).
     """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(
+            f"{path}: exists and is not a directory; an index does not replace it"
+        )
     tmp = staging_dir(path, ".tmp-index-")
     try:
         for name, x in arrays.items():

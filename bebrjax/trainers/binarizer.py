@@ -58,8 +58,8 @@ def default_config(
       steps: training steps; 0 means `train.epochs` epochs.
       devices: devices of the mesh; 0 means all.
     """
-    if bits < 1:
-        raise ConfigError(f"config argument 'bits' = {bits}: need at least one bit per dimension")
+    if not 1 <= bits <= 4:
+        raise ConfigError(f"config argument 'bits' = {bits}: must be in [1, 4] (u = bits - 1)")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.trainer = "binarizer"

@@ -5,18 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(*args, figsize: tuple[float, float], **kwargs):
+    """(figure, axes) of a new figure that belongs to no pyplot state.
+
+    Figures are built with `matplotlib.figure.Figure` and saved directly, so
+    importing this module never switches matplotlib's backend (a notebook's
+    inline backend survives) and no figure is left open.
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: str) -> None:
-    """Writes a figure as a PNG and frees it."""
+    """Writes a figure as a PNG."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -63,7 +70,7 @@ def plot_run(
     path: str, metrics: Sequence[Mapping[str, Any]], retrieval: Mapping[str, Mapping[str, Any]]
 ) -> None:
     """Saves a PNG: the training loss curve beside Recall@k of each method."""
-    fig, (ax_loss, ax_rec) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_rec) = _subplots(1, 2, figsize=(11, 4))
     if metrics:
         ax_loss.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
     ax_loss.set(xlabel="step", ylabel="training loss", title="training")
@@ -126,7 +133,7 @@ def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") ->
         grid[1].append(matrix["new->psi(old)"][metric])
         columns.append("psi(old) gallery")
     values = np.array(grid)
-    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(columns), 4))
+    fig, ax = _subplots(figsize=(2.2 + 1.3 * len(columns), 4))
     top = max(1e-6, np.nanmax(values), matrix["paragon"][metric])
     image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=top, cmap="viridis")
     for (i, j), value in np.ndenumerate(values):
@@ -174,7 +181,7 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
 def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str) -> None:
     """Saves grouped bars of new->old and new/new mAP@R per method, with old/old and paragon."""
     methods = list(runs)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(methods)), 4))
+    fig, ax = _subplots(figsize=(max(6, 1.3 * len(methods)), 4))
     xs = range(len(methods))
     bars = (
         (-0.27, "new->old", "new -> old"),
@@ -218,7 +225,7 @@ def sequence_table(results: Mapping[str, Any], metric: str = "mAP@R") -> str:
 
 def plot_sequence(path: str, results: Mapping[str, Any], metric: str = "mAP@R") -> None:
     """Saves one panel per search (new/new, new->phi1, new->stored): a line per method."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    fig, axes = _subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, (key, title) in zip(axes, SEQUENCE_COLUMNS.items(), strict=True):
         for method, rows in results["methods"].items():
             ax.plot(
@@ -276,7 +283,7 @@ def versions_report(results: Mapping[str, Any]) -> str:
 
 def plot_backfill(path: str, backfill: Mapping[str, Any]) -> None:
     """Saves a PNG: Recall@k against the fraction of the gallery backfilled, per strategy."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _subplots(figsize=(7, 4.5))
     fractions = backfill["fractions"]
     for name, values in backfill["curves"].items():
         style = "--" if name in ("keep_old", "independent") else "-"

@@ -103,3 +103,19 @@ def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not workdir.exists()
+
+
+def test_importing_the_report_keeps_a_notebooks_backend():
+    import importlib
+
+    import matplotlib
+
+    from bebrjax import report
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # stands in for a notebook's inline backend
+    try:
+        importlib.reload(report)
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)

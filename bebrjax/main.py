@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
+from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
 from bebrjax.data import DataError
 
@@ -24,15 +25,28 @@ flags.mark_flags_as_required(["config", "workdir"])
 _OVERRIDE = "--config."
 
 
+USAGE = (
+    "usage: python -m bebrjax.main --config FILE.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]"
+)
+
+
 def _parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Absl flags, with `--config.a.b=value` overrides taken out first."""
+    """Absl flags, with `--config.a.b=value` overrides taken out first.
+
+    A missing or malformed flag prints the usage line and the problem, exit 2.
+    """
     overrides = [a[len(_OVERRIDE) :] for a in argv[1:] if a.startswith(_OVERRIDE)]
-    rest = flags.FLAGS([argv[0], *(a for a in argv[1:] if not a.startswith(_OVERRIDE))])
+    try:
+        rest = flags.FLAGS([argv[0], *(a for a in argv[1:] if not a.startswith(_OVERRIDE))])
+    except flags.Error as e:
+        print(f"{USAGE}\nerror: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
     return rest, overrides
 
 
 def run(config_spec: str, workdir: str, overrides: list[str]) -> dict | None:
     """Loads the config, applies overrides and runs its trainer."""
+    wd.check_workdir(workdir)
     config = load_config(config_spec)
     apply_overrides(config, overrides)
     if "trainer" not in config:

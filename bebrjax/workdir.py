@@ -6,6 +6,7 @@ place), so an interrupted run never leaves a half-written result.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from typing import Any
@@ -61,15 +62,67 @@ def write_json(path: str, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def check_workdir(workdir: str) -> None:
+    """Refuses a workdir path that cannot hold a run, before any work starts.
+
+    Raises:
+      ConfigError: naming the path when it is a file (or another non-directory),
+        or when the directory (or, for a new one, its nearest existing parent)
+        cannot be written.
+    """
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--workdir {workdir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir}: {existing} is not writable")
+
+
+_CLAIMED: dict[str, int] = {}  # workdir (real path) -> the locked directory's fd
+
+
+def claim(workdir: str) -> None:
+    """Makes the existing directory `workdir` this process's for as long as it runs.
+
+    An exclusive `flock` on the directory itself (no file is written): a
+    second process that claims it is refused at once, and the lock of a
+    process that died, however it died, is gone with it. Claiming a
+    directory this process already holds is a no-op.
+
+    Raises:
+      ConfigError: when another running process holds `workdir`.
+    """
+    key = os.path.realpath(workdir)
+    if key in _CLAIMED:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"workdir '{workdir}' is in use by another running process; wait for it to "
+            "finish or use another workdir"
+        ) from None
+    _CLAIMED[key] = fd
+
+
 def prepare(workdir: str, config: dict[str, Any]) -> None:
     """Creates `workdir` and records the resolved config, or checks it matches.
 
     A workdir belongs to one config: resuming into it with different settings
-    would mix two runs, so that is an error naming the differing keys.
+    would mix two runs, so that is an error naming the differing keys. It
+    also belongs to one running process (`claim`).
 
     Raises:
-      ConfigError: when the workdir holds a run with a different config.
+      ConfigError: when the workdir holds a run with a different config, or
+        another running process holds it.
     """
+    os.makedirs(workdir, exist_ok=True)
+    claim(workdir)
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -81,7 +134,6 @@ def prepare(workdir: str, config: dict[str, Any]) -> None:
                 f"(differs in: {', '.join(changed)}); use a new workdir"
             )
         return
-    os.makedirs(workdir, exist_ok=True)
     write_json(path, config)
 
 

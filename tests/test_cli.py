@@ -1,10 +1,13 @@
 """The command line: a whole run, and every bad input ending in a clear error."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import run_main, tiny_overrides
+from conftest import ROOT, run_main, tiny_overrides
 
 
 def test_demo_run_writes_every_file(tmp_path):
@@ -119,3 +122,30 @@ def test_importing_the_report_keeps_a_notebooks_backend():
         assert matplotlib.get_backend() == "pdf"
     finally:
         matplotlib.use(before)
+
+
+def test_a_workdir_belongs_to_one_running_process(tmp_path):
+    from bebrjax import workdir as wd
+
+    workdir = str(tmp_path / "run")
+    # A process that claimed the workdir and was killed leaves no lock behind ...
+    code = (
+        f"import os; from bebrjax import workdir as wd; wd.prepare({workdir!r}, {{}}); "
+        "os.kill(os.getpid(), 9)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == -9
+    wd.claim(workdir)  # ... this process takes it, so a second run is refused at once.
+    proc = run_main("--config", "configs/bebr/demo.py", "--workdir", workdir)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "in use by another running process" in err[0]
+    assert sorted(os.listdir(workdir)) == ["config.json"]
+
+
+def test_no_arguments_and_a_file_as_workdir_are_one_line(tmp_path):
+    proc = run_main()
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m bebrjax.main")
+    assert len(proc.stderr.strip().splitlines()) == 2
+    (tmp_path / "file").write_text("kept")
+    proc = run_main("--config", "configs/bebr/demo.py", "--workdir", str(tmp_path / "file"))
+    assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and (tmp_path / "file").read_text() == "kept"

@@ -89,6 +89,11 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
             "'mesh.num_devices' = 64",
         ),
         (["--config", "configs/bebr/demo.py:bits=5"], "'bits' = 5: must be in [1, 4]"),
+        (
+            ["--config", "configs/bebr/demo.py", "--config.data.num_pairs=40"]
+            + ["--config.train.batch_size=8"],
+            "Recall@10 needs more than 8 held-out pairs",
+        ),
         (["--config", "configs/bebr/demo.py", "--config.train.steps=-3"], "'train.steps' = -3"),
         (
             ["--config", "configs/bebr/demo.py", "--config.data.name=digits"],

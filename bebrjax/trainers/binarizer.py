@@ -192,13 +192,19 @@ _RULES = (
 )
 
 
-def validate(config: ml_collections.ConfigDict, train_pairs: int) -> None:
-    """Checks a resolved config against the training set size, before anything is written.
+def validate(config: ml_collections.ConfigDict, train_pairs: int, eval_pairs: int) -> None:
+    """Checks a resolved config against the split's sizes, before anything is written.
 
     Raises:
-      ConfigError: naming the first key whose value cannot be used.
+      ConfigError: naming the first key whose value cannot be used (a Recall@k
+        whose k reaches the whole held-out set would be 1.0 by construction).
     """
     check_rules(config, (*TRAIN_RULES, *_RULES))
+    if max(config.eval.ks) >= eval_pairs:
+        raise ConfigError(
+            f"eval.ks: Recall@{max(config.eval.ks)} needs more than {eval_pairs} held-out pairs "
+            "(at k >= the gallery size every query finds its doc)"
+        )
     if config.eval.hash and config.model.code_dim * (config.model.loops + 1) > 65535:
         raise ConfigError("eval.hash: the same-bits hash needs m(u+1) <= 65535 bits")
     if not (config.loss.pair_weight or config.loss.distill_weight):
@@ -301,7 +307,7 @@ def train_and_evaluate(
         )
     train_data, eval_data = split_pairs(config, data)
     config = resolve(config, train_data)
-    validate(config, len(train_data))
+    validate(config, len(train_data), len(eval_data))
     mesh = sharding.make_mesh(config.mesh.num_devices)
     sharding.check_batch_size(config.train.batch_size, mesh)
     wd.prepare(workdir, to_dict(config))

@@ -210,9 +210,9 @@ def preflight(config: ml_collections.ConfigDict, workdir: str):
     splits = {part: binarizer.split_pairs(plain, pairs) for part, pairs in data.items()}
     resolved = {}
     for stage in STAGES:
-        train = splits["old" if stage == "old" else "new"][0]
+        train, held_out = splits["old" if stage == "old" else "new"]
         resolved[stage] = binarizer.resolve(stage_config(config, stage), train)
-        binarizer.validate(resolved[stage], len(train))
+        binarizer.validate(resolved[stage], len(train), len(held_out))
     mesh = sharding.make_mesh(config.mesh.num_devices)
     for stage in STAGES:
         sharding.check_batch_size(resolved[stage].train.batch_size, mesh)

@@ -23,7 +23,7 @@ gain, flip rate and criterion are reported for it under "adapted".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from jax.sharding import Mesh
@@ -109,6 +109,28 @@ def retrieval_metrics(
     return metrics, relevant[:, 0]
 
 
+def criteria(
+    matrix: Mapping[str, Mapping[str, float]],
+    top1: Mapping[str, np.ndarray],
+    cross: str,
+    metric: str,
+) -> dict:
+    """Update gain, negative-flip rate and the compatibility criterion of cell `cross`.
+
+    Args:
+      matrix: cells by name ("old/old", "paragon", `cross`), each {metric: value}.
+      top1: per cell, [Q] bool: which queries were right at rank 1.
+      cross: the cross-model cell judged ("new->old", "new->psi(old)").
+      metric: the metric of the gain and the criterion.
+    """
+    old, paragon, value = (matrix[c][metric] for c in ("old/old", "paragon", cross))
+    return {
+        "update_gain": (value - old) / (paragon - old) if paragon != old else float("nan"),
+        "negative_flip_rate": float(np.mean(top1["old/old"] & ~top1[cross])),
+        "compatible": bool(value > old),
+    }
+
+
 def compatibility_matrix(
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
     q_labels: np.ndarray,
@@ -154,17 +176,7 @@ def compatibility_matrix(
             fars=fars,
             mesh=mesh,
         )
-    old, paragon = matrix["old/old"]["mAP@R"], matrix["paragon"]["mAP@R"]
-
-    def criteria(cross: str) -> dict:
-        m = matrix[cross]["mAP@R"]
-        return {
-            "update_gain": (m - old) / (paragon - old) if paragon != old else float("nan"),
-            "negative_flip_rate": float(np.mean(top1["old/old"] & ~top1[cross])),
-            "compatible": bool(m > old),
-        }
-
-    out = {"matrix": matrix, **criteria("new->old")}
+    out = {"matrix": matrix, **criteria(matrix, top1, "new->old", "mAP@R")}
     if "adapted" in embeddings:
-        out["adapted"] = criteria("new->psi(old)")
+        out["adapted"] = criteria(matrix, top1, "new->psi(old)", "mAP@R")
     return out

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from bebrjax.evaluators.compatibility import fit_to
+from bebrjax.evaluators.compatibility import criteria, fit_to
 from bebrjax.evaluators.retrieval import recall_at_k
 from bebrjax.search import BinaryIndex, FloatIndex
 from bebrjax.search import codes as codes_lib
@@ -135,17 +135,10 @@ def _float_cell(query: np.ndarray, gallery: np.ndarray, ks, mesh) -> tuple[dict,
 
 def _criteria(cells: Mapping[str, Mapping[str, float]], top1: Mapping[str, np.ndarray], k: int):
     key = f"R@{k}"
-    old, paragon = cells["old/old"][key], cells["paragon"][key]
-
-    def of(cross: str) -> dict:
-        value = cells[cross][key]
-        return {
-            "update_gain": (value - old) / (paragon - old) if paragon != old else float("nan"),
-            "negative_flip_rate": float(np.mean(top1["old/old"] & ~top1[cross])),
-            "compatible": bool(value > old),
-        }
-
-    return {**of("new->old"), "psi": of("new->psi(old)")}
+    return {
+        **criteria(cells, top1, "new->old", key),
+        "psi": criteria(cells, top1, "new->psi(old)", key),
+    }
 
 
 def ambiguity(

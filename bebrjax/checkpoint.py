@@ -1,12 +1,26 @@
-"""Orbax checkpoints of a train state: save on a schedule, resume the latest."""
+"""Orbax checkpoints of a train state: save on a schedule, resume the newest readable one.
+
+A checkpoint that cannot be read (a truncated data file, an emptied
+metadata file) is skipped with a one-line warning: the run resumes from the
+newest one that reads, and the unreadable step directories are moved to
+`<directory>-unreadable/`, kept for inspection and out of the way of the
+manager's own bookkeeping (a later save of the same step, `max_to_keep`).
+When none can be read, `CheckpointError` says so and nothing is moved.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+from bebrjax.errors import CheckpointError
 
 
 def manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointManager:
@@ -17,29 +31,109 @@ def manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointManager:
     )
 
 
-def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> Any | None:
-    """Restores the latest checkpoint into the shapes and shardings of `like`.
+def restore_latest(directory: str, like: Any) -> Any | None:
+    """Restores the newest readable checkpoint of `directory` into the shardings of `like`.
+
+    Steps are tried newest first. Those that fail to read are named in one
+    warning line and moved to `<directory>-unreadable/` (see the module
+    docstring); call this before opening a writing `manager` on `directory`.
 
     Args:
-      mngr: the manager of the run's checkpoint directory.
+      directory: the run's checkpoint directory (it need not exist).
       like: a state (or abstract state) with the target shardings; restoring
         into it reshards on load, so a run can resume on another mesh.
 
     Returns:
       The restored state, or None when the directory holds no checkpoint.
+
+    Raises:
+      CheckpointError: when there are checkpoints and none can be read; each
+        step and its error are named, and nothing is moved.
     """
-    step = mngr.latest_step()
-    if step is None:
-        return None
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
     )
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    unreadable: dict[int, str] = {}
+    for step in reversed(steps(directory)):
+        try:
+            with _reader(directory) as mngr, _quiet_abandoned_reads():
+                state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax raises a bare Exception for unreadable array data
+            unreadable[step] = _reason(e)
+            continue
+        if unreadable:
+            aside = [_set_aside(directory, s) for s in unreadable]
+            logging.warning(
+                "unreadable checkpoint(s) skipped: %s; moved to %s; resuming from step %d",
+                "; ".join(f"step {s}: {why}" for s, why in unreadable.items()),
+                ", ".join(aside),
+                step,
+            )
+        return state
+    if unreadable:
+        raise CheckpointError(
+            f"{directory}: no checkpoint can be read ("
+            + "; ".join(f"step {s}: {why}" for s, why in unreadable.items())
+            + "); move the directory aside to train from the start"
+        )
+    return None
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> None:
-    """Saves `state` at `step` when the schedule (or `force`) says so."""
-    mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost cause of `error` (orbax wraps the useful one)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+
+
+def _set_aside(directory: str, step: int) -> str:
+    """Moves the directory of `step` to `<directory>-unreadable/<step>[.n]`; returns where."""
+    source = ocp.step.find_step_path(
+        directory, ocp.step.standard_name_format(), step=step, include_uncommitted=True
+    )
+    aside = f"{os.path.abspath(directory)}-unreadable"
+    os.makedirs(aside, exist_ok=True)
+    target, n = os.path.join(aside, source.name), 0
+    while os.path.lexists(target):
+        n += 1
+        target = os.path.join(aside, f"{source.name}.{n}")
+    os.rename(source, target)
+    return target
+
+
+def _is_abandoned_read(report: Any) -> bool:
+    """Whether an unraisable-exception report comes from reads a failed restore left running."""
+    if isinstance(report.exc_value, RuntimeError):
+        return str(report.exc_value) == "Event loop is closed"
+    code = getattr(report.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads() -> Iterator[None]:
+    """Drops the reports of the reads a failed restore leaves in flight.
+
+    When one array fails to read, orbax closes its event loop while the other
+    reads still run; each then reports "Event loop is closed" (or its own
+    failure) through `sys.unraisablehook`, during the restore and for a
+    while after it, dozens of tracebacks in all. Within the block only those
+    reports are dropped (any other goes to the hook installed before); when
+    the block fails, the filter stays installed for the reads still running.
+    """
+    previous = sys.unraisablehook
+
+    def hook(report):
+        if not _is_abandoned_read(report):
+            previous(report)
+
+    sys.unraisablehook = hook
+    yield
+    sys.unraisablehook = previous
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves `state` at `step` when the schedule (or `force`) says so; returns whether it did."""
+    return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
 def steps(directory: str) -> list[int]:

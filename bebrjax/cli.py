@@ -16,23 +16,7 @@ from collections.abc import Callable, Sequence
 
 from absl import logging
 
-from bebrjax.data.pairs import DataError
-from bebrjax.errors import ConfigError, OutputExistsError
-from bebrjax.inference import LoadError
-from bebrjax.search.index import IndexFormatError
-from bebrjax.search.writer import PartialIndexError
-from bebrjax.serving import BundleError
-
-USER_ERRORS = (
-    BundleError,
-    ConfigError,
-    DataError,
-    IndexFormatError,
-    LoadError,
-    OutputExistsError,
-    PartialIndexError,
-    OSError,  # a path that cannot be read or written: permissions, a file where a directory goes
-)
+from bebrjax.errors import USER_ERRORS
 
 
 def run(

@@ -1,14 +1,53 @@
-"""Error types shared by modules that must not import the training stack.
+"""Every error type of bebrjax, in one place; each message names the input and the problem.
 
-The serving path (`bebrjax.serving`, `bebrjax.search`) imports only jax and
-numpy, so the error every bad config raises lives here rather than in
-`bebrjax.config` (which re-exports it).
+Library functions raise these (or plain ValueError/TypeError for a bad
+argument); the commands turn them into one line on stderr and exit 2. The
+module imports nothing, so the serving path (`bebrjax.serving`,
+`bebrjax.search`, jax and numpy only) can raise them too.
 """
 
 
 class ConfigError(ValueError):
-    """A config file, argument or override that cannot be used."""
+    """A config file, argument or override that cannot be used; the message names the key."""
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the source and the problem."""
 
 
 class OutputExistsError(ValueError):
     """An output path that exists already and was not to be replaced."""
+
+
+class CheckpointError(ValueError):
+    """A run's checkpoints exist but none of them can be read."""
+
+
+class LoadError(ValueError):
+    """A workdir (or checkpoint step) that cannot be loaded; the message says why."""
+
+
+class IndexFormatError(ValueError):
+    """A saved index that cannot be read: missing, truncated or foreign."""
+
+
+class PartialIndexError(ValueError):
+    """A partial index left by another job, which this one must not continue."""
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, altered, truncated or foreign."""
+
+
+# What a user can cause, each one line on stderr and exit 2 from a command (`bebrjax.cli`).
+USER_ERRORS = (
+    BundleError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    IndexFormatError,
+    LoadError,
+    OutputExistsError,
+    PartialIndexError,
+    OSError,  # a path that cannot be read or written: permissions, a file where a directory goes
+)

@@ -3,7 +3,8 @@
 The config names its trainer; `bebrjax.trainers.<config.trainer>` is imported
 and its `train_and_evaluate(config, workdir)` runs. A bad config, override
 or input file ends the program with a one-line error and exit status 2,
-before anything is written to the workdir.
+before anything is written to the workdir; so does a workdir whose
+checkpoints all fail to read (they are left as they are).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from absl import app, flags, logging
 
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
-from bebrjax.data import DataError
+from bebrjax.errors import USER_ERRORS
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with ':arg'.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -63,7 +64,7 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         results = run(_CONFIG.value, _WORKDIR.value, overrides)
-    except (ConfigError, DataError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if results is None:

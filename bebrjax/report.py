@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,29 @@ def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# Why a metric can be undefined (NaN in memory, null in results.json, "n/a" in results.md).
+UNDEFINED = {
+    "update gain": "the paragon scores the same as old/old, so there is no gap to close",
+    "TAR@FAR": "the held-out queries and gallery form no same-class or no other-class pair",
+}
+
+
+def number(value: float | None) -> str:
+    """A metric to 3 decimals, or "n/a" when it is undefined (None or not finite)."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def undefined_notes(values: Iterable[tuple[str, float | None]]) -> list[str]:
+    """A line saying why, per kind of metric in `UNDEFINED` undefined among (name, value) pairs."""
+    kinds = {
+        kind
+        for name, value in values
+        for kind in UNDEFINED
+        if name.startswith(kind) and number(value) == "n/a"
+    }
+    return [f"n/a: {kind} is undefined: {UNDEFINED[kind]}." for kind in sorted(kinds)]
 
 
 METHOD_NAMES = {
@@ -103,18 +126,20 @@ def matrix_table(results: Mapping[str, Any]) -> str:
         "| queries / gallery | " + " | ".join(metrics) + " |",
         "|" + "---|" * (len(metrics) + 1),
     ]
+    values = [(m, cell[m]) for cell in matrix.values() for m in metrics]
     for key, label in MATRIX_ROWS.items():
         if key in matrix:
-            cells = " | ".join(f"{matrix[key][m]:.3f}" for m in metrics)
+            cells = " | ".join(number(matrix[key][m]) for m in metrics)
             lines.append(f"| {label} | {cells} |")
     lines.append("")
     for cross, r in (("new->old", results), ("new->psi(old)", results.get("adapted"))):
         if r is not None:
+            values.append(("update gain", r["update_gain"]))
             lines.append(
-                f"{cross}: update gain {r['update_gain']:.3f}; negative-flip rate "
+                f"{cross}: update gain {number(r['update_gain'])}; negative-flip rate "
                 f"{r['negative_flip_rate']:.3f}; compatible ({cross} > old/old): {r['compatible']}"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + undefined_notes(values))
 
 
 def plot_matrix(path: str, results: Mapping[str, Any], metric: str = "mAP@R") -> None:
@@ -170,12 +195,13 @@ def comparison_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
             f"{m['new->psi(old)']['mAP@R']:.3f}" if "new->psi(old)" in m else "-",
             f"{m['paragon']['mAP@R']:.3f}",
             f"{m['new->old']['R@1']:.3f}",
-            f"{r['update_gain']:.3f}",
+            number(r["update_gain"]),
             f"{r['negative_flip_rate']:.3f}",
             "yes" if r["compatible"] else "no",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    gains = [("update gain", r["update_gain"]) for r in runs.values()]
+    return "\n".join(lines + undefined_notes(gains))
 
 
 def plot_comparison(path: str, runs: Mapping[str, Mapping[str, Any]], title: str) -> None:
@@ -264,14 +290,16 @@ def versions_report(results: Mapping[str, Any]) -> str:
         for cell, label in VERSION_CELLS.items()
     ]
     head = ["queries -> gallery", *(f"{kind} {k}" for kind in ("binary", "float") for k in ks)]
-    lines = [table(head, rows), ""]
+    lines, gains = [table(head, rows), ""], []
     for kind in ("binary", "float"):
         criteria = compat["criteria"][kind]
         for cross, c in (("new->old", criteria), ("new->psi(old)", criteria["psi"])):
+            gains.append(("update gain", c["update_gain"]))
             lines.append(
-                f"{kind} {cross}: update gain {c['update_gain']:.3f}; negative-flip rate "
+                f"{kind} {cross}: update gain {number(c['update_gain'])}; negative-flip rate "
                 f"{c['negative_flip_rate']:.3f}; above old/old: {c['compatible']}"
             )
+    lines += undefined_notes(gains)
     fractions = backfill["fractions"]
     curve_rows = [
         [CURVE_NAMES.get(name, name), *(f"{v:.3f}" for v in values), f"{backfill['auc'][name]:.3f}"]

@@ -31,15 +31,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from bebrjax.errors import BundleError
 from bebrjax.search.index import BinaryIndex
 
 FORMAT = "bebrjax.bundle"
 VERSION = 1
 MANIFEST, ENCODER, INDEX = "manifest.json", "encoder.jax", "index"
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing, altered, truncated or foreign."""
 
 
 def sha256(path: str) -> str:

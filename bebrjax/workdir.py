@@ -1,14 +1,18 @@
 """The files of a run's workdir (config.json, metrics.jsonl, results.{json,md}) and outputs.
 
 Every file is written whole or not at all (a temporary file renamed into
-place), so an interrupted run never leaves a half-written result.
+place), so an interrupted run never leaves a half-written result. JSON is
+strict: a metric that is undefined (NaN) or infinite is written as null.
+train_time.json records the training time of every call (`TrainTime`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -57,9 +61,25 @@ def write_npz(path: str, arrays: dict[str, Any], overwrite: bool = False) -> Non
     os.replace(tmp, path)
 
 
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON of `obj`: every non-finite float (NaN, +-inf) becomes null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with every non-finite float, however deeply nested, replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def write_json(path: str, obj: Any) -> None:
-    """Writes `obj` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Writes `obj` as indented strict JSON (`to_json`), atomically."""
+    write_atomic(path, to_json(obj, indent=2) + "\n")
 
 
 def check_workdir(workdir: str) -> None:
@@ -148,12 +168,12 @@ class MetricsLog:
         self.path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(self.path):
             kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
-            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_atomic(self.path, "".join(to_json(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Appends one record."""
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -163,3 +183,44 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(ln) for ln in f if ln.strip()]
+
+
+TRAIN_TIME = "train_time.json"
+
+
+def train_time(workdir: str) -> dict[str, Any]:
+    """The wall seconds spent training in `workdir`, over every call that trained.
+
+    Returns:
+      {"seconds": the total, "parts": [{"start": step, "end": step,
+      "seconds": s}, ...]}, one part per call in the order they ran (see
+      `TrainTime`); {"seconds": 0.0, "parts": []} when nothing was trained.
+    """
+    path = os.path.join(workdir, TRAIN_TIME)
+    parts = []
+    if os.path.exists(path):
+        with open(path) as f:
+            parts = json.load(f)["parts"]
+    return {"seconds": round(sum(p["seconds"] for p in parts), 2), "parts": parts}
+
+
+class TrainTime:
+    """Records one training call's part of `workdir`'s train_time.json.
+
+    The part runs from the step the call resumed at to the last step
+    recorded by `update`, which rewrites it (atomically) with the seconds
+    since the part began: a process killed mid-call keeps the time up to
+    its last update. Parts overlap when a call resumes before the end of an
+    earlier one (its last steps were lost), since both took the time.
+    """
+
+    def __init__(self, workdir: str, start: int):
+        self._path = os.path.join(workdir, TRAIN_TIME)
+        self._earlier = train_time(workdir)["parts"]
+        self._start, self._clock = start, time.perf_counter()
+
+    def update(self, step: int) -> None:
+        """Records this call's part as ending at `step`, now."""
+        seconds = round(time.perf_counter() - self._clock, 2)
+        part = {"start": self._start, "end": step, "seconds": seconds}
+        write_json(self._path, {"parts": [*self._earlier, part]})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,16 +10,23 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_main, tiny_overrides
 
+# The demo on tiny shapes: checkpoints at steps 4 and 6 (train.checkpoint_every=4).
+DEMO = (
+    "--config",
+    "configs/bebr/demo.py:bits=2",
+    *(f"--config.{o}" for o in tiny_overrides(steps=6)),
+)
 
-def test_demo_run_writes_every_file(tmp_path):
-    workdir = tmp_path / "run"
-    proc = run_main(
-        "--config",
-        "configs/bebr/demo.py:bits=2",
-        "--workdir",
-        str(workdir),
-        *(f"--config.{o}" for o in tiny_overrides(steps=6)),
-    )
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """(workdir, process) of the tiny demo run through the command line, run once."""
+    workdir = tmp_path_factory.mktemp("demo") / "run"
+    return workdir, run_main(*DEMO, "--workdir", str(workdir))
+
+
+def test_demo_run_writes_every_file(demo_run):
+    workdir, proc = demo_run
     assert proc.returncode == 0, proc.stderr
     assert "| binary (recurrent codes) |" in proc.stdout
     results = json.loads((workdir / "results.json").read_text())
@@ -111,6 +119,96 @@ def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not workdir.exists()
+
+
+def _stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr without the progress bar's redrawn lines."""
+    lines = proc.stderr.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.strip() and "step/s" not in ln and "s/step" not in ln]
+
+
+def _files(directory):
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_run, tmp_path):
+    from bebrjax import checkpoint
+    from bebrjax.workdir import read_metrics
+
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run[0], workdir)
+    straight = json.loads((workdir / "results.json").read_text())
+    args = (*DEMO, "--workdir", str(workdir))
+    checkpoints, aside = workdir / "checkpoints", workdir / "checkpoints-unreadable"
+
+    def truncate_data(step_dir):
+        for path in step_dir.glob("default/**/d/*"):
+            path.write_bytes(path.read_bytes()[:10])
+
+    def empty_metadata(step_dir):
+        (step_dir / "default" / "_METADATA").write_text("")
+
+    for corrupt, moved_to in ((truncate_data, "6"), (empty_metadata, "6.1")):
+        corrupt(checkpoints / "6")
+        proc = run_main(*args)
+        assert proc.returncode == 0, proc.stderr
+        (warning,) = _stderr_lines(proc)
+        assert "unreadable checkpoint(s) skipped: step 6:" in warning
+        assert warning.endswith("resuming from step 4") and str(aside / moved_to) in warning
+        assert (aside / moved_to / "default").is_dir()
+        assert checkpoint.steps(str(checkpoints)) == [4, 6]
+        results = json.loads((workdir / "results.json").read_text())
+        assert results["retrieval"] == straight["retrieval"]
+        assert [m["step"] for m in read_metrics(str(workdir))] == list(range(1, 7))
+    train = results["train"]
+    assert [(p["start"], p["end"]) for p in train["parts"]] == [(0, 6), (4, 6), (4, 6)]
+    assert train["seconds"] == pytest.approx(sum(p["seconds"] for p in train["parts"]), abs=0.01)
+
+    # None readable: one line, exit 2, and every file left as it was.
+    truncate_data(checkpoints / "4")
+    empty_metadata(checkpoints / "6")
+    before = _files(workdir)
+    proc = run_main(*args)
+    (error,) = _stderr_lines(proc)
+    assert proc.returncode == 2
+    assert error.startswith(f"error: {checkpoints}: no checkpoint can be read")
+    assert "step 6: JSONDecodeError" in error and "step 4: ValueError" in error
+    assert _files(workdir) == before
+
+
+def test_one_class_of_labelled_data_exits_2_before_writing(tmp_path):
+    path = tmp_path / "one_class.npz"
+    np.savez(path, x=np.ones((40, 4), np.float32), y=np.full(40, 7))
+    workdir = tmp_path / "run"
+    config = f"configs/upgrade/bct.py:data=labelled,path={path}"
+    proc = run_main("--workdir", str(workdir), "--config", config)
+    (error,) = _stderr_lines(proc)
+    assert proc.returncode == 2 and error.startswith(f"error: {path}: labels 'y' hold one class")
+    assert not workdir.exists()
+
+
+def test_undefined_metrics_are_null_in_json_and_explained_in_markdown(tmp_path):
+    from bebrjax import report
+    from bebrjax import workdir as wd
+
+    cell = {"mAP@R": 0.5, "TAR@FAR=0.01": float("nan")}
+    results = {
+        "matrix": {"old/old": cell, "new/new": cell, "new->old": cell, "paragon": cell},
+        "update_gain": float("nan"),
+        "negative_flip_rate": 0.0,
+        "compatible": False,
+        "inf": [float("inf"), -float("inf")],
+    }
+    wd.write_json(str(tmp_path / "r.json"), results)
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    loaded = json.loads(text)
+    assert loaded["update_gain"] is None and loaded["inf"] == [None, None]
+    assert loaded["matrix"]["paragon"] == {"mAP@R": 0.5, "TAR@FAR=0.01": None}
+    for table in (report.matrix_table(results), report.matrix_table(loaded)):
+        assert "| old / old | 0.500 | n/a |" in table and "update gain n/a;" in table
+        assert "n/a: TAR@FAR is undefined: " in table
+        assert "n/a: update gain is undefined: the paragon scores the same as old/old" in table
 
 
 def test_importing_the_report_keeps_a_notebooks_backend():

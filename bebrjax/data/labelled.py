@@ -57,7 +57,8 @@ def make_labelled(
 
     Raises:
       DataError: naming the source and the problem: rank or dtype of `x`,
-        empty arrays, mismatched lengths, non-finite features, non-integer labels.
+        empty arrays, mismatched lengths, non-finite features, non-integer
+        labels, a single class.
     """
     xname, yname = names
     x, y = np.asarray(x), np.asarray(y)
@@ -87,7 +88,12 @@ def make_labelled(
             if not finite.all():
                 row = start + int(np.argmin(finite))
                 raise DataError(f"{source}: '{xname}' has non-finite values (first at row {row})")
-    _, labels = np.unique(y, return_inverse=True)
+    classes, labels = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"{source}: labels '{yname}' hold one class ({classes[0]}); retrieval by class "
+            "needs at least 2 (a query's negatives are the items of other classes)"
+        )
     return Labelled(x, labels.astype(np.int32), source)
 
 

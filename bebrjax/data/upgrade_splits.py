@@ -2,7 +2,8 @@
 
 First, `eval_fraction` of the items of every class with at least 3 items
 (and never fewer than 2) is held out, half as queries and half as gallery,
-so every such class is evaluated, old or new. The
+so every such class is evaluated, old or new; at least 2 classes must have
+that many, or no query would have a negative in the gallery. The
 rest (the pool) is split by `kind`, with `old_ratio` (0.3 by default):
 
 | kind           | old training set                       | new training set            |
@@ -69,7 +70,8 @@ def universal_split(
     """Splits rows with labels `y` for an upgrade of kind `kind`.
 
     Raises:
-      DataError: on an unknown kind, ratios outside (0, 1), or a part left empty.
+      DataError: on an unknown kind, ratios outside (0, 1), fewer than 2
+        classes held out, or a part left empty.
     """
     if kind not in KINDS:
         raise DataError(f"split '{kind}' is unknown; expected one of {', '.join(KINDS)}")
@@ -85,6 +87,13 @@ def universal_split(
         query.append(rows[: held // 2])
         gallery.append(rows[held // 2 : held])
         pool.append(rows[held:])
+    evaluated = sum(len(rows) > 0 for rows in query)
+    if evaluated < 2:
+        raise DataError(
+            f"split '{kind}': {evaluated} of the {len(classes)} classes has 3 or more items "
+            f"({len(y)} items in all), so the held-out gallery would hold no negative for any "
+            "query; at least 2 such classes are needed"
+        )
 
     if kind.endswith("_class"):
         old_classes = rng.permutation(classes)[: max(1, int(round(old_ratio * len(classes))))]

@@ -14,11 +14,8 @@ from jax.sharding import Mesh
 
 from bebrjax import sharding
 from bebrjax.data.pairs import DataError, row_norms
+from bebrjax.errors import LoadError
 from bebrjax.search import codes as codes_lib
-
-
-class LoadError(ValueError):
-    """A workdir (or checkpoint step) that cannot be loaded; the message says why."""
 
 
 def l2_normalize_rows(x: jax.Array) -> jax.Array:

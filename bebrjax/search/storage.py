@@ -34,6 +34,7 @@ import tempfile
 
 import numpy as np
 
+from bebrjax.errors import IndexFormatError
 from bebrjax.search import codes as codes_lib
 
 FORMAT = "bebrjax.BinaryIndex"
@@ -42,10 +43,6 @@ HEADER, CODES, NORMS, VERSIONS = "header.json", "codes.npy", "inv_norms.npy", "v
 PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
 MAX_VERSIONS = 256  # a document's version is a uint8
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux): swap two paths atomically
-
-
-class IndexFormatError(ValueError):
-    """A saved index that cannot be read: missing, truncated or foreign."""
 
 
 def write_header(

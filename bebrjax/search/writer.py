@@ -29,12 +29,9 @@ import shutil
 
 import numpy as np
 
+from bebrjax.errors import PartialIndexError
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.storage import CODES, NORMS, PARTIAL, move_into_place, write_header
-
-
-class PartialIndexError(ValueError):
-    """A partial index left by another job, which this one must not continue."""
 
 
 def _open_array(path: str, shape: tuple[int, ...], dtype: str, create: bool) -> tuple[int, int]:

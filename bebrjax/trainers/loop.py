@@ -1,10 +1,11 @@
 """The training loop every trainer shares: resume, step, log, checkpoint, progress.
 
 A trainer builds its state and a jit'd `train_step(state, batch) -> (state,
-metrics)`; `train_loop` restores the latest orbax checkpoint of `workdir`,
-feeds the batches of `batch_fn(step)` (a pure function of the step, so that
-resuming equals not stopping), writes metrics.jsonl and a progress bar, and
-checkpoints on schedule and at the end.
+metrics)`; `train_loop` restores the newest readable orbax checkpoint of
+`workdir`, feeds the batches of `batch_fn(step)` (a pure function of the
+step, so that resuming equals not stopping), writes metrics.jsonl and a
+progress bar, checkpoints on schedule and at the end, and records its wall
+time in train_time.json (`workdir.train_time` reads the total and the parts).
 """
 
 from __future__ import annotations
@@ -143,12 +144,16 @@ def train_loop(
 ) -> State | None:
     """Runs (or resumes) `total` steps of `train_step`, checkpointing to `workdir`.
 
+    Resumes from the newest checkpoint that reads (`checkpoint.restore_latest`).
+    Each call that runs steps adds a part (start step, end step, seconds) to
+    workdir/train_time.json, updated at every checkpoint and at the end.
+
     Args:
       state: a fresh state in its target sharding (the template to restore into);
         it must hold an int "step".
       train_step: the jit'd step.
       batch_fn: the host batch of a step.
-      workdir: where checkpoints/ and metrics.jsonl go.
+      workdir: where checkpoints/, metrics.jsonl and train_time.json go.
       total: the number of steps of the schedule.
       schedule: the learning rate per step, for the log.
       mesh: the device mesh; batches are sharded over its `data` axis.
@@ -162,13 +167,13 @@ def train_loop(
     Returns:
       The final state, or None when stopped before the end.
     """
-    mngr = checkpoint.manager(
-        os.path.join(workdir, "checkpoints"), every=checkpoint_every, keep=keep_checkpoints
-    )
-    state = checkpoint.restore_latest(mngr, state) or state
+    directory = os.path.join(workdir, "checkpoints")
+    state = checkpoint.restore_latest(directory, state) or state
+    mngr = checkpoint.manager(directory, every=checkpoint_every, keep=keep_checkpoints)
     start = int(state["step"])
     end = total if stop_after_steps is None else min(total, start + stop_after_steps)
     log = wd.MetricsLog(workdir, start)
+    clock = wd.TrainTime(workdir, start)
     put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
     bar = tqdm(
         total=total,
@@ -184,7 +189,8 @@ def train_loop(
             state = hook(step, state)
         state, metrics = train_step(state, put(batch_fn(step)))
         done = step + 1
-        checkpoint.save(mngr, done, state, force=done in (end, total))
+        if checkpoint.save(mngr, done, state, force=done in (end, total)):
+            clock.update(done)
         if done % log_every == 0 or done == total:  # a stop mid-interval logs nothing extra
             record = {k: float(v) for k, v in metrics.items()}
             now = time.perf_counter()
@@ -198,6 +204,8 @@ def train_loop(
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
+    if end > start:  # a call with nothing left to train (a finished run run again) adds no part
+        clock.update(end)
     return state if end == total else None
 
 

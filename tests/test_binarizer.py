@@ -1,11 +1,16 @@
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
+from bebrjax.config import apply_overrides, load_config
+from bebrjax.data import get_data
 from bebrjax.models.binarizer import Model, lift_init, sign_ste
+from bebrjax.trainers import binarizer
 
 
 def _apply(model, x, train=False):
@@ -87,3 +92,22 @@ def test_lift_of_a_wider_code_is_inverted_by_the_reconstruction_block():
     np.testing.assert_allclose(wide @ wide.T, np.eye(6), atol=1e-5)
     np.testing.assert_array_equal(lift_init(None, (15, 6)), wide.T)
     np.testing.assert_array_equal(lift_init(None, (7, 7)), np.eye(7))
+
+
+def test_reference_config_spells_out_the_authors_recipe():
+    reference = load_config(os.path.join(ROOT, "configs/bebr/reference.py"))
+    ours = load_config(os.path.join(ROOT, "configs/bebr/npz.py"))
+    for section in ("model", "loss", "optim", "train", "hash_model", "eval", "split"):
+        assert set(reference[section]) == set(ours[section]), section
+    assert not reference.model.skip and reference.model.hidden == 2048
+    assert reference.loss.distill_weight == 0 and reference.loss.mask_same_group
+    recipe = (reference.optim.name, reference.optim.lr, reference.train.batch_size)
+    assert recipe == ("sgd", 0.08, 2048)
+    apply_overrides(reference, ["data.num_pairs=3000", "data.dim=8"])
+    data = get_data(reference.data)
+    train, held = binarizer.split_pairs(reference, data)
+    assert data.groups is not None and not set(train.groups) & set(held.groups)
+    config = binarizer.resolve(reference, train)
+    binarizer.validate(config, len(train), len(held))
+    hashing = binarizer.trained_hash_config(config).model
+    assert (hashing.code_dim, hashing.loops, hashing.hidden, hashing.depth) == (16, 0, 1536, 3)

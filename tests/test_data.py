@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from bebrjax.data import DataError, npz, synthetic
+from bebrjax.data import DataError, labelled, npz, synthetic
 from bebrjax.data.batching import batch_indices
 from bebrjax.data.splits import train_eval_split
+from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.evaluators import retrieval
 from bebrjax.evaluators.retrieval import float_recall, recall_at_k
 
@@ -88,6 +89,47 @@ def test_splits_are_seeded_disjoint_and_validated(tmp_path):
     ]:
         with pytest.raises(DataError, match=message):
             train_eval_split(10, **kwargs)
+
+
+def test_sibling_pairs_split_by_item_and_every_doc_of_the_item_is_relevant(tmp_path):
+    data = synthetic.get_data(num_pairs=203, dim=8, latent_dim=3, num_clusters=4, siblings=5)
+    assert data.groups.tolist() == (np.arange(203) // 5).tolist()
+    np.testing.assert_array_equal(data.query[5], data.query[9])  # one query, five docs
+    train, held = train_eval_split(len(data), eval_fraction=0.3, seed=2, groups=data.groups)
+    assert not set(data.groups[train]) & set(data.groups[held])
+    assert len(set(data.groups[held])) == round(0.3 * 41)
+    with pytest.raises(DataError, match="rows 5, 6, 7, 8, 9 show one item"):
+        train_eval_split(len(data), eval_indices=np.array([0, 1, 2, 3, 4, 7]), groups=data.groups)
+
+    part = data.subset(held)
+    items = part.item_ids()
+    scores = part.query @ part.doc.T
+    hits = {1: 0, 5: 0}
+    for i, row in enumerate(scores):
+        order = sorted(range(len(row)), key=lambda j: (-row[j], j))
+        first = next(r for r, j in enumerate(order) if items[j] == items[i])
+        hits = {k: n + (first < k) for k, n in hits.items()}
+    want = {f"R@{k}": n / len(part) for k, n in hits.items()}
+    assert float_recall(part.query, part.doc, [1, 5], items=items) == want
+    assert want["R@1"] > float_recall(part.query, part.doc, [1, 5])["R@1"]  # doc i alone
+
+    path = _save(tmp_path, query=data.query[:5], doc=data.doc[:5], groups=[9, -1, 9, -4, 2])
+    loaded = npz.get_data(path).item_ids()
+    assert loaded[0] == loaded[2] and len(set(loaded.tolist())) == 4
+    assert npz.get_data(path, groups_key="").item_ids().tolist() == list(range(5))
+
+
+def test_labelled_data_that_cannot_be_evaluated_is_refused(tmp_path):
+    path = tmp_path / "one.npz"
+    np.savez(path, x=np.ones((6, 2), np.float32), y=np.full(6, 4))
+    with pytest.raises(DataError, match=f"{path}: labels 'y' hold one class \\(4\\)"):
+        labelled.get_data(str(path))
+    # Two classes, but only one with the 3 items that put it in the held-out split.
+    y = np.array([0] * 10 + [1] * 2)
+    with pytest.raises(DataError, match="1 of the 2 classes has 3 or more items"):
+        universal_split(y, "extended_data")
+    y = np.array([0] * 10 + [1] * 3)
+    assert universal_split(y, "extended_data").accounting(y)["gallery"]["classes"] == 2
 
 
 def test_batches_depend_only_on_seed_and_step():

@@ -19,13 +19,17 @@ def _log_softmax(a):
     return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
 
 
-def _one_direction(logits, labels, k):
+def _shares(keys, j, c):
+    return keys is not None and keys[c] == keys[j] and keys[j] >= 0
+
+
+def _one_direction(logits, labels, k, groups=None):
     losses = []
     for j in range(len(logits)):
         negs = [
             logits[j, c]
             for c in range(len(logits))
-            if c != j and (labels is None or labels[c] != labels[j] or labels[j] < 0)
+            if c != j and not _shares(labels, j, c) and not _shares(groups, j, c)
         ]
         if k:
             negs = sorted(negs, reverse=True)[:k]
@@ -34,9 +38,9 @@ def _one_direction(logits, labels, k):
     return np.mean(losses)
 
 
-def _pair_reference(z1, z2, tau, k, labels):
+def _pair_reference(z1, z2, tau, k, labels, groups=None):
     logits = _normalize(z1) @ _normalize(z2).T / tau
-    return _one_direction(logits, labels, k) + _one_direction(logits.T, labels, k)
+    return _one_direction(logits, labels, k, groups) + _one_direction(logits.T, labels, k, groups)
 
 
 @pytest.mark.parametrize("k", [0, 2, 5])
@@ -48,6 +52,22 @@ def test_pair_contrastive_matches_numpy(k, with_labels):
     got = pair_contrastive_loss(z1, z2, temperature=0.1, hard_negatives=k, labels=labels)
     want = _pair_reference(z1.astype(np.float64), z2.astype(np.float64), 0.1, k, labels)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_docs_of_the_same_item_are_no_negatives():
+    rng = np.random.default_rng(3)
+    z1, z2 = rng.standard_normal((2, 10, 6)).astype(np.float32)
+    groups = np.array([0, 0, 0, 1, 1, -1, -1, 2, 3, 4])  # pairs 0-2 show one item, 3-4 another
+    z2[1] = z2[2] = 3 * z1[0]  # unmasked, item 0's other docs are query 0's hardest negatives
+    kwargs = dict(temperature=0.1, hard_negatives=2)
+    got = float(pair_contrastive_loss(z1, z2, groups=groups, **kwargs))
+    want = _pair_reference(z1.astype(np.float64), z2.astype(np.float64), 0.1, 2, None, groups)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got < float(pair_contrastive_loss(z1, z2, **kwargs)) - 1.0
+    topics = np.array([4, 5, 4, -1, 5, 4, -1, 5, 6, 6])  # labels mask as well, independently
+    both = pair_contrastive_loss(z1, z2, labels=topics, groups=groups, **kwargs)
+    want = _pair_reference(z1.astype(np.float64), z2.astype(np.float64), 0.1, 2, topics, groups)
+    np.testing.assert_allclose(float(both), want, rtol=1e-5)
 
 
 def _mixed_rows(query, doc, own, tau, k):

@@ -6,7 +6,7 @@ from bebrjax import sharding
 from bebrjax.config import ConfigError
 from bebrjax.data import get_data
 from bebrjax.trainers import binarizer
-from bebrjax.workdir import read_metrics
+from bebrjax.workdir import read_metrics, train_time
 
 
 def _fit(config, workdir, **kwargs):
@@ -44,6 +44,20 @@ def test_stop_and_resume_ends_with_the_same_parameters(tiny_config, tmp_path):
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+    # The training time adds up over both calls; a call with nothing left to train adds nothing.
+    _fit(config, tmp_path / "resumed")
+    recorded = train_time(str(tmp_path / "resumed"))
+    assert [(p["start"], p["end"]) for p in recorded["parts"]] == [(0, 5), (5, 12)]
+    assert recorded["seconds"] == pytest.approx(sum(p["seconds"] for p in recorded["parts"]))
+    assert all(p["seconds"] > 0 for p in recorded["parts"])
+
+
+def test_training_time_of_every_stage_is_recorded(binarizer_run, compatible_run):
+    assert binarizer_run[1]["train"]["parts"] == train_time(str(binarizer_run[0]))["parts"]
+    workdir, results = compatible_run
+    assert set(results["train"]) == {"old", "independent", "new"}
+    for stage, recorded in results["train"].items():
+        assert recorded == train_time(str(workdir / stage)) and len(recorded["parts"]) == 1
 
 
 def test_workdir_refuses_a_different_config(tiny_config, tmp_path):

@@ -3,9 +3,12 @@
 `path` is either an `.npz` archive holding the arrays by key, or a directory
 holding one `<key>.npy` per array (memory-mapped, so validation streams
 through files larger than memory). Arrays: `query` [N, d] and `doc` [N, d]
-(row i of one pairs with row i of the other) and, optionally, `labels` [N];
-the key names are arguments. An empty `labels_key` ignores labels; a labels
-key absent from the file means the data has none.
+(row i of one pairs with row i of the other) and, optionally, `labels` [N]
+and `groups` [N] (integer ids of the item each pair shows, e.g. the image of
+an image/caption pair: see `bebrjax.data.pairs`); the key names are
+arguments. An empty `labels_key` or `groups_key` ignores that array; a key
+absent from the file means the data has none. `groups_key="labels"` reads
+labels that are item ids as the groups.
 """
 
 from __future__ import annotations
@@ -63,7 +66,11 @@ class NamedArrays:
 
 
 def get_data(
-    path: str, query_key: str = "query", doc_key: str = "doc", labels_key: str = "labels"
+    path: str,
+    query_key: str = "query",
+    doc_key: str = "doc",
+    labels_key: str = "labels",
+    groups_key: str = "groups",
 ) -> PairedEmbeddings:
     """Loads and validates paired embeddings from `path`.
 
@@ -73,5 +80,14 @@ def get_data(
     """
     arrays = NamedArrays(path)
     query, doc = arrays.get(query_key), arrays.get(doc_key)
-    labels = arrays.get(labels_key) if labels_key and labels_key in arrays.keys else None
-    return make_pairs(query, doc, labels, source=path, names=(query_key, doc_key, labels_key))
+    labels, groups = (
+        arrays.get(key) if key and key in arrays.keys else None for key in (labels_key, groups_key)
+    )
+    return make_pairs(
+        query,
+        doc,
+        labels,
+        groups=groups,
+        source=path,
+        names=(query_key, doc_key, labels_key, groups_key),
+    )

@@ -4,6 +4,14 @@ Row i of `query` pairs with row i of `doc` (e.g. an image and its caption, a
 headword and its definition): the paired doc is the relevant result for the
 query. Both sides live in one d-dimensional space and are L2-normalized on
 load, since the binarizer and every similarity here are cosine based.
+
+Pairs may share an item (MS-COCO has 5 captions per image: 5 pairs with the
+same image). Optional `groups` say which: pairs with the same non-negative
+group id share an item, and a negative id is an item of its own. A group
+stays on one side of a train/eval split, every doc of a query's group is
+relevant to it, and the pair loss does not treat the group's other docs as
+negatives. `labels` are something else: topics or classes, which many items
+share.
 """
 
 from __future__ import annotations
@@ -12,9 +20,7 @@ import dataclasses
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the source and the problem."""
+from bebrjax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +32,15 @@ class PairedEmbeddings:
       doc: [N, d] doc-side embeddings; doc[i] is the relevant result for query[i].
       labels: optional [N] int labels (negative means unlabelled).
       source: where the data came from, for messages and results.
+      groups: optional [N] int32 item ids 0..items-1, equal exactly for the
+        pairs of one item (`make_pairs` makes them from the input's groups).
     """
 
     query: np.ndarray
     doc: np.ndarray
     labels: np.ndarray | None
     source: str
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.query.shape[0]
@@ -44,7 +53,12 @@ class PairedEmbeddings:
     def subset(self, index: np.ndarray) -> PairedEmbeddings:
         """The pairs at `index`, in that order."""
         labels = None if self.labels is None else self.labels[index]
-        return PairedEmbeddings(self.query[index], self.doc[index], labels, self.source)
+        groups = None if self.groups is None else self.groups[index]
+        return PairedEmbeddings(self.query[index], self.doc[index], labels, self.source, groups)
+
+    def item_ids(self) -> np.ndarray:
+        """[N] int ids, equal exactly for the pairs of one item."""
+        return np.arange(len(self)) if self.groups is None else self.groups
 
 
 _CHUNK = 65536
@@ -89,13 +103,35 @@ def row_norms(chunk: np.ndarray, name: str, start: int = 0) -> np.ndarray:
     return norms
 
 
+def _check_ids(source: str, name: str, array: np.ndarray, n: int) -> np.ndarray:
+    """Validates [n] integer ids (labels or groups) and returns them as a numpy array."""
+    array = np.asarray(array)
+    if array.shape != (n,):
+        raise DataError(f"{source}: '{name}' has shape {array.shape}; expected ({n},)")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{source}: '{name}' has dtype {array.dtype}; expected integers")
+    return array
+
+
+def item_ids(groups: np.ndarray) -> np.ndarray:
+    """Dense int32 item ids 0..items-1 of [n] group ids, equal exactly within a group.
+
+    A negative group id makes its pair an item of its own.
+    """
+    keys = np.asarray(groups, np.int64).copy()
+    alone = keys < 0
+    keys[alone] = max(int(keys.max()), -1) + 1 + np.arange(int(alone.sum()))
+    return np.unique(keys, return_inverse=True)[1].astype(np.int32)
+
+
 def make_pairs(
     query: np.ndarray,
     doc: np.ndarray,
     labels: np.ndarray | None = None,
     *,
+    groups: np.ndarray | None = None,
     source: str = "arrays",
-    names: tuple[str, str, str] = ("query", "doc", "labels"),
+    names: tuple[str, str, str, str] = ("query", "doc", "labels", "groups"),
 ) -> PairedEmbeddings:
     """Validates raw arrays and returns normalized `PairedEmbeddings`.
 
@@ -103,14 +139,17 @@ def make_pairs(
       query: [N, d] floating array (numpy or memory-mapped).
       doc: [N, d] floating array.
       labels: optional [N] integer array.
+      groups: optional [N] integer ids of the item each pair shows: pairs with
+        the same non-negative id share an item; a negative id is an item of
+        its own. Stored as dense ids (`item_ids`).
       source: the file (or other origin) named in error messages.
-      names: the names of the three arrays in the source, for messages.
+      names: the names of the four arrays in the source, for messages.
 
     Raises:
       DataError: on a wrong rank or dtype, empty arrays, mismatched shapes,
         non-finite values or all-zero rows.
     """
-    qname, dname, lname = names
+    qname, dname, lname, gname = names
     query = _check_embeddings(source, qname, query)
     doc = _check_embeddings(source, dname, doc)
     if query.shape != doc.shape:
@@ -119,12 +158,7 @@ def make_pairs(
             "shape (row i of one pairs with row i of the other, in one space)"
         )
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (query.shape[0],):
-            raise DataError(
-                f"{source}: '{lname}' has shape {labels.shape}; expected ({query.shape[0]},)"
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{source}: '{lname}' has dtype {labels.dtype}; expected integers")
-        labels = labels.astype(np.int32)
-    return PairedEmbeddings(query, doc, labels, source)
+        labels = _check_ids(source, lname, labels, query.shape[0]).astype(np.int32)
+    if groups is not None:
+        groups = item_ids(_check_ids(source, gname, groups, query.shape[0]))
+    return PairedEmbeddings(query, doc, labels, source, groups)

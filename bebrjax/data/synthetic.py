@@ -7,6 +7,10 @@ in R^d, and each side adds its own isotropic noise:
 
     query = normalize(g(z) + noise * e_q),   doc = normalize(g(z) + noise * e_d)
 
+With `siblings` s > 1, pairs come in items of s consecutive pairs that
+share one query and one latent point, each with its own doc noise (MS-COCO's
+5 captions per image): the pairs carry `groups`, the item of each.
+
 `encoder` k > 0 gives another "model" of the same pairs: the same latents
 and labels seen through its own random map (A_k, B_k) and its own noise, as
 an old and a new embedding model see the same items. Two encoders' spaces
@@ -35,6 +39,7 @@ def get_data(
     noise: float = 1.2,
     seed: int = 0,
     encoder: int = 0,
+    siblings: int = 1,
 ) -> PairedEmbeddings:
     """Generates `num_pairs` pairs of `dim`-d embeddings, the same for the same arguments.
 
@@ -48,20 +53,25 @@ def get_data(
       seed: the generator's seed.
       encoder: which model sees the latents: 0 the default one; k > 0 draws its
         own map and noise from (seed, k), over the same latents and labels.
+      siblings: pairs per item (the last item may have fewer); 1 gives no groups.
 
     Returns:
-      Normalized `PairedEmbeddings` with cluster labels.
+      Normalized `PairedEmbeddings` with cluster labels (and, with siblings > 1,
+      groups).
     """
-    if min(num_pairs, dim, latent_dim, num_clusters) <= 0:
-        raise DataError("synthetic data: num_pairs, dim, latent_dim and num_clusters must be > 0")
+    if min(num_pairs, dim, latent_dim, num_clusters, siblings) <= 0:
+        raise DataError(
+            "synthetic data: num_pairs, dim, latent_dim, num_clusters and siblings must be > 0"
+        )
     if encoder < 0:
         raise DataError(f"synthetic data: encoder={encoder} must be >= 0")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_clusters, latent_dim))
     lift = rng.standard_normal((latent_dim, 2 * dim)) / np.sqrt(latent_dim)
     mix = rng.standard_normal((2 * dim, dim)) / np.sqrt(2 * dim)
-    labels = rng.integers(0, num_clusters, num_pairs)
-    latent = centres[labels] + spread * rng.standard_normal((num_pairs, latent_dim))
+    num_items = -(-num_pairs // siblings)
+    labels = rng.integers(0, num_clusters, num_items)
+    latent = centres[labels] + spread * rng.standard_normal((num_items, latent_dim))
     if encoder:
         rng = np.random.default_rng((seed, encoder))
         lift = rng.standard_normal(lift.shape) / np.sqrt(latent_dim)
@@ -69,5 +79,12 @@ def get_data(
     signal = np.tanh(latent @ lift) @ mix
     scale = noise * signal.std()
     query = signal + scale * rng.standard_normal(signal.shape)
-    doc = signal + scale * rng.standard_normal(signal.shape)
-    return make_pairs(query.astype(np.float32), doc.astype(np.float32), labels, source="synthetic")
+    item = np.arange(num_pairs) // siblings
+    doc = signal[item] + scale * rng.standard_normal((num_pairs, dim))
+    return make_pairs(
+        query[item].astype(np.float32),
+        doc.astype(np.float32),
+        labels[item],
+        groups=item if siblings > 1 else None,
+        source="synthetic",
+    )

@@ -1,11 +1,18 @@
-"""Query -> doc retrieval over paired embeddings: Recall@k of the paired doc.
+"""Query -> doc retrieval over paired embeddings: Recall@k of the relevant docs.
 
-Query i's relevant doc is doc i. Every method is searched through an exact
-index of `bebrjax.search` (no queries x gallery matrix is ever formed): float
-vectors by `FloatIndex` (cosine), recurrent codes by `BinaryIndex` with SDC,
-sign hashes by `BinaryIndex` with Hamming distance. Ties go to the lower id,
-as in faiss's flat indexes (it matters for Hamming codes, where ties are
-common), so the figures are deterministic.
+Query i's relevant doc is doc i or, when pairs share items (`items`), every
+doc of query i's item (MS-COCO's 5 captions of an image). Recall@k is the
+share of queries with at least one relevant doc among their top k results
+(the usual MS-COCO image -> text convention: a hit when any of the image's
+captions is retrieved); with one doc per item it is the plain Recall@k of
+doc i, as in the BEBR authors' evaluation (one caption per image).
+
+Every method is searched through an exact index of `bebrjax.search` (no
+queries x gallery matrix is ever formed): float vectors by `FloatIndex`
+(cosine), recurrent codes by `BinaryIndex` with SDC, sign hashes by
+`BinaryIndex` with Hamming distance. Ties go to the lower id, as in faiss's
+flat indexes (it matters for Hamming codes, where ties are common), so the
+figures are deterministic.
 """
 
 from __future__ import annotations
@@ -18,15 +25,23 @@ from jax.sharding import Mesh
 from bebrjax.search import BinaryIndex, FloatIndex
 
 
-def recall_at_k(ids: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """{"R@k": share of queries i whose doc i is among ids[i, :k]}.
+def recall_at_k(
+    ids: np.ndarray, ks: Sequence[int], items: np.ndarray | None = None
+) -> dict[str, float]:
+    """{"R@k": share of queries i with a relevant doc among ids[i, :k]}.
 
     Args:
-      ids: [Q, K] search results, best first; K >= max(ks) unless the
-        gallery is smaller (then every doc is within reach).
+      ids: [N, K] results of the N pairs' queries searched over their N docs,
+        best first; K >= max(ks) unless the gallery is smaller (then every
+        doc is within reach).
       ks: the k of Recall@k.
+      items: optional [N] item ids of the pairs: doc j is relevant to query i
+        when items[j] == items[i]. None: only doc i is.
     """
-    return recall_of(ids, np.arange(len(ids)), ks)
+    if items is None:
+        return recall_of(ids, np.arange(len(ids)), ks)
+    items = np.asarray(items)
+    return _recall_of_hits((ids >= 0) & (items[ids] == items[:, None]), ks)
 
 
 def recall_of(ids: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
@@ -36,15 +51,26 @@ def recall_of(ids: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[
     R@k for k > ids.shape[1] is only a lower bound unless `ids` covers the
     whole gallery (as the evaluators' searches do when it is smaller).
     """
-    hit = ids == np.asarray(relevant)[:, None]
+    return _recall_of_hits(ids == np.asarray(relevant)[:, None], ks)
+
+
+def _recall_of_hits(hit: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """Recall@k from [Q, K] booleans, True where a result is relevant to its query."""
     rank = np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
     return {f"R@{k}": float(np.mean(rank < k)) for k in ks}
 
 
 def float_recall(
-    queries: np.ndarray, docs: np.ndarray, ks: Sequence[int], mesh: Mesh | None = None
+    queries: np.ndarray,
+    docs: np.ndarray,
+    ks: Sequence[int],
+    mesh: Mesh | None = None,
+    items: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall@k of float vectors under cosine similarity (exact search)."""
+    """Recall@k of float vectors under cosine similarity (exact search).
+
+    `items` as in `recall_at_k`.
+    """
 
     def unit(x):
         x = np.asarray(x, np.float32)
@@ -53,7 +79,7 @@ def float_recall(
     index = FloatIndex(docs.shape[1], mesh=mesh)
     index.add(unit(docs))
     _, ids = index.search(unit(queries), min(max(ks), len(docs)))
-    return recall_at_k(ids, ks)
+    return recall_at_k(ids, ks, items)
 
 
 def code_recall(
@@ -64,13 +90,17 @@ def code_recall(
     metric: str = "ip",
     mesh: Mesh | None = None,
     kernel: str = "auto",
+    items: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall@k of bit-plane codes [N, u+1, m]: SDC ("ip", cosine order) or Hamming."""
+    """Recall@k of bit-plane codes [N, u+1, m]: SDC ("ip", cosine order) or Hamming.
+
+    `items` as in `recall_at_k`.
+    """
     _, planes, m = doc_planes.shape
     index = BinaryIndex(m, planes - 1, metric, kernel=kernel, mesh=mesh)
     index.add(doc_planes)
     _, ids = index.search(query_planes, min(max(ks), len(doc_planes)))
-    return recall_at_k(ids, ks)
+    return recall_at_k(ids, ks, items)
 
 
 def random_hash(x: np.ndarray, bits: int, seed: int) -> np.ndarray:

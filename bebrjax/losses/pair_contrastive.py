@@ -1,13 +1,15 @@
 """BEBR's pair contrastive loss with hard negatives (DESIGN.md §4).
 
 Logits l_jk = cos(z1_j, z2_k) / tau over a batch of positive pairs (z1_j, z2_j).
-Off-diagonal entries whose label equals row j's label are masked (other views
-of the same item). Each row keeps its positive l_jj and its K largest allowed
-negatives, and the cross entropy targets the positive. Both directions
-(z1 -> z2 and z2 -> z1) are computed and summed.
+Off-diagonal entries of pairs that show the same item as pair j (`groups`,
+e.g. the other captions of the same image) are masked, as in the reference,
+which masks by image id; so, optionally, are those sharing row j's label.
+Each row keeps its positive l_jj and its K largest allowed negatives, and
+the cross entropy targets the positive. Both directions (z1 -> z2 and
+z2 -> z1) are computed and summed.
 
-A negative label means "no label": such rows are never masked against each
-other (many real data sets label only some items).
+A negative label or group means "none": such rows are never masked against
+each other (many real data sets label only some items).
 """
 
 from __future__ import annotations
@@ -71,12 +73,14 @@ def hard_negative_cross_entropy(
     )
 
 
-def negatives_mask(n: int, labels: jax.Array | None = None) -> jax.Array:
-    """[n, n] bool: off-diagonal, and not sharing a (non-negative) label."""
+def negatives_mask(
+    n: int, labels: jax.Array | None = None, groups: jax.Array | None = None
+) -> jax.Array:
+    """[n, n] bool: off-diagonal, and sharing neither a (non-negative) label nor group."""
     allowed = ~jnp.eye(n, dtype=bool)
-    if labels is not None:
-        same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
-        allowed &= ~same
+    for keys in (labels, groups):
+        if keys is not None:
+            allowed &= ~((keys[:, None] == keys[None, :]) & (keys[:, None] >= 0))
     return allowed
 
 
@@ -87,6 +91,7 @@ def pair_contrastive_loss(
     temperature: float = 0.05,
     hard_negatives: int = 5,
     labels: jax.Array | None = None,
+    groups: jax.Array | None = None,
 ) -> jax.Array:
     """The symmetric hard-negative pair loss.
 
@@ -96,12 +101,13 @@ def pair_contrastive_loss(
       temperature: tau of the cosine logits.
       hard_negatives: K largest negatives kept per row; 0 keeps all.
       labels: optional [n] int labels; same-label off-diagonal entries are masked.
+      groups: optional [n] int item ids; same-item off-diagonal entries are masked.
 
     Returns:
       The scalar loss, z1->z2 plus z2->z1.
     """
     logits = cosine_logits(z1, z2, temperature)
-    allowed = negatives_mask(logits.shape[0], labels)
+    allowed = negatives_mask(logits.shape[0], labels, groups)
     return hard_negative_cross_entropy(
         logits, allowed, hard_negatives
     ) + hard_negative_cross_entropy(logits.T, allowed.T, hard_negatives)

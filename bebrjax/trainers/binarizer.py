@@ -10,8 +10,9 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 3. Run the jit'd train step over deterministic batches sharded on `data`,
    logging to metrics.jsonl and a progress bar, checkpointing on schedule.
 4. Encode the eval split and write results.json / results.md / results.png:
-   raw float, binary codes, a same-bits random hash and, on request, the same
-   model trained without the sign (the fine-tuned float baseline).
+   raw float, binary codes, a same-bits random hash and, on request, a
+   same-bits sign MLP trained with the same loss (the trained hash) and the
+   same model trained without the sign (the fine-tuned float baseline).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -71,6 +71,7 @@ def default_config(
         temperature=0.05,
         hard_negatives=5,
         mask_same_label=False,
+        mask_same_group=True,
         distill_weight=1.0,
         teacher_temperature=0.05,
         student_temperature=0.05,
@@ -82,9 +83,19 @@ def default_config(
     c.optim = optim_config(lr=0.002)
     c.train = train_config(steps=steps)
     c.mesh = dict(num_devices=devices)
+    # The trained hash (eval.trained_hash): a sign MLP to m(u+1) bits in one plane,
+    # these blocks (hidden 0: max(d, bits)), the rest of the recipe as above.
+    c.hash_model = dict(hidden=0, depth=1)
     # kernel: SDC/Hamming scoring, "auto" (popcount on CPU, int8 matmul on GPU/TPU),
     # "popcount" or "matmul"; all give identical results.
-    c.eval = dict(ks=(1, 5, 10), hash=True, float_baseline=False, batch_size=2048, kernel="auto")
+    c.eval = dict(
+        ks=(1, 5, 10),
+        hash=True,
+        trained_hash=False,
+        float_baseline=False,
+        batch_size=2048,
+        kernel="auto",
+    )
     return c
 
 
@@ -177,6 +188,24 @@ def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.C
     return config
 
 
+def trained_hash_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The trained hash baseline: the same recipe, but a sign MLP (`hash_model`'s blocks).
+
+    One bit plane (u = 0) as wide as the binarizer's code has bits, m(u+1),
+    trained with the same loss: the BEBR paper's hashing baseline. Needs a
+    resolved config (`model.code_dim` set).
+    """
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        bits = config.model.code_dim * (config.model.loops + 1)
+        config.model.update(code_dim=bits, loops=0, binarize=True, **config.hash_model)
+    return config
+
+
+# The optional baselines trained beside the binarizer: eval key -> their config.
+BASELINES = {"float_baseline": float_baseline_config, "trained_hash": trained_hash_config}
+
+
 _RULES = (
     ("model.code_dim", lambda v: 0 < v <= 65535, "in [1, 65535] (the search index's range)"),
     ("model.loops", lambda v: 0 <= v <= 3, "in [0, 3] (bits per dimension 1..4)"),
@@ -188,6 +217,8 @@ _RULES = (
     ("loss.teacher_temperature", lambda v: v > 0, "> 0"),
     ("loss.student_temperature", lambda v: v > 0, "> 0"),
     ("loss.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
+    ("hash_model.hidden", lambda v: v >= 0, ">= 0 (0: max(d, bits))"),
+    ("hash_model.depth", lambda v: v >= 0, ">= 0"),
     ("eval.kernel", lambda v: v in ("auto", *scoring.KERNELS), "'auto', 'popcount' or 'matmul'"),
 )
 
@@ -205,8 +236,9 @@ def validate(config: ml_collections.ConfigDict, train_pairs: int, eval_pairs: in
             f"eval.ks: Recall@{max(config.eval.ks)} needs more than {eval_pairs} held-out pairs "
             "(at k >= the gallery size every query finds its doc)"
         )
-    if config.eval.hash and config.model.code_dim * (config.model.loops + 1) > 65535:
-        raise ConfigError("eval.hash: the same-bits hash needs m(u+1) <= 65535 bits")
+    for key in ("hash", "trained_hash"):
+        if config.eval[key] and config.model.code_dim * (config.model.loops + 1) > 65535:
+            raise ConfigError(f"eval.{key}: the same-bits hash needs m(u+1) <= 65535 bits")
     if not (config.loss.pair_weight or config.loss.distill_weight):
         raise ConfigError("loss.pair_weight and loss.distill_weight are both 0: nothing to train")
     steps_per_epoch(train_pairs, config.train.batch_size)
@@ -219,15 +251,22 @@ def evaluate(
     data: PairedEmbeddings,
     mesh,
     float_state: State | None = None,
+    hash_state: State | None = None,
 ) -> dict[str, dict[str, float]]:
     """Retrieval on the eval pairs, every method through an exact search index.
 
     Rows: the raw float embeddings (cosine), the binary codes (SDC over their
-    packed planes), the same-bits random hash (Hamming, when `eval.hash`)
-    and, given `float_state`, the float baseline (cosine).
+    packed planes), the same-bits random hash (Hamming, when `eval.hash`),
+    given `hash_state` the trained hash (Hamming) and, given `float_state`,
+    the float baseline (cosine). Every doc of a query's item is relevant
+    (`retrieval.recall_at_k`).
     """
-    ks, float_bytes, kernel = tuple(config.eval.ks), 4 * data.dim, config.eval.kernel
+    ks, float_bytes, items = tuple(config.eval.ks), 4 * data.dim, data.item_ids()
     store = functools.partial(retrieval.storage, float_bytes=float_bytes)
+    float_search = functools.partial(retrieval.float_recall, ks=ks, mesh=mesh, items=items)
+    code_search = functools.partial(
+        retrieval.code_recall, ks=ks, mesh=mesh, kernel=config.eval.kernel, items=items
+    )
 
     def encode_pairs(model_config, model_state):
         model = build_model(model_config)
@@ -240,28 +279,28 @@ def evaluate(
     bits = m * (config.model.loops + 1)
     results = {
         "float": {
-            **retrieval.float_recall(data.query, data.doc, ks, mesh),
+            **float_search(data.query, data.doc),
             **store(32 * data.dim, float_bytes),
         }
     }
     queries, docs = encode_pairs(config, state)
     # A stored doc is its packed planes plus the 4-byte 1/||b|| that SDC search ranks with.
     results["binary"] = {
-        **retrieval.code_recall(queries.planes, docs.planes, ks, mesh=mesh, kernel=kernel),
+        **code_search(queries.planes, docs.planes),
         **store(bits, bits / 8 + 4),
     }
     if config.eval.hash:
         hashes = [retrieval.random_hash(x, bits, config.seed) for x in (data.query, data.doc)]
-        results["hash"] = {
-            **retrieval.code_recall(*hashes, ks, metric="hamming", mesh=mesh, kernel=kernel),
+        results["hash"] = {**code_search(*hashes, metric="hamming"), **store(bits, bits / 8)}
+    if hash_state is not None:
+        queries, docs = encode_pairs(trained_hash_config(config), hash_state)
+        results["trained_hash"] = {
+            **code_search(queries.planes, docs.planes, metric="hamming"),
             **store(bits, bits / 8),
         }
     if float_state is not None:
         queries, docs = encode_pairs(float_baseline_config(config), float_state)
-        results["float_ft"] = {
-            **retrieval.float_recall(queries.code, docs.code, ks, mesh),
-            **store(32 * m, 4 * m),
-        }
+        results["float_ft"] = {**float_search(queries.code, docs.code), **store(32 * m, 4 * m)}
     return results
 
 
@@ -269,6 +308,8 @@ def split_pairs(
     config: ml_collections.ConfigDict, data: PairedEmbeddings
 ) -> tuple[PairedEmbeddings, PairedEmbeddings]:
     """The train and eval pairs of `data` under `config.split` and `config.seed`.
+
+    Pairs of one item (`data.groups`) stay on one side.
 
     Raises:
       DataError: on a split that cannot be drawn.
@@ -278,6 +319,7 @@ def split_pairs(
         eval_fraction=config.split.eval_fraction,
         eval_indices=config.split.eval_indices or None,
         seed=config.seed,
+        groups=data.groups,
     )
     return data.subset(train_rows), data.subset(eval_rows)
 
@@ -312,19 +354,31 @@ def train_and_evaluate(
     sharding.check_batch_size(config.train.batch_size, mesh)
     wd.prepare(workdir, to_dict(config))
 
-    start = time.perf_counter()
     state = fit(config, train_data, workdir, mesh, stop_after_steps=stop_after_steps)
     if state is None:
         return None
-    train_seconds = time.perf_counter() - start
-    float_state = None
-    if config.eval.float_baseline:
-        float_dir = os.path.join(workdir, "float_baseline")
-        os.makedirs(float_dir, exist_ok=True)
-        float_state = fit(float_baseline_config(config), train_data, float_dir, mesh)
-    return write_results(
-        config, workdir, state, (train_data, eval_data), mesh, train_seconds, float_state
+    float_state, hash_state = (
+        fit_baseline(config, name, train_data, workdir, mesh) if config.eval[name] else None
+        for name in ("float_baseline", "trained_hash")
     )
+    return write_results(
+        config,
+        workdir,
+        state,
+        (train_data, eval_data),
+        mesh,
+        float_state,
+        hash_state,
+    )
+
+
+def fit_baseline(
+    config: ml_collections.ConfigDict, name: str, data: PairedEmbeddings, workdir: str, mesh
+) -> State:
+    """Trains (or resumes) baseline `name` of `BASELINES` on `data` in `workdir/<name>`."""
+    directory = os.path.join(workdir, name)
+    os.makedirs(directory, exist_ok=True)
+    return fit(BASELINES[name](config), data, directory, mesh)
 
 
 def write_results(
@@ -333,13 +387,16 @@ def write_results(
     state: State,
     split: tuple[PairedEmbeddings, PairedEmbeddings],
     mesh,
-    train_seconds: float,
     float_state: State | None = None,
+    hash_state: State | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained binarizer and writes results.json, results.md and results.png.
 
     results.json is written last but one (before the plot), and a workdir
-    holding it counts as a finished run.
+    holding it counts as a finished run. Its "train" entry holds the steps,
+    the devices, and the wall seconds of training in `workdir` over every
+    call that trained (`workdir.train_time`): "seconds" (the total) and
+    "parts" (start step, end step and seconds of each call).
 
     Args:
       config: the run's resolved config.
@@ -347,20 +404,21 @@ def write_results(
       state: the trained state.
       split: (train pairs, eval pairs).
       mesh: the device mesh.
-      train_seconds: the wall time of training, for the record.
       float_state: the float baseline's state, when trained.
+      hash_state: the trained hash's state, when trained.
     """
     train_data, eval_data = split
-    results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state)}
+    results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state, hash_state)}
     results["data"] = {
         "source": eval_data.source,
         "dim": eval_data.dim,
         "train_pairs": len(train_data),
         "eval_pairs": len(eval_data),
+        "eval_items": len(np.unique(eval_data.item_ids())),
     }
     results["train"] = {
         "steps": config.train.steps,
-        "seconds": round(train_seconds, 1),
+        **wd.train_time(workdir),
         "devices": int(mesh.devices.size),
     }
     table = report.retrieval_table(results["retrieval"])

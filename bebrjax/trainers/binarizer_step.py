@@ -28,6 +28,7 @@ def compute_loss(
     x1: jax.Array,
     x2: jax.Array,
     labels: jax.Array,
+    groups: jax.Array,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted training loss of a batch of encoded pairs.
 
@@ -38,6 +39,7 @@ def compute_loss(
       x1: [n, d] the float queries (with x2, the distillation teacher).
       x2: [n, d] the float docs.
       labels: [n] int labels, negative for unlabelled.
+      groups: [n] int item ids, negative for pairs of no group.
 
     Returns:
       (total, {term: value}) where total = pair_weight * pair + distill_weight * distill.
@@ -50,6 +52,7 @@ def compute_loss(
             temperature=loss.temperature,
             hard_negatives=loss.hard_negatives,
             labels=labels if loss.mask_same_label else None,
+            groups=groups if loss.mask_same_group else None,
         )
     if loss.distill_weight:
         terms["distill"] = similarity_distillation_loss(
@@ -102,7 +105,13 @@ def make_train_step(
                 mutable=["batch_stats"],
             )
             total, terms = compute_loss(
-                loss, out.code[:n], out.code[n:], batch["query"], batch["doc"], batch["labels"]
+                loss,
+                out.code[:n],
+                out.code[n:],
+                batch["query"],
+                batch["doc"],
+                batch["labels"],
+                batch["groups"],
             )
             if cross is not None:
                 value, more = cross(out.code[:n], out.code[n:], batch)
@@ -115,6 +124,14 @@ def make_train_step(
 
 
 def make_batch(data: PairedEmbeddings, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of one batch; missing labels become -1 (unlabelled)."""
-    labels = data.labels[rows] if data.labels is not None else np.full(len(rows), -1, np.int32)
-    return {"query": data.query[rows], "doc": data.doc[rows], "labels": labels}
+    """The arrays of one batch; missing labels or groups become -1 (none)."""
+
+    def ids(array):
+        return array[rows] if array is not None else np.full(len(rows), -1, np.int32)
+
+    return {
+        "query": data.query[rows],
+        "doc": data.doc[rows],
+        "labels": ids(data.labels),
+        "groups": ids(data.groups),
+    }

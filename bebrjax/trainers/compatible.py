@@ -26,7 +26,9 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 6. Evaluate on the held-out pairs (`bebrjax.evaluators.versions`): the binary
    and float compatibility matrices and the backfill curves, written to
    results.json, results.md, results.png (the binary matrix) and
-   backfill.png.
+   backfill.png. results.json's "train" holds each stage's training time
+   over every call that trained it (`workdir.train_time`: "seconds", the
+   total, and "parts"); "seconds" the wall time of this call's phases.
 
 The worst-first backfill order is our reading of FastFill (which orders by
 a learned uncertainty of each old feature): the documents whose old codes
@@ -43,7 +45,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import time
 
 import ml_collections
 import numpy as np
@@ -269,9 +270,8 @@ def train_new(
             )
             return compat.weight * value, {"cross": value}
 
-        start = time.perf_counter()
         state = binarizer.fit(stage, split[0], directory, mesh, extra=old_codes, cross=cross)
-        binarizer.write_results(stage, directory, state, split, mesh, time.perf_counter() - start)
+        binarizer.write_results(stage, directory, state, split, mesh)
     return load(directory, mesh=mesh)
 
 
@@ -383,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for name, model in (("old", old), ("new", new), ("independent", independent))
     }
     results["seconds"] = lap.seconds
+    results["train"] = {stage: wd.train_time(stage_dir(config, workdir, stage)) for stage in STAGES}
     wd.write_atomic(os.path.join(workdir, "results.md"), report.versions_report(results) + "\n")
     wd.write_json(os.path.join(workdir, "results.json"), results)
     report.plot_matrix(

@@ -4,9 +4,12 @@ r"""BEBR on your own paired embeddings.
 
 `path` is an .npz file (or a directory of <key>.npy files) holding `query`
 [N, d] and `doc` [N, d], row i of one pairing with row i of the other, and
-optionally `labels` [N]. Other key names: `--config.data.query_key=...`,
-`--config.data.doc_key=...`, `--config.data.labels_key=...` (empty: ignore).
-20% of the pairs, drawn with the seed, are held out for evaluation.
+optionally `labels` [N] and `groups` [N] (the item each pair shows, when
+items repeat: e.g. 5 captions per image). Other key names:
+`--config.data.query_key=...`, `--config.data.doc_key=...`,
+`--config.data.labels_key=...`, `--config.data.groups_key=...` (empty:
+ignore). 20% of the pairs (of the groups, with groups), drawn with the
+seed, are held out for evaluation.
 
 Arguments after ':':
   path: the embeddings file (required).
@@ -30,6 +33,11 @@ def get_config(arg=None):
     arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query", doc_key="doc")
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
     c.data = dict(
-        name="npz", path=arg.path, query_key=arg.query_key, doc_key=arg.doc_key, labels_key="labels"
+        name="npz",
+        path=arg.path,
+        query_key=arg.query_key,
+        doc_key=arg.doc_key,
+        labels_key="labels",
+        groups_key="groups",
     )
     return c

@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import json
 import os
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -112,6 +113,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file '{path}': get_config returned {type(config).__name__}")
     return config
+
+
+def config_module(config_file: str, name: str) -> types.ModuleType:
+    """The module `<name>.py` beside `config_file`: a config's shared recipe.
+
+    Config files are loaded by path (`load_config`), not imported from a
+    package, so a part several configs share (e.g. configs/upgrade/common.py)
+    is loaded the same way: `common = config_module(__file__, "common")`.
+
+    Raises:
+      ConfigError: when there is no such file.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config module '{path}' (beside '{config_file}') does not exist")
+    spec = importlib.util.spec_from_file_location(f"bebrjax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
@@ -223,3 +243,22 @@ def diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> l
         elif va != vb:
             keys.append(name)
     return keys
+
+
+def check_ks(ks: Iterable[int], gallery: int, items: str) -> None:
+    """Refuses a Recall@k whose k reaches the gallery, where it is 1.0 by construction.
+
+    Args:
+      ks: the config's eval.ks.
+      gallery: the number of items searched.
+      items: what they are, for the message (e.g. "held-out pairs").
+
+    Raises:
+      ConfigError: naming eval.ks.
+    """
+    k = max(ks)
+    if k >= gallery:
+        raise ConfigError(
+            f"config key 'eval.ks': Recall@{k} needs more than {gallery} {items} "
+            "(at k >= the gallery size every query finds its match)"
+        )

@@ -1,7 +1,8 @@
 """Device mesh and shardings: the batch split on `data`, parameters replicated.
 
-`batched_apply` runs a jit'd function over a host array batch by batch on the mesh
-(evaluation embeddings, gallery upgrades).
+`batched_apply` runs a jit'd function over a host array batch by batch on the mesh;
+`apply_model` is that for a flax model in eval mode (evaluation embeddings,
+binary codes, gallery upgrades).
 """
 
 from __future__ import annotations
@@ -93,3 +94,24 @@ def batched_apply(
         for start in range(0, len(x), apply.batch_size)
     ]
     return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(x)], *out)
+
+
+def apply_model(
+    model: Any, variables: Any, x: np.ndarray, mesh, batch_size: int, output: str = ""
+) -> Any:
+    """A flax model in eval mode (`train=False`) over `x`, batch by batch, as numpy.
+
+    Args:
+      model: the module (an embedder, a binarizer, psi).
+      variables: its variables.
+      x: the host inputs (a memory-mapped array works).
+      mesh: the device mesh.
+      batch_size: rows per batch.
+      output: the entry of the model's output dict to keep ("" keeps it all).
+    """
+
+    def apply(v: Any, xb: jax.Array) -> Any:
+        out = model.apply(v, xb, train=False)
+        return out[output] if output else out
+
+    return batched_apply(apply, variables, x, mesh, batch_size)

@@ -85,6 +85,7 @@ def small_compare_config(*extra: str):
             "new.model.backbone_args.widths=(256,)",
             "mesh.num_devices=1",
             "train.log_every=50",
+            "train.checkpoint_every=60",  # a checkpoint to resume from (test_upgrade_resume)
             *extra,
         ],
     )

@@ -13,13 +13,13 @@ import pytest
 from conftest import ROOT
 
 from bebrjax import encode, heldout, inference, query
+from bebrjax.data.upgrade_splits import load_labelled
 from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.export import export_bundle
 from bebrjax.export import main as export_main
 from bebrjax.search import BinaryIndex, IndexFormatError
 from bebrjax.search.writer import IndexWriter
 from bebrjax.serving import BundleError, load_bundle
-from bebrjax.trainers import upgrade
 from bebrjax.trainers.binarizer import build_model
 
 
@@ -358,7 +358,7 @@ def test_upgrade_runs_load_and_give_their_results_back(compare_run, tmp_path):
     assert set(runs) == set(results["methods"])
     run = runs["bict"]
     assert set(run.parts) == {"old", "new", "psi"} and set(runs["bct"].parts) == {"old", "new"}
-    data, split = upgrade.load_labelled(run.config)
+    data, split = load_labelled(run.config)
     queries, gallery = data.subset(split.query), data.subset(split.gallery)
     stored = run.old(gallery.x)
     embeddings = {

@@ -29,3 +29,10 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> n
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     return order[index * batch_size : (index + 1) * batch_size]
+
+
+def total_steps(train, num_examples: int) -> int:
+    """The steps of a run: `train.steps`, or `train.epochs` epochs of full batches when 0."""
+    if train.steps:
+        return train.steps
+    return max(1, int(round(train.epochs * steps_per_epoch(num_examples, train.batch_size))))

@@ -15,6 +15,7 @@ rest (the pool) is split by `kind`, with `old_ratio` (0.3 by default):
 
 Everything is drawn with `seed`. `accounting()` gives the images and
 classes of every part, and the overlap of the old and new sets.
+`load_labelled` loads an upgrade config's labelled data and draws its split.
 
 `sequence_split` gives the nested training sets of a sequence of upgrades
 (phi1 -> phi2 -> ...): step t trains on `ratios[t]` of the classes
@@ -27,8 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_collections
 import numpy as np
 
+from bebrjax.config import ConfigError
+from bebrjax.data import get_data
+from bebrjax.data.labelled import Labelled
 from bebrjax.data.pairs import DataError
 
 KINDS = ("extended_data", "extended_class", "open_data", "open_class")
@@ -157,3 +162,37 @@ def sequence_split(
     pool = draw(0.5)  # the held-out split and the whole pool do not depend on the ratio
     train = [pool.new if r == 1 else draw(r).old for r in ratios]
     return train, pool.query, pool.gallery
+
+
+def labelled_data(config: ml_collections.ConfigDict) -> Labelled:
+    """The labelled data of an upgrade config's `data` section, validated.
+
+    Raises:
+      DataError: on bad data.
+      ConfigError: when the data set named is not labelled data.
+    """
+    data = get_data(config.data)
+    if not isinstance(data, Labelled):
+        raise ConfigError(
+            f"data.name={config.data.name!r} gives {type(data).__name__}; "
+            "upgrades train on labelled data"
+        )
+    return data
+
+
+def load_labelled(config: ml_collections.ConfigDict) -> tuple[Labelled, UpgradeSplit]:
+    """The labelled data of an upgrade config and its universal split (`split.*`, `seed`).
+
+    Raises:
+      DataError: on bad data or a split that leaves a part empty.
+      ConfigError: when the data set named is not labelled data.
+    """
+    data = labelled_data(config)
+    split = universal_split(
+        data.y,
+        config.split.kind,
+        old_ratio=config.split.old_ratio,
+        eval_fraction=config.split.eval_fraction,
+        seed=config.seed,
+    )
+    return data, split

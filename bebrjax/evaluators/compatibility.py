@@ -19,16 +19,19 @@ A model is compatible when M(new->old) > M(old/old).
 With a forward adapter psi (DMU, BiCT) the stored old gallery is upgraded to
 psi(old): the cell new->psi(old) holds new queries against it, and the same
 gain, flip rate and criterion are reported for it under "adapted".
+`evaluate_upgrade` embeds held-out data with trained models and fills the matrix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax.search import FloatIndex
+from bebrjax.sharding import apply_model
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -180,3 +183,45 @@ def compatibility_matrix(
     if "adapted" in embeddings:
         out["adapted"] = criteria(matrix, top1, "new->psi(old)", "mAP@R")
     return out
+
+
+def evaluate_upgrade(
+    models: Mapping[str, tuple[Any, dict]],
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    gallery: np.ndarray,
+    g_labels: np.ndarray,
+    *,
+    mesh: Mesh,
+    batch_size: int,
+    adapter: tuple[Any, dict] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    fars: Sequence[float] = (1e-2, 1e-3),
+) -> dict:
+    """The compatibility matrix of trained models on held-out queries and gallery.
+
+    Args:
+      models: {"old", "new", "paragon": (flax model, variables)}, models whose
+        output holds an "embedding".
+      queries: [Q, ...] the query inputs.
+      q_labels: [Q] their labels.
+      gallery: [G, ...] the gallery inputs.
+      g_labels: [G] their labels.
+      mesh: the mesh the models run and the searches shard on.
+      batch_size: rows per batch of the models.
+      adapter: (psi, its variables): the old gallery is also upgraded to
+        psi(old) and searched by the new queries.
+      ks: the k of Recall@k.
+      fars: the FARs of TAR@FAR.
+    """
+    embeddings = {
+        name: tuple(
+            apply_model(model, variables, x, mesh, batch_size, "embedding")
+            for x in (queries, gallery)
+        )
+        for name, (model, variables) in models.items()
+    }
+    if adapter is not None:
+        upgraded = apply_model(*adapter, embeddings["old"][1], mesh, batch_size)
+        embeddings["adapted"] = (None, upgraded)
+    return compatibility_matrix(embeddings, q_labels, g_labels, ks=ks, fars=fars, mesh=mesh)

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from bebrjax import checkpoint, sharding
 from bebrjax import workdir as wd
+from bebrjax.data.upgrade_splits import labelled_data
 from bebrjax.inference.parts import (
     Binarizer,
     Encoder,
@@ -27,9 +28,11 @@ from bebrjax.inference.parts import (
 )
 from bebrjax.models.adapter import split_variables
 from bebrjax.models.code_adapter import CodeAdapter
-from bebrjax.trainers import sequential, upgrade
+from bebrjax.trainers import sequential
 from bebrjax.trainers.binarizer import build_model
 from bebrjax.trainers.upgrade_compare import method_configs
+from bebrjax.trainers.upgrade_methods import METHODS
+from bebrjax.trainers.upgrade_models import build, build_adapter
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -133,17 +136,13 @@ def _upgrade(
     new_vars, psi_vars = _model_only(new_vars)
     psi_step = new_step
     parts = {
-        "old": _embedder(
-            "old", upgrade.build(config.old, classes), old_vars, example, old_step, mesh
-        ),
-        "new": _embedder(
-            "new", upgrade.build(config.new, classes), new_vars, example, new_step, mesh
-        ),
+        "old": _embedder("old", build(config.old, classes), old_vars, example, old_step, mesh),
+        "new": _embedder("new", build(config.new, classes), new_vars, example, new_step, mesh),
     }
-    if config.method == "bict":
+    if METHODS[config.method].adapter == "forward":  # psi trained in a stage of its own
         psi_step, psi_vars = _restore(os.path.join(base, "forward"), step, mesh, finished, name)
     if psi_vars is not None:
-        adapter = upgrade.build_adapter(config, config.new.model.embedding_dim)
+        adapter = build_adapter(config, config.new.model.embedding_dim)
 
         def forward(v, x):
             return adapter.apply(v, x.astype(jnp.float32), train=False)
@@ -163,7 +162,7 @@ def _upgrade(
 
 
 def _load_upgrade(workdir, config, step, mesh, finished) -> Upgrade:
-    data = upgrade.labelled_data(config)
+    data = labelled_data(config)
     old_dir = config.old_workdir or os.path.join(workdir, "old")
     return _upgrade(
         workdir, config, data.x[:1], data.num_classes, old_dir, workdir, step, mesh, finished
@@ -178,7 +177,7 @@ def _load_sequential(workdir, config, step, mesh, finished) -> Runs:
     """
     if not finished:
         raise LoadError(f"{workdir}: the sequence has not finished (no results.json)")
-    data = upgrade.labelled_data(config)
+    data = labelled_data(config)
     runs = Runs()
     for method in config.methods:
         old_dir = os.path.join(workdir, "step1")

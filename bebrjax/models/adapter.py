@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bebrjax.models.binarizer import MLPBlock, l2_normalize
-from bebrjax.sharding import batched_apply
+from bebrjax.sharding import apply_model
 
 
 def fitting_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
@@ -76,9 +76,7 @@ def upgrade_gallery(
     Returns:
       [N, features] float32, unit rows.
     """
-    return batched_apply(
-        lambda v, xb: adapter.apply(v, xb, train=False), variables, gallery, mesh, batch_size
-    )
+    return apply_model(adapter, variables, gallery, mesh, batch_size)
 
 
 class WithAdapter(nn.Module):

@@ -103,10 +103,23 @@ def optimizer_step(
     return new_state, {"loss": total, "grad_norm": optax.tree.norm(grads), **terms}
 
 
-def jit_train_step(step: Callable[[State, Any], tuple[State, Any]], mesh):
-    """`step(state, batch)` jit'd on the mesh: state replicated and donated, batch sharded."""
+def jit_train_step(step: Callable[..., tuple[State, Any]], mesh, frozen: Any = None):
+    """`step(state, batch)` jit'd on the mesh: state replicated and donated, batch sharded.
+
+    With `frozen` (the arrays of a model another is trained against), the
+    step is `step(state, batch, frozen)` and `frozen` is an argument of the
+    compiled program, put on the devices once, not a value closed over
+    (which XLA bakes into the program as constants: a larger program,
+    compiled again for every model). The returned function takes (state, batch).
+    """
     rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    if frozen is None:
+        return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+    jitted = jax.jit(
+        step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0
+    )
+    frozen = jax.device_put(frozen, rep)
+    return lambda state, batch: jitted(state, batch, frozen)
 
 
 def cadence(train: Any) -> dict[str, int]:

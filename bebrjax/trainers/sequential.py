@@ -12,19 +12,22 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 3. For each method of `methods` and each step t >= 2: phi_t trained with the
    method against the frozen phi_{t-1} of the same method (always the
    previous model: a model knows only its predecessor), in
-   workdir/<method>/step<t> (`upgrade.train_new`). Methods with a forward
+   workdir/<method>/step<t> (`upgrade_stages.train_new`). Methods with a forward
    adapter (dmu, bict) replace the stored gallery by psi_t(G); the others
    (bct) leave it as it is, so it stays phi1's.
 4. At every step: new/new (phi_t on both sides, the backfilled ideal),
    new -> phi1 gallery, and new -> stored gallery (the one the system
    actually holds), with the stored gallery's version, e.g. psi3(psi2(phi1)).
-   Written to results.json, results.md (a table) and results.png (a plot).
+   Written to results.json (with "train": each stage's training time over
+   every call, `workdir.train_time`), results.md (a table) and results.png
+   (a plot).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import os
 from collections.abc import Callable
 
@@ -33,58 +36,15 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, parse_arg, to_dict
+from bebrjax.config import ConfigError, to_dict
 from bebrjax.data.batching import steps_per_epoch
-from bebrjax.data.upgrade_splits import sequence_split
+from bebrjax.data.upgrade_splits import labelled_data, sequence_split
 from bebrjax.evaluators.compatibility import retrieval_metrics
-from bebrjax.models.adapter import upgrade_gallery
-from bebrjax.trainers import upgrade
+from bebrjax.sharding import apply_model
+from bebrjax.trainers import upgrade_checks
 from bebrjax.trainers.loop import Laps, variables_of
-
-MLP_STEPS = ({"widths": (128,)}, {"widths": (256, 256)}, {"widths": (512, 512)})
-RESNET_STEPS = (
-    {"stage_sizes": (1, 1), "width": 8},
-    {"stage_sizes": (1, 1), "width": 16},
-    {"stage_sizes": (2, 2), "width": 16},
-)
-
-
-def default_config(
-    *, data: str = "classes", path: str = "", steps: int = 0, devices: int = 0
-) -> ml_collections.ConfigDict:
-    """Three steps on the synthetic default: 30%, 60%, 100% of the classes, growing MLPs.
-
-    Args:
-      data: "classes" (synthetic), "digits" (ResNets) or "labelled" (`path`).
-      path: the .npz of `x` and `y`, with data=labelled.
-      steps: training steps of every stage; 0 means `train.epochs` epochs.
-      devices: devices of the mesh; 0 means all.
-    """
-    c = upgrade.default_config(method="bct", steps=steps, devices=devices)
-    c = upgrade.configure_data(c, data, path)
-    with c.unlocked():
-        for key in ("method", "old", "new", "old_workdir", "paragon_workdir"):
-            del c[key]
-    c.trainer = "sequential"
-    c.methods = ("bct", "dmu", "bict")
-    c.model = dict(backbone="mlp", classifier="cosine", scale=16.0, margin=0.0, embedding_bn=True)
-    c.sequence = dict(ratios=(0.3, 0.6, 1.0), backbone_args=MLP_STEPS, embedding_dims=(32, 48, 64))
-    if data == "digits":
-        c.model.backbone = "resnet"
-        c.sequence.backbone_args = RESNET_STEPS
-    return c
-
-
-def config_from_arg(arg: str | None) -> ml_collections.ConfigDict:
-    """The config of `configs/upgrade/sequential.py` for its `:arg` text.
-
-    Arguments after ':' (e.g. `data=digits,steps=300`): data (classes,
-    digits or labelled), path, steps, devices; see `default_config`.
-    """
-    parsed = parse_arg(arg, data="classes", path="", steps=0, devices=0)
-    return default_config(
-        data=parsed.data, path=parsed.path, steps=parsed.steps, devices=parsed.devices
-    )
+from bebrjax.trainers.upgrade_models import Frozen, build, check_model
+from bebrjax.trainers.upgrade_stages import fit_stage, train_new
 
 
 def stage_config(config: ml_collections.ConfigDict, step: int) -> ml_collections.ConfigDict:
@@ -128,7 +88,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config key 'methods' is empty")
     for method in config.methods:
         for step in range(1, len(seq.ratios)):
-            upgrade.validate(method_config(config, method, step))
+            upgrade_checks.validate(method_config(config, method, step))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       DataError: on bad input data; ConfigError: on a bad config or a workdir
         holding another run. Both before anything is written.
     """
-    data = upgrade.labelled_data(config)
+    data = labelled_data(config)
     train_sets, query_rows, gallery_rows = sequence_split(
         data.y,
         config.split.kind,
@@ -160,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     validate(config)
     for step in range(len(train_sets)):
-        upgrade.check_model(
+        check_model(
             stage_config(config, step),
             data.num_classes,
             data.x[:1],
@@ -191,27 +151,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     first_config = method_config(config, config.methods[0], 1)
     first_stage = stage_config(config, 0)
     first_data = data.subset(train_sets[0])
-    first_model = upgrade.build(first_stage, classes)
-    first_variables = variables_of(
-        upgrade.fit_stage(
-            first_config, first_stage, first_data, classes, os.path.join(workdir, "step1"), mesh
-        )
+    first_state = fit_stage(
+        first_config, first_stage, first_data, classes, os.path.join(workdir, "step1"), mesh
+    )
+    first = Frozen(
+        first_stage,
+        build(first_stage, classes),
+        variables_of(first_state),
+        np.bincount(first_data.y, minlength=classes) > 0,
     )
     lap("step1")
-    first_q, first_g = (
-        upgrade.embed(first_model, first_variables, part.x, mesh, batch_size)
-        for part in (queries, gallery)
-    )
+    first_q, first_g = (first.embed(part.x, mesh, batch_size) for part in (queries, gallery))
     baseline = search(first_q, first_g)
     results = {"steps": len(train_sets), "methods": {}, "seconds": lap.seconds}
     for method in config.methods:
-        frozen = upgrade.Frozen(
-            first_stage,
-            first_model,
-            first_variables,
-            np.bincount(first_data.y, minlength=classes) > 0,
-        )
-        stored = StoredGallery(first_g, "phi1")
+        frozen, stored = first, StoredGallery(first_g, "phi1")
         table = [
             {
                 "step": 1,
@@ -223,24 +177,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ]
         for step in range(1, len(train_sets)):
             sub = method_config(config, method, step)
-            step_data = data.subset(train_sets[step])
-            model, variables, adapter = upgrade.train_new(
-                sub,
-                sub.new,
-                step_data,
-                classes,
-                os.path.join(workdir, method, f"step{step + 1}"),
-                mesh,
-                frozen,
+            step_dir = os.path.join(workdir, method, f"step{step + 1}")
+            new, adapter = train_new(
+                sub, sub.new, data.subset(train_sets[step]), classes, step_dir, mesh, frozen
             )
             if adapter is not None:
                 stored = stored.upgraded(
-                    lambda g, a=adapter: upgrade_gallery(*a, g, mesh, batch_size), step + 1
+                    lambda g, a=adapter: apply_model(*a, g, mesh, batch_size), step + 1
                 )
-            new_q, new_g = (
-                upgrade.embed(model, variables, part.x, mesh, batch_size)
-                for part in (queries, gallery)
-            )
+            new_q, new_g = (new.embed(part.x, mesh, batch_size) for part in (queries, gallery))
             table.append(
                 {
                     "step": step + 1,
@@ -250,11 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "new->stored": search(new_q, stored.embeddings),
                 }
             )
-            frozen = upgrade.Frozen(
-                sub.new, model, variables, np.bincount(step_data.y, minlength=classes) > 0
-            )
+            frozen = new
         results["methods"][method] = table
         lap(method)
+    results["train"] = {
+        os.path.relpath(os.path.dirname(path), workdir): wd.train_time(os.path.dirname(path))
+        for path in sorted(glob.glob(os.path.join(workdir, "**", "stage.json"), recursive=True))
+    }
     results["train_sets"] = [
         {"images": len(rows), "classes": len(np.unique(data.y[rows]))} for rows in train_sets
     ]

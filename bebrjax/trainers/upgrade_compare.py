@@ -23,6 +23,8 @@ from bebrjax import report
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, apply_overrides, to_dict
 from bebrjax.trainers import upgrade
+from bebrjax.trainers.upgrade_checks import preflight
+from bebrjax.trainers.upgrade_stages import stage_record
 
 
 def method_configs(config: ml_collections.ConfigDict, workdir: str):
@@ -52,13 +54,13 @@ def method_configs(config: ml_collections.ConfigDict, workdir: str):
             if value is not None:
                 apply_overrides(sub, [f"{sweep.key}={value}"])
                 name, directory = f"{method}@{sweep.key}={value}", f"{method}@{value}"
-            records = [upgrade.stage_record(sub, sub[s], "independent") for s in ("old", "new")]
+            records = [stage_record(sub, sub[s], "independent") for s in ("old", "new")]
             shared = shared or records
             suffix = "" if records == shared else f"@{value}"
             with sub.unlocked():
                 sub.old_workdir = os.path.join(workdir, "old" + suffix)
                 sub.paragon_workdir = os.path.join(workdir, "paragon" + suffix)
-            upgrade.preflight(sub)
+            preflight(sub)
             out[name] = (sub, os.path.join(workdir, directory))
     return out
 

@@ -4,12 +4,14 @@ r"""BiCT: BCT at lambda_bc (compat.weight), then psi upgrades the stored old gal
 
 Stage 2 trains psi on embeddings only, both models frozen, through the new
 classifier plus forward.l2 x L2. The report adds new -> psi(old).
-Arguments after ':': see `bebrjax.trainers.upgrade.config_from_arg`.
+The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """
 
-from bebrjax.trainers.upgrade import config_from_arg
+from bebrjax.config import config_module
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The config."""
-    return config_from_arg("bict", arg)
+    return common.config_for("bict", arg)

@@ -9,12 +9,14 @@ new->psi(old) (the gallery upgraded by psi). lambda_bc = 0 is forward
 compatibility alone. Arguments after ':' as in the single-method configs.
 """
 
-from bebrjax.trainers.upgrade import config_from_arg
+from bebrjax.config import config_module
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The sweep config."""
-    config = config_from_arg("bict", arg)
+    config = common.config_for("bict", arg)
     config.trainer = "upgrade_compare"
     config.methods = ("bict",)
     config.sweep = dict(key="compat.weight", grid=(0.0, 0.1, 0.3, 1.0, 3.0))

@@ -13,13 +13,16 @@ and the negative-flip rate of every method. `--config.sweep.key=K
 Arguments after ':' as in the single-method configs (split, data, steps, devices).
 """
 
-from bebrjax.trainers.upgrade import METHODS, config_from_arg
+from bebrjax.config import config_module
+from bebrjax.trainers.upgrade_methods import METHODS
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The comparison config."""
-    config = config_from_arg("independent", arg)
+    config = common.config_for("independent", arg)
     config.trainer = "upgrade_compare"
-    config.methods = METHODS
+    config.methods = tuple(METHODS)
     config.sweep = dict(key="", grid=())
     return config

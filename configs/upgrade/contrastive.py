@@ -3,12 +3,14 @@ r"""Contrastive compatibility: new anchors, old positives, old negatives of othe
     python -m bebrjax.main --workdir DIR \
       --config configs/upgrade/contrastive.py:split=extended_class
 
-Arguments after ':': see `bebrjax.trainers.upgrade.config_from_arg`.
+The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """
 
-from bebrjax.trainers.upgrade import config_from_arg
+from bebrjax.config import config_module
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The config."""
-    return config_from_arg("contrastive", arg)
+    return common.config_for("contrastive", arg)

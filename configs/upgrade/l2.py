@@ -2,12 +2,14 @@ r"""The L2 baseline: ||phi_new(x) - phi_old(x)||^2 beside the new model's own lo
 
     python -m bebrjax.main --workdir DIR --config configs/upgrade/l2.py:split=extended_class
 
-Arguments after ':': see `bebrjax.trainers.upgrade.config_from_arg`.
+The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """
 
-from bebrjax.trainers.upgrade import config_from_arg
+from bebrjax.config import config_module
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The config."""
-    return config_from_arg("l2", arg)
+    return common.config_for("l2", arg)

@@ -2,12 +2,14 @@ r"""RACT (Hot-Refresh): contrastive compatibility with new-model negatives as we
 
     python -m bebrjax.main --workdir DIR --config configs/upgrade/ract.py:split=extended_class
 
-Arguments after ':': see `bebrjax.trainers.upgrade.config_from_arg`.
+The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """
 
-from bebrjax.trainers.upgrade import config_from_arg
+from bebrjax.config import config_module
+
+common = config_module(__file__, "common")
 
 
 def get_config(arg=None):
     """The config."""
-    return config_from_arg("ract", arg)
+    return common.config_for("ract", arg)

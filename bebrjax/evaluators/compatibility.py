@@ -30,20 +30,16 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
+from bebrjax.evaluators.retrieval import unit_rows
 from bebrjax.search import FloatIndex
 from bebrjax.sharding import apply_model
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def fit_to(x: np.ndarray, width: int) -> np.ndarray:
     """Truncates or zero-pads embeddings to `width` and renormalizes them."""
     d = x.shape[1]
     x = x[:, :width] if d >= width else np.pad(x, ((0, 0), (0, width - d)))
-    return _unit(x)
+    return unit_rows(x)
 
 
 def tar_at_far(
@@ -94,7 +90,7 @@ def retrieval_metrics(
       (metrics, top1_correct [Q] bool).
     """
     queries = fit_to(queries, gallery.shape[1])
-    gallery = _unit(gallery)
+    gallery = unit_rows(gallery)
     per_class = np.bincount(g_labels, minlength=int(max(q_labels.max(), g_labels.max())) + 1)
     r = per_class[q_labels]
     k = int(min(max(r.max(), max(ks)), len(gallery)))

@@ -60,6 +60,12 @@ def _recall_of_hits(hit: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     return {f"R@{k}": float(np.mean(rank < k)) for k in ks}
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def float_recall(
     queries: np.ndarray,
     docs: np.ndarray,
@@ -71,14 +77,9 @@ def float_recall(
 
     `items` as in `recall_at_k`.
     """
-
-    def unit(x):
-        x = np.asarray(x, np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
     index = FloatIndex(docs.shape[1], mesh=mesh)
-    index.add(unit(docs))
-    _, ids = index.search(unit(queries), min(max(ks), len(docs)))
+    index.add(unit_rows(docs))
+    _, ids = index.search(unit_rows(queries), min(max(ks), len(docs)))
     return recall_at_k(ids, ks, items)
 
 

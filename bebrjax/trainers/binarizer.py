@@ -29,9 +29,9 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import TRAIN_RULES, ConfigError, check_rules, import_plugin, to_dict
+from bebrjax.config import TRAIN_RULES, ConfigError, check_ks, check_rules, import_plugin, to_dict
 from bebrjax.data import PairedEmbeddings, get_data
-from bebrjax.data.batching import batch_indices, steps_per_epoch
+from bebrjax.data.batching import batch_indices, steps_per_epoch, total_steps
 from bebrjax.data.splits import train_eval_split
 from bebrjax.evaluators import retrieval
 from bebrjax.optim import make_optimizer, optim_config
@@ -159,9 +159,7 @@ def encode(model: nn.Module, state: State, x: np.ndarray, mesh, batch_size: int)
       A `BinarizerOutput` of numpy arrays: code [N, m] and planes [N, u+1, m]
       (None for the float baseline).
     """
-    return sharding.batched_apply(
-        lambda v, xb: model.apply(v, xb, train=False), variables_of(state), x, mesh, batch_size
-    )
+    return sharding.apply_model(model, variables_of(state), x, mesh, batch_size)
 
 
 def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_collections.ConfigDict:
@@ -174,9 +172,7 @@ def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_col
     with config.unlocked():
         if not config.model.code_dim:
             config.model.code_dim = data.dim
-        if not config.train.steps:
-            per_epoch = steps_per_epoch(len(data), config.train.batch_size)
-            config.train.steps = max(1, int(round(config.train.epochs * per_epoch)))
+        config.train.steps = total_steps(config.train, len(data))
     return config
 
 
@@ -231,11 +227,7 @@ def validate(config: ml_collections.ConfigDict, train_pairs: int, eval_pairs: in
         whose k reaches the whole held-out set would be 1.0 by construction).
     """
     check_rules(config, (*TRAIN_RULES, *_RULES))
-    if max(config.eval.ks) >= eval_pairs:
-        raise ConfigError(
-            f"eval.ks: Recall@{max(config.eval.ks)} needs more than {eval_pairs} held-out pairs "
-            "(at k >= the gallery size every query finds its doc)"
-        )
+    check_ks(config.eval.ks, eval_pairs, "held-out pairs")
     for key in ("hash", "trained_hash"):
         if config.eval[key] and config.model.code_dim * (config.model.loops + 1) > 65535:
             raise ConfigError(f"eval.{key}: the same-bits hash needs m(u+1) <= 65535 bits")

@@ -131,6 +131,54 @@ def test_contrastive_and_ract_masks_and_top_k(ract, k):
     np.testing.assert_allclose(float(got), np.mean(losses), rtol=1e-5)
 
 
+def _numeric_grad(f, x, eps=1e-3):
+    """Central differences of f at x, one coordinate at a time (float64)."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[idx] = eps
+        grad[idx] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("ract", [False, True])
+def test_contrastive_gradient_reaches_new_through_every_use_and_old_not_at_all(ract):
+    # RACT's new negatives carry gradient: jax.grad equals the finite differences of the
+    # whole loss, which a stop-gradient on new_k would not. old is frozen by design.
+    new = RNG.standard_normal((6, 4)).astype(np.float32)
+    old = RNG.standard_normal((6, 4)).astype(np.float32)
+    labels = np.array([0, 1, 0, 2, 1, 2])
+
+    def loss(n, o):
+        return compat.contrastive_loss(n, o, labels, temperature=0.5, ract=ract)
+
+    grad_new, grad_old = jax.grad(loss, argnums=(0, 1))(jnp.asarray(new), jnp.asarray(old))
+    want = _numeric_grad(lambda n: float(loss(jnp.asarray(n, jnp.float32), old)), new)
+    np.testing.assert_allclose(grad_new, want, atol=2e-3)
+    np.testing.assert_array_equal(grad_old, 0.0)
+    assert np.abs(want).max() > 1e-2
+
+
+def test_ract_gradient_is_the_same_on_one_and_eight_devices():
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from bebrjax.sharding import make_mesh
+
+    new = RNG.standard_normal((16, 4)).astype(np.float32)
+    old = RNG.standard_normal((16, 4)).astype(np.float32)
+    labels = np.arange(16) % 5
+
+    def grad(devices):
+        mesh = make_mesh(devices)
+        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))  # noqa: E731
+        fn = jax.jit(jax.grad(lambda n, o, y: compat.contrastive_loss(n, o, y, ract=True)))
+        return np.asarray(fn(put(new), put(old), put(labels)))
+
+    np.testing.assert_allclose(grad(1), grad(8), rtol=1e-5, atol=1e-5)  # summation order
+
+
 def test_prototype_refinement_matches_the_fixed_point():
     old = RNG.standard_normal((9, 3))
     new = _unit(RNG.standard_normal((9, 4)))

@@ -11,9 +11,12 @@ the old width first (`fit_width`: truncated, or zero-padded).
     untrained row).
   * `contrastive_loss` (and RACT, Hot-Refresh): the anchor phi_new(x_i), its
     positive phi_old(x_i), negatives phi_old(x_k) (and, for RACT, phi_new(x_k))
-    of other classes, optionally only the K hardest. Negatives carry no
-    gradient: under data parallelism they are gathered copies; treating them
-    so in every case makes the loss the same on any number of devices.
+    of other classes, optionally only the K hardest. The old embeddings are
+    frozen; RACT's new-model negatives carry gradient, as in Hot-Refresh's
+    loss (pushing the new model's classes apart is what alleviates
+    regression). The loss is one function of the global batch under one
+    jit, with no gathered copies, so it and its gradient are the same on any
+    number of devices.
   * `refine_prototypes` (UniBCT): structural prototype refinement, in closed form.
   * `discriminativeness` and `darwinian_weights` (DMU): per-sample weights
     of the compatibility loss and of the forward adaptation.
@@ -116,12 +119,16 @@ def contrastive_loss(
     ract: bool = False,
     weights: jax.Array | None = None,
 ) -> jax.Array:
-    """Contrastive compatibility (RACT with `ract=True`).
+    """Contrastive compatibility (RACT, Hot-Refresh's loss, with `ract=True`).
 
     Row i: positive cos(new_i, old_i); negatives cos(new_i, old_k) and, for
     RACT, cos(new_i, new_k), for every k of another class; each divided by
     the temperature; the K hardest kept when `hard_negatives` > 0; rows
     weighted by the optional per-sample `weights`.
+
+    Gradients flow into `new` only, through every place it appears: the
+    anchor new_i and, for RACT, the negatives new_k (so row i pushes new_k
+    away from new_i as well as the reverse). `old` is frozen (stop-gradient).
     """
     old = l2_normalize(jax.lax.stop_gradient(old))
     anchor = l2_normalize(fit_width(new, old.shape[-1]))
@@ -129,7 +136,7 @@ def contrastive_loss(
     other_class = labels[:, None] != labels[None, :]
     negatives = jnp.where(other_class, to_old, MASKED)
     if ract:
-        to_new = anchor @ jax.lax.stop_gradient(anchor).T / temperature
+        to_new = anchor @ anchor.T / temperature
         negatives = jnp.concatenate([negatives, jnp.where(other_class, to_new, MASKED)], axis=1)
     return positive_cross_entropy(jnp.diagonal(to_old), negatives, hard_negatives, weights)
 

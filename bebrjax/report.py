@@ -60,6 +60,7 @@ METHOD_NAMES = {
     "float": "float (raw embeddings, cosine)",
     "binary": "binary (recurrent codes)",
     "hash": "hash (random projection, same bits)",
+    "trained_hash": "hash (sign MLP trained with the same loss, same bits)",
     "float_ft": "float fine-tuned (binarizer without sign)",
 }
 

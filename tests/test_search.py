@@ -1,5 +1,6 @@
 import json
 import os
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,15 @@ import numpy as np
 import pytest
 
 from bebrjax import sharding
-from bebrjax.search import BinaryIndex, FloatIndex, IndexFormatError, backfill, scoring, storage
+from bebrjax.search import (
+    BinaryIndex,
+    FloatIndex,
+    IndexFormatError,
+    backfill,
+    scoring,
+    storage,
+    topk,
+)
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.writer import IndexWriter
 
@@ -18,17 +27,29 @@ def random_planes(n, u, m, rng=RNG):
     return rng.choice(np.array([-1, 1], np.int8), size=(n, u + 1, m))
 
 
+def exact_ranking(q_ints, d_ints, k):
+    """Top k by the exact <q, d> / ||d|| of integer codes, ties to the lower id: ids [Q, k]."""
+    ip, norm = q_ints @ d_ints.T, np.einsum("nm,nm->n", d_ints, d_ints)
+    keys = [
+        [Fraction(int(v) * abs(int(v)), int(n)) for v, n in zip(row, norm, strict=True)]
+        for row in ip
+    ]
+    return np.array([sorted(range(len(norm)), key=lambda i: (-row[i], i))[:k] for row in keys])
+
+
 def brute_force(query_planes, doc_planes, k, metric):
-    """Exact top-k by numpy: scores, and ids with ties to the lower id."""
+    """Exact top-k: float64 scores, and ids with ties to the lower id."""
     q = codes_lib.decode(query_planes).astype(np.float64)
     d = codes_lib.decode(doc_planes).astype(np.float64)
-    ids = np.broadcast_to(np.arange(len(d)), (len(q), len(d)))
     if metric == "hamming":
         dist = (d.shape[1] - q @ d.T) / 2
+        ids = np.broadcast_to(np.arange(len(d)), dist.shape)
         order = np.lexsort((ids, dist), axis=1)[:, :k]
         return np.take_along_axis(dist, order, 1), order
+    order = exact_ranking(
+        *(codes_lib.decode_int(x).astype(np.int64) for x in (query_planes, doc_planes)), k
+    )
     score = (q @ d.T) / np.linalg.norm(d, axis=1)
-    order = np.lexsort((ids, -score), axis=1)[:, :k]
     return np.take_along_axis(score, order, 1), order
 
 
@@ -63,6 +84,81 @@ def test_search_equals_brute_force_including_ties(m, u, metric, kernel):
     np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
     assert ids[0, :4].tolist() == [7, 300, 500, 901]
     assert scores.dtype == np.float32 and ids.dtype == np.int64
+
+
+def scaled_codes(m, rng=RNG):
+    """(s, 1.5 s, 0.5 s) for a random sign vector s: one-plane s, two-plane (s, s) and (s, -s)."""
+    s = random_planes(1, 0, m, rng)[0]
+    return s, np.concatenate([s, s]), np.concatenate([s, -s])
+
+
+@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+def test_equal_cosines_rank_by_id_across_blocks(kernel):
+    m = 45  # the reported case: 1.5 s at doc 10 and 0.5 s at doc 51 came back [51, 10]
+    s, big, small = scaled_codes(m)
+    inv = codes_lib.inverse_norms(np.stack([big, small])) * np.float32(0.5)
+    assert np.float32(3 * m) * inv[0] < np.float32(m) * inv[1]  # the floats favour 0.5 s
+    docs = random_planes(400, 1, m)
+    tied = {10: big, 51: small, 150: small, 300: big, 399: small}  # blocks of 128
+    for i, code in tied.items():
+        docs[i] = code
+    index = BinaryIndex(m, 1, kernel=kernel, block_size=128, query_batch=8)
+    index.add(docs)
+    assert index.search(s[None], 2)[1].tolist() == [[10, 51]]
+    queries = np.concatenate([big[None], random_planes(6, 1, m)])
+    scores, ids = index.search(queries, 400)  # the whole ranking
+    want = exact_ranking(*(codes_lib.decode_int(x).astype(np.int64) for x in (queries, docs)), 400)
+    np.testing.assert_array_equal(ids, want)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert ids[0, :5].tolist() == sorted(tied) and len(set(scores[0, :5].tolist())) == 1
+
+
+def test_more_ties_than_spare_candidates_are_ranked_over_the_whole_gallery(monkeypatch):
+    m, rng = 45, np.random.default_rng(1)  # its own generator: the second query is certified
+    _, big, small = scaled_codes(m, rng)
+    docs = random_planes(300, 1, m, rng)
+    tied = np.arange(23, 300, 6)  # 47 > topk.SPARE + k: no certificate
+    docs[tied] = np.where((np.arange(len(tied)) % 2 == 1)[:, None, None], big, small)
+    whole, real = [], topk._whole_gallery_topk
+    monkeypatch.setattr(topk, "_whole_gallery_topk", lambda *args: whole.append(1) or real(*args))
+    index = BinaryIndex(m, 1, block_size=128)
+    index.add(docs)
+    queries = np.stack([big, random_planes(1, 1, m, rng)[0]])
+    scores, ids = index.search(queries, 10)
+    assert whole == [1] and ids[0].tolist() == tied[:10].tolist()
+    np.testing.assert_allclose(scores[0], 1.5 * np.sqrt(m), rtol=1e-6)
+    q_ints, doc_ints = (codes_lib.decode_int(x).astype(np.int64) for x in (queries, docs))
+    np.testing.assert_array_equal(ids, exact_ranking(q_ints, doc_ints, 10))
+
+
+@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+def test_hamming_ties_go_to_the_lower_id_across_blocks(kernel):
+    m = 40
+    q = random_planes(1, 0, m)[0]
+    docs = random_planes(300, 0, m)
+    docs[[200, 60]] = q
+    for i, bit in zip((250, 130, 7), (0, 1, 2), strict=True):  # distinct codes at distance 1
+        docs[i] = q
+        docs[i, 0, bit] *= -1
+    index = BinaryIndex(m, 0, "hamming", kernel=kernel, block_size=128)
+    index.add(docs)
+    distances, ids = index.search(q[None], 5)
+    assert ids[0].tolist() == [60, 200, 7, 130, 250] and distances[0].tolist() == [0, 0, 1, 1, 1]
+
+
+def test_exact_order_corrects_float64_on_proportional_codes():
+    # (3j, 9n) and (j, n) score alike; find a pair whose float64 quotients differ.
+    j, n = next(
+        (j, n)
+        for j in range(1, 50)
+        for n in range(1, 50)
+        if 3 * j / np.sqrt(9 * n) < j / np.sqrt(n)
+    )
+    ip, norm = np.array([3 * j, j, -j, 10**6]), np.array([9 * n, n, n, 1])
+    order = topk.exact_order(ip, norm, np.array([0, 1, 2, 3]), np.array([0, 0, 0, 1]))
+    assert order.tolist() == [0, 1, 2, 3]
+    order = topk.exact_order(ip, norm, np.array([9, 4, 0, 1]), np.zeros(4, np.int64))
+    assert order.tolist() == [3, 1, 0, 2]
 
 
 def test_hamming_equals_faiss():
@@ -249,11 +345,40 @@ def test_sdc_is_exact_across_u_and_per_document_loops_mask_missing_planes(kernel
         np.testing.assert_array_equal(got, exact @ mixed_ints.T)
 
 
-def mixed_gallery(n=300, m=37):
-    """Codes of versions a (u=0), b (u=1), c (u=3) in random order, with exact and near ties.
+def test_both_kernels_give_the_same_floats():
+    m, tiles = 45, 2
+    docs = random_planes(200, 3, m)
+    loops = RNG.integers(0, 4, 200)
+    words = codes_lib.pack(docs) * (np.arange(4) <= loops[:, None])[:, :, None].astype(np.uint32)
+    block = {
+        "planes": tiled_block(words, tiles),
+        "scale": jnp.asarray(RNG.random((tiles, 100), np.float32)),
+        "loops": jnp.asarray(loops.reshape(tiles, 100).astype(np.uint8)),
+    }
+    q = random_planes(5, 2, m)
+    queries = {
+        "words": jnp.asarray(codes_lib.pack(q)),
+        "ints": jnp.asarray(codes_lib.decode_int(q)),
+    }
+    got = [scoring.code_scores(queries, block, m=m, metric="ip", kernel=k) for k in scoring.KERNELS]
+    np.testing.assert_array_equal(*got)  # so the best groups may be scored again by popcount
 
-    Doc 7 (version b) recurs at 40, 250 and 299; doc 121 (version b) is 1.5x doc 120's
-    one-plane code (version a): the same cosine, up to float32 rounding.
+
+SCALED = [  # (id, version, plane signs): b = sum_i 2^-i sign_i s
+    (5, "c", (1, 1, 1, 1)),
+    (30, "b", (1, -1)),
+    (120, "a", (1,)),
+    (121, "b", (1, 1)),
+    (280, "c", (1, -1, 1, -1)),
+]
+
+
+def mixed_gallery(n=300, m=37):
+    """Codes of versions a (u=0), b (u=1), c (u=3) in random order, with exact ties.
+
+    Doc 7 (version b) recurs at 40, 250 and 299. Docs 5, 30, 120, 121 and 280 are
+    multiples of one sign vector s (1.875 s, 0.5 s, s, 1.5 s, 0.625 s of versions c, b,
+    a, b, c): the same cosine with every query, in floats that may differ in the last bit.
     Returns the per-document planes (a list) and their version names.
     """
     names = RNG.choice(list(VERSIONS3), n)
@@ -261,8 +386,9 @@ def mixed_gallery(n=300, m=37):
     names[7], planes[7] = "b", random_planes(1, 1, m)[0]
     for dup in (40, 250, 299):
         names[dup], planes[dup] = names[7], planes[7]
-    names[120], planes[120] = "a", random_planes(1, 0, m)[0]
-    names[121], planes[121] = "b", np.concatenate([planes[120], planes[120]])
+    s = random_planes(1, 0, m)[0, 0]
+    for i, version, signs in SCALED:
+        names[i], planes[i] = version, np.stack([sign * s for sign in signs])
     return planes, names
 
 
@@ -276,18 +402,13 @@ def build(planes, names, m, **kwargs):
     return index
 
 
-def mixed_brute_force(q, planes, names, k):
-    """The kernels' float32 scores computed in numpy, and the top k with ties to the lower id."""
-    u_q, top = q.shape[1] - 1, max(VERSIONS3.values())
+def mixed_brute_force(q, planes, k):
+    """Exact top k of a mixed gallery: float64 scores and ids, ties to the lower id."""
+    top = max(VERSIONS3.values())
     ints = np.stack([scaled_ints(p[None], top)[0] for p in planes])
-    ip = codes_lib.decode_int(q).astype(np.int64) @ ints.T  # 2^(u_q+U) <b_q, b_d>, exact
-    inv = np.array([codes_lib.inverse_norms(p[None])[0] for p in planes], np.float32)
-    scale = inv * np.float32(2.0**-top) * np.float32(2.0**-u_q)
-    scores = ip.astype(np.float32) * scale
-    ids = np.broadcast_to(np.arange(len(planes)), scores.shape)
-    order = np.lexsort((ids, -scores), axis=1)[:, :k]
-    cosine = (ip / 2.0 ** (u_q + top)) * inv.astype(np.float64)
-    return np.take_along_axis(scores, order, 1), order, np.take_along_axis(cosine, order, 1)
+    ids = exact_ranking(codes_lib.decode_int(q).astype(np.int64), ints, k)
+    scores = codes_lib.decode(q).astype(np.float64) @ ints.T / np.linalg.norm(ints, axis=1)
+    return np.take_along_axis(scores, ids, 1), ids
 
 
 @pytest.mark.parametrize("kernel", ["popcount", "matmul"])
@@ -304,25 +425,30 @@ def test_mixed_versions_search_equals_brute_force_including_ties(kernel):
         if u_q <= 1:
             q[0] = planes[7] if u_q == 1 else planes[120]
         scores, ids = index.search(q, 20)
-        want_scores, want_ids, cosine = mixed_brute_force(q, planes, names, 20)
+        want_scores, want_ids = mixed_brute_force(q, planes, 20)
         np.testing.assert_array_equal(ids, want_ids)
-        np.testing.assert_array_equal(scores, want_scores)
-        np.testing.assert_allclose(scores, cosine, rtol=1e-6)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+        assert (np.diff(scores, axis=1) <= 0).all()
         if u_q == 1:
             assert ids[0, :4].tolist() == [7, 40, 250, 299]
         if u_q == 0:
-            assert sorted(ids[0, :2].tolist()) == [120, 121]
+            assert ids[0, :5].tolist() == [i for i, _, _ in SCALED]
+            assert len(set(scores[0, :5].tolist())) == 1
+            np.testing.assert_array_equal(index.search(q, 3)[1], want_ids[:, :3])
 
 
 def test_mixed_versions_sharded_equals_one_device_and_uniform_needs_no_loops():
     m = 37
     planes, names = mixed_gallery(m=m)
     q = random_planes(9, 1, m)
+    q[0] = planes[121]  # 1.5 s: the tied multiples of s come first, in id order
     mesh = sharding.make_mesh(8)
     one = build(planes, names, m, block_size=128)
     eight = build(planes, names, m, block_size=128, mesh=mesh)
-    for a, b in zip(one.search(q, 20), eight.search(q, 20), strict=True):
+    got = eight.search(q, 20)
+    for a, b in zip(one.search(q, 20), got, strict=True):
         np.testing.assert_array_equal(a, b)
+    assert got[1][0, :5].tolist() == [i for i, _, _ in SCALED]
     # Once every document holds the widest version, the block is the one-version block.
     widest = random_planes(one.ntotal, 3, m)
     one.replace(np.arange(one.ntotal), widest, "c")

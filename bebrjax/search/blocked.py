@@ -24,27 +24,29 @@ from bebrjax.sharding import DATA_AXIS
 _SEARCH_FNS: dict[tuple, Any] = {}
 
 
-def _make_search_fn(score_fn: topk.ScoreFn, k: int, group: int, mesh: Mesh | None):
+def _make_search_fn(
+    score_fn: topk.ScoreFn, rescore_fn: topk.ScoreFn, k: int, group: int, mesh: Mesh | None
+):
     """jit(queries, blocks, count) -> (scores, ids): one device, or the blocks split over `mesh`."""
+    kwargs = {"k": k, "group": group, "rescore_fn": rescore_fn}
     if mesh is not None:
         return jax.jit(
             lambda q, blocks, count: topk.sharded_topk(
-                score_fn, q, blocks, count, k=k, group=group, mesh=mesh
+                score_fn, q, blocks, count, mesh=mesh, **kwargs
             )
         )
-    return jax.jit(
-        lambda q, blocks, count: topk.local_topk(score_fn, q, blocks, count, k=k, group=group)
-    )
+    return jax.jit(lambda q, blocks, count: topk.local_topk(score_fn, q, blocks, count, **kwargs))
 
 
 class BlockedIndex:
     """Storage on the host, a tiled copy on the device(s), and batched exact search.
 
     Subclasses define `ntotal`, `_host_arrays` (a pytree of per-document
-    arrays [N, ...]), `_score_fn` (a `topk.ScoreFn` over those arrays) and
-    `_score_key` (hashable: equal keys mean equal score functions, so
-    indexes share one compiled search, as an evaluation building many
-    indexes of one shape wants).
+    arrays [N, ...]), `_score_fn` (a `topk.ScoreFn` over those arrays),
+    optionally `_rescore_fn` (one giving the same floats, for the best
+    groups' documents) and `_score_key` (hashable: equal keys mean equal
+    score functions, so indexes share one compiled search, as an evaluation
+    building many indexes of one shape wants).
 
     Args:
       block_size: documents per scanned block (memory per query batch is
@@ -100,14 +102,25 @@ class BlockedIndex:
         mesh = self.mesh if self._devices() > 1 else None
         key = (type(self).__name__, self._score_key(), k, self.group, mesh)
         if key not in _SEARCH_FNS:
-            _SEARCH_FNS[key] = _make_search_fn(self._score_fn(), k, self.group, mesh)
+            _SEARCH_FNS[key] = _make_search_fn(
+                self._score_fn(), self._rescore_fn(), k, self.group, mesh
+            )
         return _SEARCH_FNS[key]
 
-    def _search(self, queries: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rescore_fn(self) -> topk.ScoreFn:
+        """What scores the few best groups again (`topk.local_topk`): the scan's `_score_fn`."""
+        return self._score_fn()
+
+    def _check_k(self, k: int) -> None:
+        """Raises ValueError unless the index has documents and 1 <= k <= ntotal."""
         if self.ntotal == 0:
             raise ValueError("the index is empty: add documents before searching")
         if not isinstance(k, int | np.integer) or not 1 <= k <= self.ntotal:
             raise ValueError(f"k={k} must be an integer in [1, {self.ntotal}] (the index size)")
+
+    def _search(self, queries: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top k under (float score descending, id ascending): float32 and int64 [Q, k]."""
+        self._check_k(k)
         num = len(next(iter(queries.values())))
         if num == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)

@@ -5,8 +5,9 @@
     scores, ids = index.search(query_planes, k=100)
     index.save("gallery.bebr"); index = BinaryIndex.load("gallery.bebr")
 
-Search is exact (see `bebrjax.search.topk`): scores descending (Hamming:
-distances ascending), ties to the lower id, numpy float32 scores and int64 ids.
+Search is exact (see `bebrjax.search.topk`): ranked by the exact
+<b_q, b_d> / ||b_d|| (Hamming: distance), ties to the lower id; numpy float32
+scores, descending (distances ascending), and int64 ids.
 
 Versions: one index may hold codes of several named versions (e.g. the
 binarizers of an old and a new embedding model), each with its own u (0..3)
@@ -33,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax.search import codes as codes_lib
-from bebrjax.search import scoring, storage
+from bebrjax.search import scoring, storage, topk
 from bebrjax.search.blocked import BlockedIndex
 from bebrjax.search.storage import (
     CODES,
@@ -76,8 +77,9 @@ class BinaryIndex(BlockedIndex):
       metric: "ip" ranks by <b_q, b_d> / ||b_d|| (SDC); "hamming" (u = 0
         only, every version) ranks by Hamming distance and reports distances.
       version: the first version's name; `add` without a version adds to it.
-      kernel: "auto" (popcount on CPU, int8 matmul on GPU/TPU), "popcount"
-        or "matmul"; all give identical scores.
+      kernel: the scan's kernel, "auto" (popcount on CPU, int8 matmul on
+        GPU/TPU), "popcount" or "matmul"; all give identical scores. The
+        few documents of each query's best groups are scored again by popcount.
       **layout: block_size, tile, group, query_batch, mesh (see `BlockedIndex`).
     """
 
@@ -270,7 +272,8 @@ class BinaryIndex(BlockedIndex):
 
         Returns:
           (scores, ids) [Q, k]: float32 <b_q, b_d> / ||b_d|| descending
-          (Hamming: distances ascending) and int64 ids; ties to the lower id.
+          (Hamming: distances ascending) and int64 ids, ranked by the exact
+          score (`topk.exact_topk`), ties to the lower id.
 
         Raises:
           ValueError: for planes of another shape or values, a query
@@ -293,26 +296,51 @@ class BinaryIndex(BlockedIndex):
             raise ValueError(f"metric='hamming' needs one-plane queries (u=0); got u={u_q}")
         planes = codes_lib.check_planes(planes, m_q, u_q, "query_planes")[:, :, : self.m]
         queries = {"words": codes_lib.pack(planes), "ints": codes_lib.decode_int(planes)}
-        scores, ids = self._search(queries, k)
-        return (-scores if self.metric == "hamming" else scores), ids
+        if self.metric == "hamming" or self.u == 0:
+            # Exact floats: minus integer distances, or f = fl(ip c) for the one norm
+            # sqrt(m), which orders as the integers ip (|ip| < 2^20) do.
+            scores, ids = self._search(queries, k)
+            return (-scores if self.metric == "hamming" else scores), ids
+        self._check_k(k)
+        width = min(self.ntotal, k + topk.SPARE)
+        scores, ids = self._search(queries, width)
+        words, loops = queries["words"], self._loops()
+        return topk.exact_topk(
+            scores,
+            ids,
+            k,
+            tolerance=scoring.SCORE_TOLERANCE,
+            complete=width == self.ntotal,
+            exact=lambda rows, d: scoring.exact_ints(words[rows], self._words[d], loops[d], self.m),
+            exact_all=lambda row: scoring.exact_ints(words[row], self._words, loops, self.m),
+            scale=2.0**-u_q,
+        )
+
+    def _loops(self) -> np.ndarray:
+        """Each document's loops, uint8 [ntotal]."""
+        return np.array(list(self._versions.values()), np.uint8)[self._doc_versions]
 
     def _host_arrays(self) -> dict[str, Any]:
         arrays = {
             "planes": [self._words[:, j] for j in range(self.u + 1)],
             "scale": self._inv_norms * np.float32(2.0**-self.u),
         }
-        loops = np.array(list(self._versions.values()), np.uint8)
-        present = np.bincount(self._doc_versions, minlength=len(loops)) > 0
-        if (loops[present] < self.u).any():  # else every document has U loops: static weights
-            arrays["loops"] = loops[self._doc_versions]
+        loops = self._loops()
+        if (loops < self.u).any():  # else every document has U loops: static weights
+            arrays["loops"] = loops
         return arrays
 
     def _score_key(self) -> tuple:
         return (self.m, self.metric, self.kernel)
 
-    def _score_fn(self):
-        m, metric, kernel = self.m, self.metric, self.kernel
+    def _score_fn(self, kernel: str | None = None):
+        m, metric, kernel = self.m, self.metric, kernel or self.kernel
         return lambda q, block: scoring.code_scores(q, block, m=m, metric=metric, kernel=kernel)
+
+    def _rescore_fn(self):
+        # The same floats as either kernel. Unpacking each query's few candidates for
+        # a product took about half of the matmul kernel's search time on XLA:CPU.
+        return self._score_fn("popcount")
 
     def save(self, path: str) -> None:
         """Writes the index to directory `path`, replacing it whole, crash-safely.

@@ -29,15 +29,36 @@ Both give the same integer, then the same float32 multiply by the block's
 2^-U/||b_d|| times 2^-u_q (a power of two, so exact): identical scores, and
 for u_q = U the same bits as a one-version index. Hamming (u_q = U = 0)
 scores are minus the distance.
+
+An "ip" score f is a rounding of the exact score S = ip / (2^u_q sqrt(n)),
+n = ||2^U b_d||^2 an integer: |f - S| <= SCORE_TOLERANCE |f| (see there), so
+two documents of equal cosine may get floats an ulp apart. `exact_ints`
+computes (ip, n) on the host, by popcount in numpy, for the exact ranking
+of `bebrjax.search.topk.exact_topk`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 KERNELS = ("popcount", "matmul")
+
+SCORE_TOLERANCE = 2.0**-22
+"""|f - S| <= SCORE_TOLERANCE |f| for an "ip" score f of `code_scores` and its exact value S.
+
+Why: |ip| <= m (2^(u_q+1) - 1)(2^(U+1) - 1) < 2^24 (m <= 65535, u_q, U <= 3), so
+float32 holds ip exactly; the block's scale is 1/||b_d||, correctly rounded
+in float64 from the exact integer norm and then rounded to float32 (relative
+error below 2^-24 + 2^-51), times powers of two (exact, far from underflow);
+the product rounds once more (2^-24). So f = S (1 + e) with |e| < 2^-22.9,
+and |f - S| < 2^-22.8 |f|.
+"""
+
+_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], np.uint8)
+_CHUNK = 1 << 16  # pairs per numpy pass of `exact_ints`
 
 
 def resolve_kernel(kernel: str) -> str:
@@ -157,3 +178,59 @@ def code_scores(
 def float_scores(queries: dict[str, jax.Array], block: dict[str, jax.Array]) -> jax.Array:
     """Exact float inner products: {"x": [Q, d]} against {"x": [T, d, b]} -> [T, Q, b]."""
     return jnp.einsum("qd,tdb->tqb", queries["x"], block["x"], precision=lax.Precision.HIGHEST)
+
+
+def _sign_dots(x: np.ndarray, y: np.ndarray, m: int) -> np.ndarray:
+    """<s, s'> = m - 2 popcount(t XOR t') of packed planes [..., W] uint32, as int64 [...]."""
+    xor = np.ascontiguousarray(x ^ y)
+    return m - 2 * _POPCOUNT[xor.view(np.uint8)].sum(-1, dtype=np.int64)
+
+
+def _exact_chunk(
+    q_words: np.ndarray, doc_words: np.ndarray, doc_loops: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_ints` of one chunk of documents."""
+    u_q, u = q_words.shape[-2] - 1, doc_words.shape[1] - 1
+    weights = [np.where(doc_loops >= j, 2 ** (u - j), 0).astype(np.int64) for j in range(u + 1)]
+    ip = sum(
+        2 ** (u_q - i) * c * _sign_dots(q_words[..., i, :], doc_words[:, j], m)
+        for i in range(u_q + 1)
+        for j, c in enumerate(weights)
+    )
+    norm = sum(m * c * c for c in weights) + sum(
+        2 * weights[i] * weights[j] * _sign_dots(doc_words[:, i], doc_words[:, j], m)
+        for i in range(u + 1)
+        for j in range(i + 1, u + 1)
+    )
+    return ip, norm
+
+
+def exact_ints(
+    q_words: np.ndarray, doc_words: np.ndarray, doc_loops: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The integers behind "ip" scores, computed exactly on the host (numpy).
+
+    Args:
+      q_words: packed query planes, [F, u_q+1, W] uint32 (one query per
+        document) or [u_q+1, W] (one query for every document).
+      doc_words: the documents' stored planes [F, U+1, W] uint32 (zero words
+        past a document's loops).
+      doc_loops: each document's loops [F].
+      m: code width.
+
+    Returns:
+      (ip, norm) int64 [F]: 2^(u_q+U) <b_q, b_d> and ||2^U b_d||^2, so that
+      the exact score is ip / (2^u_q sqrt(norm)).
+    """
+    parts = [
+        _exact_chunk(
+            q_words if q_words.ndim == 2 else q_words[start : start + _CHUNK],
+            np.asarray(doc_words[start : start + _CHUNK]),
+            doc_loops[start : start + _CHUNK],
+            m,
+        )
+        for start in range(0, len(doc_words), _CHUNK)
+    ]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

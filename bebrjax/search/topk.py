@@ -7,14 +7,20 @@ only each group's best score joins a running top-k of *groups*. At the end
 the documents of the k best groups are scored again and the top k of those
 is the answer. Memory is O(block + k * group), whatever the gallery size.
 
-Why it is exact (bit for bit when scores are computed exactly, as SDC and
-Hamming scores are; up to float rounding for float inner products, whose
-second pass may round differently): a document in the true top k has at most k-1 documents
-ahead of it, and every group ranked ahead of its own group (by best score,
-then by lower id) holds a distinct one of them, so its group is among the
-k best. Why ties go to the lower id, as in faiss: `lax.top_k` is stable, the
-running groups (earlier, lower ids) come first in every merge, and the
-final candidates are put back in id order before the last top k.
+Why it is exact in the float scores, ties to the lower id, as in faiss (bit
+for bit when both passes compute the same floats, as the code kernels do; up
+to float rounding for float inner products, whose second pass may round
+differently): a document in the top k has at most k-1 documents ahead of it,
+and every group ranked ahead of its own group (by best score, then by lower
+id) holds a distinct one of them, so its group is among the k best. Ties go
+to the lower id because `lax.top_k` is stable, the running groups (earlier,
+lower ids) come first in every merge, and the final candidates are put back
+in id order before the last top k.
+
+Float SDC scores only approximate the exact score ip / sqrt(norm) (see
+`bebrjax.search.scoring.SCORE_TOLERANCE`): two codes of equal cosine may get
+floats an ulp apart. `exact_topk` turns the float top k + SPARE into the
+exact top k on the host, with a proof in its docstring.
 
 Two-level selection is also what makes this fast on XLA:CPU, where
 `lax.top_k` costs about 2.7 ns per element on a long row and far more on
@@ -25,10 +31,12 @@ all B scores.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -36,7 +44,10 @@ from jax.sharding import PartitionSpec as P
 from bebrjax.sharding import DATA_AXIS
 
 ScoreFn = Callable[[Any, Any], jax.Array]
+Exact = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 NEG_INF = -jnp.inf
+SPARE = 32  # float candidates beyond k that let `exact_topk` certify the exact top k
+_F64_TOLERANCE = 2.0**-50  # bounds float64 ip / sqrt(norm) (error < 2^-51.9) with room
 
 
 def _gather_groups(x: jax.Array, block: jax.Array, tile: jax.Array, start: jax.Array, group: int):
@@ -60,12 +71,12 @@ def local_topk(
     group: int,
     first_block: jax.Array | int = 0,
     axis_name: str | None = None,
+    rescore_fn: ScoreFn | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The exact top k of `queries` over `blocks`.
 
     Args:
-      score_fn: (queries, block) -> [T, Q, b] float32 scores to maximize;
-        also called with one query and a "block" of K tiles of `group` docs.
+      score_fn: (queries, block) -> [T, Q, b] float32 scores to maximize.
       queries: pytree of [Q, ...] arrays.
       blocks: pytree of [n_blocks, T, ..., b] arrays.
       count: documents in the whole gallery; ids >= count are padding.
@@ -73,6 +84,9 @@ def local_topk(
       group: documents per group; divides b.
       first_block: global index of blocks[0] (a shard's offset).
       axis_name: the mesh axis the blocks are split over, inside `shard_map`.
+      rescore_fn: what scores the best groups' documents again, called with
+        one query and a "block" of K tiles of `group` docs; it must return
+        the same floats as `score_fn` (default: `score_fn`).
 
     Returns:
       (scores [Q, k] descending, ids [Q, k] int32 global document ids); when
@@ -110,7 +124,7 @@ def local_topk(
     tile_idx, start = rest // per_tile, (rest % per_tile) * group
     cands = jax.tree.map(lambda x: _gather_groups(x, block_idx, tile_idx, start, group), blocks)
     one_query = jax.tree.map(lambda x: x[:, None], queries)
-    scores = jax.vmap(score_fn)(one_query, cands).reshape(num_queries, kg * group)
+    scores = jax.vmap(rescore_fn or score_fn)(one_query, cands).reshape(num_queries, kg * group)
     doc_ids = (groups[:, :, None] * group + jnp.arange(group)).reshape(num_queries, kg * group)
     valid = (jnp.repeat(groups, group, axis=1) >= 0) & (doc_ids < count)
     scores = jnp.where(valid, scores, NEG_INF)
@@ -141,6 +155,7 @@ def sharded_topk(
     k: int,
     group: int,
     mesh: Mesh,
+    rescore_fn: ScoreFn | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`local_topk` with the blocks split over the mesh's `data` axis.
 
@@ -162,6 +177,7 @@ def sharded_topk(
             group=group,
             first_block=first,
             axis_name=DATA_AXIS,
+            rescore_fn=rescore_fn,
         )
         return top[None], ids[None]
 
@@ -172,3 +188,130 @@ def sharded_topk(
         out_specs=(P(DATA_AXIS), P(DATA_AXIS)),
     )(queries, blocks, count)
     return merge_topk(top, ids, k)
+
+
+# --- exact ranking of approximate scores, on the host -----------------------------------------
+
+
+def _key(ip: np.ndarray, norm: np.ndarray, i: int) -> Fraction:
+    """sign(ip) ip^2 / norm of document i, exactly: increasing with ip / sqrt(norm)."""
+    return Fraction(int(ip[i]) * abs(int(ip[i])), int(norm[i]))
+
+
+def exact_order(
+    ip: np.ndarray, norm: np.ndarray, ids: np.ndarray, segments: np.ndarray
+) -> np.ndarray:
+    """The permutation sorting documents by segment, exact score descending, then id.
+
+    The score is ip / sqrt(norm) (integers, norm > 0). Its float64 quotient
+    is within 2^-51.9 of it (a correctly rounded root and division), so
+    quotients more than 2^-50 of the larger magnitude apart order their
+    documents correctly; equal (ip, norm) tie exactly and the sort leaves them
+    in id order; any other neighbours are compared in integers, as
+    sign(ip) ip^2 / norm, and a segment holding a pair out of order is sorted
+    again by those exact keys. Adjacent pairs in order make the whole order.
+
+    Args:
+      ip: int64 [n].
+      norm: int64 [n], positive.
+      ids: document ids [n], the tie-break.
+      segments: [n] ints; documents are ordered within their segment.
+
+    Returns:
+      int [n] indices into the inputs.
+    """
+    approx = ip / np.sqrt(norm)
+    order = np.lexsort((ids, -approx, segments))
+    a, b = order[:-1], order[1:]
+    near = approx[a] - approx[b] <= _F64_TOLERANCE * np.maximum(
+        np.abs(approx[a]), np.abs(approx[b])
+    )
+    unsure = (segments[a] == segments[b]) & near & ((ip[a] != ip[b]) | (norm[a] != norm[b]))
+    wrong = {
+        segments[a[p]]
+        for p in np.flatnonzero(unsure)
+        if (_key(ip, norm, b[p]), -ids[b[p]]) > (_key(ip, norm, a[p]), -ids[a[p]])
+    }
+    in_order = segments[order]  # sorted: each segment is one span of `order`
+    for segment in wrong:
+        span = slice(in_order.searchsorted(segment), in_order.searchsorted(segment, "right"))
+        order[span] = sorted(order[span], key=lambda i: (-_key(ip, norm, i), ids[i]))
+    return order
+
+
+def _whole_gallery_topk(ip: np.ndarray, norm: np.ndarray, k: int) -> np.ndarray:
+    """The exact top k ids of one query from (ip, norm) of every document (ids 0..n-1)."""
+    approx = ip / np.sqrt(norm)
+    kth = np.partition(approx, len(approx) - k)[len(approx) - k]
+    # k documents have approx >= kth, so exact scores >= kth - 2^-50 |kth|; the rest fall below.
+    keep = approx + _F64_TOLERANCE * np.abs(approx) >= kth - _F64_TOLERANCE * abs(kth)
+    keep = np.flatnonzero(keep)
+    return keep[exact_order(ip[keep], norm[keep], keep, np.zeros(len(keep), np.int64))][:k]
+
+
+def exact_topk(
+    scores: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    *,
+    tolerance: float,
+    complete: bool,
+    exact: Exact,
+    exact_all: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k of each query from its float top K (K >= k), ties to the lower id.
+
+    Each row of `scores` holds the first K documents in the order (float
+    score f descending, then id), as `local_topk` returns them, and every
+    document's exact score S = scale * ip / sqrt(norm) lies in
+    [L(f), H(f)] = [f - tolerance |f|, f + tolerance |f|] (bounds monotone in
+    f, computed exactly in float64 from float32 f).
+
+    Why the answer is exact. Certificate: a document outside the K has
+    f <= f_K, so S <= H(f_K); if H(f_K) < L(f_k), each of the first k
+    documents (f >= f_k) beats every outsider strictly, so the exact top k
+    lies within the K. Runs: split the K where L(f_p) > H(f_{p+1}); a document
+    of an earlier run then beats every document of a later one strictly, so
+    sorting each run by exact score (`exact_order`, integers where floats
+    cannot tell) sorts the K exactly. Only runs of two or more that start
+    within the first k need it: exact ties and near ties. A query without the
+    certificate (more than K - k documents tied or near-tied with its k-th)
+    is ranked exactly over the whole gallery by `exact_all` instead.
+
+    Args:
+      scores: float32 [Q, K] as above.
+      ids: int64 [Q, K] document ids.
+      k: results per query.
+      tolerance: the bound on |f - S| / |f|.
+      complete: whether the K are all the documents (no outsiders).
+      exact: (rows [F], ids [F]) -> (ip, norm) int64 [F] for those queries
+        (rows of `scores`) and documents.
+      exact_all: row -> (ip, norm) int64 [ntotal] of that query against every
+        document.
+      scale: the factor from ip / sqrt(norm) to the score (2^-u_q for SDC).
+
+    Returns:
+      (scores float32 [Q, k] non-increasing, ids int64 [Q, k]): the scores are
+      float32 roundings of the exact scores (within 2^-22).
+    """
+    f = scores.astype(np.float64)
+    low, high = f - tolerance * np.abs(f), f + tolerance * np.abs(f)
+    num, width = scores.shape
+    certified = np.full(num, complete) | (low[:, k - 1] > high[:, -1])
+    starts = np.ones((num, width), bool)
+    starts[:, 1:] = low[:, :-1] > high[:, 1:]
+    run = np.cumsum(starts).reshape(num, width) - 1  # increasing along each row
+    mixed = (np.bincount(run.ravel(), minlength=1)[run] > 1) & (run <= run[:, k - 1 : k])
+    rows, cols = np.nonzero(mixed & certified[:, None])  # row-major: each run in place order
+    out_scores, out_ids = scores.copy(), ids.copy()
+    if rows.size:
+        ip, norm = exact(rows, ids[rows, cols])
+        order = exact_order(ip, norm, ids[rows, cols], run[rows, cols])
+        out_ids[rows, cols] = ids[rows, cols][order]
+        out_scores[rows, cols] = (scale * ip / np.sqrt(norm))[order]
+    for row in np.flatnonzero(~certified):
+        ip, norm = exact_all(row)
+        top = _whole_gallery_topk(ip, norm, k)
+        out_ids[row, :k], out_scores[row, :k] = top, scale * ip[top] / np.sqrt(norm[top])
+    return np.minimum.accumulate(out_scores[:, :k], axis=1), out_ids[:, :k]

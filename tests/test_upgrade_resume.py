@@ -5,7 +5,7 @@ file (what a kill between two checkpoints leaves), and the run is started
 again: it resumes from the checkpoint before, and its final parameters and
 results equal the uninterrupted run's. UniBCT resumes with the refined
 prototypes of its checkpoint, DMU with its joint model and psi, BiCT in its
-forward stage, and a sequence in its last step.
+forward stage, and (in test_upgrade.py) a sequence in its last step.
 """
 
 import json
@@ -16,7 +16,7 @@ import numpy as np
 from conftest import small_compare_config
 
 from bebrjax import checkpoint
-from bebrjax.trainers import upgrade_compare
+from bebrjax.trainers import upgrade, upgrade_compare
 
 
 def _last(directory):
@@ -59,8 +59,9 @@ def _read_results(workdir):
 
 def test_unibct_dmu_and_bict_resume_exactly(compare_run):
     workdir, _ = compare_run
-    kill_and_resume(
-        workdir,
-        ("unibct/new", "dmu/new", "bict/forward"),
-        lambda: upgrade_compare.train_and_evaluate(small_compare_config(), str(workdir)),
-    )
+    runs = upgrade_compare.method_configs(small_compare_config(), str(workdir))
+    for method, stage in (("unibct", "new"), ("dmu", "new"), ("bict", "forward")):
+        sub, path = runs[method]
+        kill_and_resume(
+            workdir / method, (stage,), lambda s=sub, p=path: upgrade.train_and_evaluate(s, p)
+        )

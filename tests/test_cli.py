@@ -104,6 +104,10 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
         ),
         (["--config", "configs/bebr/demo.py", "--config.train.steps=-3"], "'train.steps' = -3"),
         (
+            ["--config", "configs/upgrade/bct.py", "--config.eval.ks=(1,600)"],
+            "Recall@600 needs more than 600 held-out gallery items",
+        ),
+        (
             ["--config", "configs/bebr/demo.py", "--config.data.name=digits"],
             "data.name='digits' does not take the config's data keys",
         ),

@@ -36,7 +36,7 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, to_dict
+from bebrjax.config import ConfigError, check_ks, to_dict
 from bebrjax.data.batching import steps_per_epoch
 from bebrjax.data.upgrade_splits import labelled_data, sequence_split
 from bebrjax.evaluators.compatibility import retrieval_metrics
@@ -130,6 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sharding.check_batch_size(config.train.batch_size, mesh)
     for rows in train_sets:
         steps_per_epoch(len(rows), config.train.batch_size)
+    check_ks(config.eval.ks, len(gallery_rows), "held-out gallery items")
     wd.prepare(workdir, to_dict(config))
 
     classes, batch_size = data.num_classes, config.eval.batch_size

@@ -1,6 +1,7 @@
 """Search over packed recurrent binary codes (SDC, Hamming) and float vectors."""
 
 from bebrjax.search.backfill import backfill
-from bebrjax.search.index import BinaryIndex, FloatIndex, IndexFormatError
+from bebrjax.search.float_index import FloatIndex
+from bebrjax.search.index import BinaryIndex, IndexFormatError
 
 __all__ = ["BinaryIndex", "FloatIndex", "IndexFormatError", "backfill"]

@@ -98,8 +98,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lap("evaluation")
     results["method"] = config.method
     results["seconds"] = lap.seconds  # this call's wall time per phase
-    stages = {"old": old_dir, "new": os.path.join(workdir, "new"), "paragon": paragon_dir}
-    stages["forward"] = os.path.join(workdir, "forward")
+    stages = {
+        "old": old_dir,
+        "new": os.path.join(workdir, "new"),
+        "forward": os.path.join(workdir, "forward"),  # psi's own stage (bict)
+        "paragon": paragon_dir,
+    }
     results["train"] = {k: wd.train_time(d) for k, d in stages.items() if os.path.isdir(d)}
     results["split"] = {"kind": split.kind, **split.accounting(data.y)}
     wd.write_json(os.path.join(workdir, "results.json"), results)

@@ -32,8 +32,6 @@ from bebrjax.trainers.upgrade_methods import METHODS, Method
 from bebrjax.trainers.upgrade_models import Frozen, build, build_adapter
 from bebrjax.trainers.upgrade_step import make_forward_step, make_train_step
 
-INDEPENDENT = METHODS["independent"]
-
 
 def claim_stage(workdir: str, record: dict) -> None:
     """Records a stage's config in workdir/stage.json, or checks the one there.

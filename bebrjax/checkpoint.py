@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from bebrjax import distributed
 from bebrjax.errors import CheckpointError
 
 
@@ -63,6 +64,7 @@ def restore_latest(directory: str, like: Any) -> Any | None:
             continue
         if unreadable:
             aside = [_set_aside(directory, s) for s in unreadable]
+            distributed.barrier("checkpoint.set_aside")
             logging.warning(
                 "unreadable checkpoint(s) skipped: %s; moved to %s; resuming from step %d",
                 "; ".join(f"step {s}: {why}" for s, why in unreadable.items()),
@@ -87,17 +89,21 @@ def _reason(error: BaseException) -> str:
 
 
 def _set_aside(directory: str, step: int) -> str:
-    """Moves the directory of `step` to `<directory>-unreadable/<step>[.n]`; returns where."""
+    """Moves the directory of `step` to `<directory>-unreadable/<step>[.n]`; returns where.
+
+    On a multi-process run process 0 moves it; the others only say where.
+    """
     source = ocp.step.find_step_path(
         directory, ocp.step.standard_name_format(), step=step, include_uncommitted=True
     )
     aside = f"{os.path.abspath(directory)}-unreadable"
-    os.makedirs(aside, exist_ok=True)
     target, n = os.path.join(aside, source.name), 0
     while os.path.lexists(target):
         n += 1
         target = os.path.join(aside, f"{source.name}.{n}")
-    os.rename(source, target)
+    if distributed.is_primary():
+        os.makedirs(aside, exist_ok=True)
+        os.rename(source, target)
     return target
 
 

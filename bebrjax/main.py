@@ -1,5 +1,11 @@
 """Runs a config: `python -m bebrjax.main --config FILE.py[:ARG] --workdir DIR [--config.k=v]`.
 
+On N processes every process runs the same command with its start-up
+flags (`bebrjax.distributed`): `--coordinator HOST:PORT --num_processes N
+--process_id I` (or the environment variables JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), or `--distributed` on a cluster JAX
+detects (SLURM, TPU VM, Open MPI); `launch/` has a script for each.
+
 The config names its trainer; `bebrjax.trainers.<config.trainer>` is imported
 and its `train_and_evaluate(config, workdir)` runs. A bad config, override
 or input file ends the program with a one-line error and exit status 2,
@@ -15,12 +21,21 @@ import sys
 
 from absl import app, flags, logging
 
+from bebrjax import distributed
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
 from bebrjax.errors import USER_ERRORS
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with ':arg'.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "host:port of process 0 (or JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (or JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (or JAX_PROCESS_ID).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Detect the cluster (SLURM, TPU VM, Open MPI) and start on it."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDE = "--config."
@@ -28,6 +43,7 @@ _OVERRIDE = "--config."
 
 USAGE = (
     "usage: python -m bebrjax.main --config FILE.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]"
+    " [--coordinator HOST:PORT --num_processes N --process_id I | --distributed]"
 )
 
 
@@ -63,11 +79,14 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     logging.set_verbosity(logging.WARNING)
     try:
+        distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, detect=_DISTRIBUTED.value
+        )
         results = run(_CONFIG.value, _WORKDIR.value, overrides)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if results is None:
+    if results is None or not distributed.is_primary():
         return
     print()
     print(open(os.path.join(_WORKDIR.value, "results.md")).read())

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bebrjax import distributed
+
 
 def _subplots(*args, figsize: tuple[float, float], **kwargs):
     """(figure, axes) of a new figure that belongs to no pyplot state.
@@ -21,7 +23,9 @@ def _subplots(*args, figsize: tuple[float, float], **kwargs):
 
 
 def _save(fig, path: str) -> None:
-    """Writes a figure as a PNG."""
+    """Writes a figure as a PNG (on process 0 of a multi-process run)."""
+    if not distributed.is_primary():
+        return
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -2,7 +2,9 @@
 
 `batched_apply` runs a jit'd function over a host array batch by batch on the mesh;
 `apply_model` is that for a flax model in eval mode (evaluation embeddings,
-binary codes, gallery upgrades).
+binary codes, gallery upgrades). On a mesh over several processes
+(`bebrjax.distributed`) each process gives its own rows of every batch and
+the results come back whole to every process.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bebrjax import distributed
 from bebrjax.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -26,16 +29,33 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     Args:
       num_devices: how many devices to use; 0 means all of them.
 
+    On several processes the mesh spans every process's devices, and only
+    0 (all of them) can be asked for.
+
     Raises:
-      ConfigError: when more devices are asked for than exist.
+      ConfigError: when more devices are asked for than exist, or a part of
+        a multi-process run's devices.
     """
     devices = jax.devices()
     if num_devices < 0 or num_devices > len(devices):
         raise ConfigError(
             f"config key 'mesh.num_devices' = {num_devices}: {len(devices)} devices are available"
         )
+    if jax.process_count() > 1 and num_devices not in (0, len(devices)):
+        raise ConfigError(
+            f"config key 'mesh.num_devices' = {num_devices}: a run on {jax.process_count()} "
+            f"processes uses all {len(devices)} devices (0)"
+        )
     chosen = devices[: num_devices or len(devices)]
     return Mesh(np.asarray(chosen), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def process_mesh(mesh: Mesh) -> Mesh:
+    """The part of `mesh` on this process's devices (`mesh` itself on one process)."""
+    if jax.process_count() == 1:
+        return mesh
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return Mesh(np.asarray(mine), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -66,7 +86,8 @@ def sharded_apply(
     The batch size is rounded up to a multiple of the devices and every chunk
     is padded to it (one compiled shape). The result stays on the devices
     (dispatch is asynchronous) with the padding still in it: its first
-    `len(chunk)` rows are the answer.
+    `len(chunk)` rows are the answer. `chunk` is the same on every process;
+    each puts only its own rows on its devices.
     """
     devices = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // devices) * devices
@@ -78,7 +99,11 @@ def sharded_apply(
 
     def apply(variables: Any, chunk: np.ndarray) -> Any:
         pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1)
-        return jitted(variables, np.pad(chunk, pad))
+        padded = np.pad(chunk, pad)
+        if jax.process_count() == 1:
+            return jitted(variables, padded)
+        rows = distributed.local_rows(np.arange(batch_size))
+        return jitted(variables, distributed.global_batch(batch_sharded(mesh), padded[rows]))
 
     apply.batch_size = batch_size
     return apply
@@ -90,7 +115,7 @@ def batched_apply(
     """`fn(variables, batch)` over `x` in batches on the mesh, as numpy (see `sharded_apply`)."""
     apply = sharded_apply(fn, mesh, batch_size)
     out = [
-        jax.tree.map(np.asarray, apply(variables, x[start : start + apply.batch_size]))
+        distributed.to_host(apply(variables, x[start : start + apply.batch_size]))
         for start in range(0, len(x), apply.batch_size)
     ]
     return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(x)], *out)

@@ -17,12 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from bebrjax import distributed
 from bebrjax.config import ConfigError, diff_keys
 from bebrjax.errors import OutputExistsError
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+    """Writes `text` to `path` through a temporary file and a rename.
+
+    On a multi-process run only process 0 writes (`distributed.is_primary`);
+    the others return at once, so they never race it.
+    """
+    if not distributed.is_primary():
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -51,10 +58,14 @@ def refuse_existing(path: str, overwrite: bool, *, directory: bool = False) -> N
 def write_npz(path: str, arrays: dict[str, Any], overwrite: bool = False) -> None:
     """Writes `arrays` to the .npz `path` whole: a temporary file renamed into place.
 
+    Only process 0 of a multi-process run writes (every process checks).
+
     Raises:
       OutputExistsError: when `path` exists and `overwrite` is False.
     """
     refuse_existing(path, overwrite)
+    if not distributed.is_primary():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, **arrays)
@@ -112,11 +123,13 @@ def claim(workdir: str) -> None:
     process that died, however it died, is gone with it. Claiming a
     directory this process already holds is a no-op.
 
+    On a multi-process run, process 0 holds the lock for the run.
+
     Raises:
       ConfigError: when another running process holds `workdir`.
     """
     key = os.path.realpath(workdir)
-    if key in _CLAIMED:
+    if key in _CLAIMED or not distributed.is_primary():
         return
     fd = os.open(key, os.O_RDONLY)
     try:
@@ -135,7 +148,8 @@ def prepare(workdir: str, config: dict[str, Any]) -> None:
 
     A workdir belongs to one config: resuming into it with different settings
     would mix two runs, so that is an error naming the differing keys. It
-    also belongs to one running process (`claim`).
+    also belongs to one running process (`claim`). On a multi-process run
+    every process checks, process 0 writes, and all wait for it.
 
     Raises:
       ConfigError: when the workdir holds a run with a different config, or
@@ -153,8 +167,9 @@ def prepare(workdir: str, config: dict[str, Any]) -> None:
                 f"workdir '{workdir}' holds a run with a different config "
                 f"(differs in: {', '.join(changed)}); use a new workdir"
             )
-        return
-    write_json(path, config)
+    else:
+        write_json(path, config)
+    distributed.barrier("workdir.prepare")
 
 
 class MetricsLog:
@@ -171,7 +186,9 @@ class MetricsLog:
             write_atomic(self.path, "".join(to_json(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        """Appends one record."""
+        """Appends one record (on process 0 of a multi-process run)."""
+        if not distributed.is_primary():
+            return
         with open(self.path, "a") as f:
             f.write(to_json(record) + "\n")
 

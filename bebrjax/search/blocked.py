@@ -4,7 +4,10 @@ An index keeps its documents on the host as per-document arrays [N, ...]; on
 the first search after a change they are tiled into blocks [n_blocks, T,
 ..., tile] (documents last), put on the device(s) (split over a mesh's
 `data` axis when one is given) and searched by `bebrjax.search.topk`, with
-queries in batches of a few compiled shapes.
+queries in batches of a few compiled shapes. An index lives in one process:
+given a mesh that spans processes it searches on this process's devices of
+it (`sharding.process_mesh`); a gallery split over processes is
+`bebrjax.search.sharded.ShardedIndex`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bebrjax.search import topk
-from bebrjax.sharding import DATA_AXIS
+from bebrjax.sharding import DATA_AXIS, process_mesh
 
 # (index type, score key, k, group, mesh) -> the jit'd search; see `BlockedIndex._search_fn`.
 _SEARCH_FNS: dict[tuple, Any] = {}
@@ -54,7 +57,8 @@ class BlockedIndex:
       tile: documents per tile (the inner loop's run of contiguous docs).
       group: documents per group of the two-level top-k; divides `tile`.
       query_batch: queries searched at once.
-      mesh: optional device mesh: the gallery is split over its `data` axis.
+      mesh: optional device mesh: the gallery is split over its `data` axis
+        (this process's devices of it).
     """
 
     def __init__(
@@ -65,7 +69,8 @@ class BlockedIndex:
         if min(block_size, tile, group, query_batch) <= 0:
             raise ValueError("block_size, tile, group and query_batch must be positive")
         self.block_size, self.tile, self.group = block_size, tile, group
-        self.query_batch, self.mesh = query_batch, mesh
+        self.query_batch = query_batch
+        self.mesh = None if mesh is None else process_mesh(mesh)
         self._device: tuple[Any, int] | None = None
 
     def _devices(self) -> int:

@@ -33,6 +33,7 @@ from bebrjax.config import TRAIN_RULES, ConfigError, check_ks, check_rules, impo
 from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.batching import batch_indices, steps_per_epoch, total_steps
 from bebrjax.data.splits import train_eval_split
+from bebrjax.distributed import local_rows
 from bebrjax.evaluators import retrieval
 from bebrjax.optim import make_optimizer, optim_config
 from bebrjax.search import scoring
@@ -136,7 +137,7 @@ def fit(
     extra = extra or {}
 
     def batch(step):
-        rows = batch_indices(len(data), config.train.batch_size, step, config.seed)
+        rows = local_rows(batch_indices(len(data), config.train.batch_size, step, config.seed))
         return {**make_batch(data, rows), **{k: v[rows] for k, v in extra.items()}}
 
     return train_loop(

@@ -3,7 +3,8 @@
 A trainer builds its state and a jit'd `train_step(state, batch) -> (state,
 metrics)`; `train_loop` restores the newest readable orbax checkpoint of
 `workdir`, feeds the batches of `batch_fn(step)` (a pure function of the
-step, so that resuming equals not stopping), writes metrics.jsonl and a
+step, so that resuming equals not stopping; on N processes each gives its
+own rows, `distributed.local_rows`), writes metrics.jsonl and a
 progress bar, checkpoints on schedule and at the end, and records its wall
 time in train_time.json (`workdir.train_time` reads the total and the parts).
 """
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bebrjax import checkpoint, sharding
+from bebrjax import checkpoint, distributed, sharding
 from bebrjax import workdir as wd
 from bebrjax.config import section
 
@@ -165,7 +166,8 @@ def train_loop(
       state: a fresh state in its target sharding (the template to restore into);
         it must hold an int "step".
       train_step: the jit'd step.
-      batch_fn: the host batch of a step.
+      batch_fn: this process's rows of the batch of a step (all of it on one
+        process; `distributed.local_rows`).
       workdir: where checkpoints/, metrics.jsonl and train_time.json go.
       total: the number of steps of the schedule.
       schedule: the learning rate per step, for the log.
@@ -182,12 +184,13 @@ def train_loop(
     """
     directory = os.path.join(workdir, "checkpoints")
     state = checkpoint.restore_latest(directory, state) or state
+    distributed.barrier("train_loop.restored")  # all have looked before the manager creates
     mngr = checkpoint.manager(directory, every=checkpoint_every, keep=keep_checkpoints)
     start = int(state["step"])
     end = total if stop_after_steps is None else min(total, start + stop_after_steps)
     log = wd.MetricsLog(workdir, start)
     clock = wd.TrainTime(workdir, start)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharded(mesh))
+    put = functools.partial(distributed.global_batch, sharding.batch_sharded(mesh))
     bar = tqdm(
         total=total,
         initial=start,
@@ -195,6 +198,7 @@ def train_loop(
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
+        disable=not distributed.is_primary(),
     )
     tick, tick_step = time.perf_counter(), start
     for step in range(start, end):

@@ -23,6 +23,7 @@ from bebrjax import workdir as wd
 from bebrjax.config import ConfigError
 from bebrjax.data.batching import batch_indices, total_steps
 from bebrjax.data.labelled import Labelled
+from bebrjax.distributed import local_rows
 from bebrjax.losses import compat
 from bebrjax.models.adapter import Adapter, WithAdapter, split_variables
 from bebrjax.optim import make_optimizer
@@ -92,7 +93,7 @@ def run(
     n = len(next(iter(arrays.values())))
 
     def batch(step):
-        rows = batch_indices(n, config.train.batch_size, step, config.seed)
+        rows = local_rows(batch_indices(n, config.train.batch_size, step, config.seed))
         return {k: v[rows] for k, v in arrays.items()}
 
     return train_loop(

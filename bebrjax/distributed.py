@@ -158,8 +158,16 @@ def to_host(x: Any) -> Any:
 def allgather(x: Any) -> Any:
     """Each process's numpy pytree `x`, stacked on a new leading axis [N, ...], on every process.
 
-    Every process must give arrays of the same shapes.
+    Every process must give arrays of the same shapes and dtypes. The bytes
+    travel as they are, so int64 and float64 arrive whole (JAX's own
+    gather would narrow them to 32 bits).
     """
-    if jax.process_count() == 1:
-        return jax.tree.map(lambda a: np.asarray(a)[None], x)
-    return multihost_utils.process_allgather(x)
+
+    def gather(a: Any) -> np.ndarray:
+        a = np.asarray(a)
+        if jax.process_count() == 1:
+            return a[None]
+        raw = multihost_utils.process_allgather(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        return np.asarray(raw).view(a.dtype).reshape(-1, *a.shape)
+
+    return jax.tree.map(gather, x)

@@ -243,6 +243,31 @@ class BinaryIndex(BlockedIndex):
         """
         return codes_lib.unpack(self._words[self._check_ids(ids, unique=False)], self.m)
 
+    def rows(self, start: int, stop: int) -> BinaryIndex:
+        """Documents [start, stop) as an index of their own (ids from 0), sharing their arrays.
+
+        The arrays are views (of a memory map, for a loaded index: only
+        these rows are ever read from disk); the versions stay the same.
+        """
+        (first, u), *_ = self._versions.items()
+        part = BinaryIndex(
+            self.m,
+            u,
+            self.metric,
+            version=first,
+            kernel=self.kernel,
+            block_size=self.block_size,
+            tile=self.tile,
+            group=self.group,
+            query_batch=self.query_batch,
+            mesh=self.mesh,
+        )
+        part._versions = dict(self._versions)
+        part._words = self._words[start:stop]
+        part._inv_norms = self._inv_norms[start:stop]
+        part._doc_versions = self._doc_versions[start:stop]
+        return part
+
     def _check_ids(self, ids: np.ndarray, unique: bool = True) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
@@ -278,6 +303,32 @@ class BinaryIndex(BlockedIndex):
           ValueError: for planes of another shape or values, a query
             narrower than m, or u_q > 0 with metric "hamming".
         """
+        queries, u_q = self._queries(query_planes)
+        if self.metric == "hamming" or self.u == 0:
+            # Exact floats: minus integer distances, or f = fl(ip c) for the one norm
+            # sqrt(m), which orders as the integers ip (|ip| < 2^20) do.
+            scores, ids = self._search(queries, k)
+            return (-scores if self.metric == "hamming" else scores), ids
+        self._check_k(k)
+        width = min(self.ntotal, k + topk.SPARE)
+        scores, ids = self._search(queries, width)
+        return topk.exact_topk(
+            scores,
+            ids,
+            k,
+            tolerance=scoring.SCORE_TOLERANCE,
+            complete=width == self.ntotal,
+            exact=lambda rows, d: self.exact_ints(queries["words"][rows], d),
+            exact_all=lambda row: self.exact_ints(queries["words"][row]),
+            scale=2.0**-u_q,
+        )
+
+    def _queries(self, query_planes: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+        """Checked query planes as the search takes them ({"words", "ints"}) and their u.
+
+        Raises:
+          ValueError: as `search` says.
+        """
         planes = np.asarray(query_planes)
         if planes.ndim == 2:
             planes = planes[:, None, :]
@@ -294,26 +345,24 @@ class BinaryIndex(BlockedIndex):
         if self.metric == "hamming" and u_q:
             raise ValueError(f"metric='hamming' needs one-plane queries (u=0); got u={u_q}")
         planes = codes_lib.check_planes(planes, m_q, u_q, "query_planes")[:, :, : self.m]
-        queries = {"words": codes_lib.pack(planes), "ints": codes_lib.decode_int(planes)}
-        if self.metric == "hamming" or self.u == 0:
-            # Exact floats: minus integer distances, or f = fl(ip c) for the one norm
-            # sqrt(m), which orders as the integers ip (|ip| < 2^20) do.
-            scores, ids = self._search(queries, k)
-            return (-scores if self.metric == "hamming" else scores), ids
-        self._check_k(k)
-        width = min(self.ntotal, k + topk.SPARE)
-        scores, ids = self._search(queries, width)
-        words, loops = queries["words"], self._loops()
-        return topk.exact_topk(
-            scores,
-            ids,
-            k,
-            tolerance=scoring.SCORE_TOLERANCE,
-            complete=width == self.ntotal,
-            exact=lambda rows, d: scoring.exact_ints(words[rows], self._words[d], loops[d], self.m),
-            exact_all=lambda row: scoring.exact_ints(words[row], self._words, loops, self.m),
-            scale=2.0**-u_q,
-        )
+        return {"words": codes_lib.pack(planes), "ints": codes_lib.decode_int(planes)}, u_q
+
+    def exact_ints(
+        self, query_words: np.ndarray, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The integers behind "ip" scores (`scoring.exact_ints`), exactly, on the host.
+
+        Args:
+          query_words: packed query planes, one per document [F, u_q+1, W], or
+            one query [u_q+1, W] for every document.
+          ids: the documents [F]; None: every document, in id order.
+
+        Returns:
+          (ip, norm) int64 [F] (or [ntotal]): the exact score is ip / (2^u_q sqrt(norm)).
+        """
+        if ids is None:
+            return scoring.exact_ints(query_words, self._words, self._loops(), self.m)
+        return scoring.exact_ints(query_words, self._words[ids], self._loops()[ids], self.m)
 
     def _loops(self) -> np.ndarray:
         """Each document's loops, uint8 [ntotal]."""

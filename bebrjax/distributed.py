@@ -155,6 +155,13 @@ def to_host(x: Any) -> Any:
     return multihost_utils.process_allgather(x, tiled=True)
 
 
+def broadcast(value: int) -> int:
+    """Process 0's integer `value`, on every process."""
+    if jax.process_count() == 1:
+        return value
+    return int(allgather(np.int64(value))[0])
+
+
 def allgather(x: Any) -> Any:
     """Each process's numpy pytree `x`, stacked on a new leading axis [N, ...], on every process.
 

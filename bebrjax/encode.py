@@ -15,6 +15,10 @@ exist (the rows are in OUT.partial). An existing OUT is kept unless
 `--overwrite`. A bad input (wrong width, a non-finite or all-zero row, no
 rows) is one line on stderr, exit status 2, and leaves nothing behind.
 
+On N processes (the start-up flags of `bebrjax.distributed`) every
+process encodes its part of each batch on its devices and process 0 writes
+the index, which is the one process's, byte for byte.
+
 The codes are recorded in the index as version `--version` (default: the
 workdir's name). With `--ids`, the input's rows are the new embeddings of
 those documents of the existing index OUT (row r is document ids[r]): a
@@ -33,10 +37,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from bebrjax import cli, report, sharding
+from bebrjax import cli, distributed, report, sharding
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.data.rows import RowSource, open_rows, read_ids
@@ -136,6 +141,8 @@ def encode_corpus(
     encoder = model.encoder
     version = version or os.path.basename(os.path.normpath(model.workdir))
     if ids is not None:
+        if jax.process_count() > 1:
+            raise DataError("a backfill step (ids) runs on one process")
         if overwrite:
             raise DataError(
                 "--overwrite does not go with --ids: a backfill step replaces those ids"
@@ -152,31 +159,36 @@ def encode_corpus(
             "devices": int(encoder.mesh.devices.size),  # the batch's split can round differently
         }
         made = _missing_parent(out)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        writer = IndexWriter(
-            index_path,
-            m=model.code_dim,
-            u=model.loops,
-            count=n,
-            job=job,
-            restart=overwrite,
-            version=version,
-        )
-        start_rows, clock = writer.rows, time.perf_counter()
+        writer = None
+        if distributed.is_primary():  # on N processes, process 0 writes what all encode
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            writer = IndexWriter(
+                index_path,
+                m=model.code_dim,
+                u=model.loops,
+                count=n,
+                job=job,
+                restart=overwrite,
+                version=version,
+            )
+        start_rows, clock = distributed.broadcast(writer.rows if writer else 0), time.perf_counter()
         try:
-            _encode_rows(encoder, source, writer, batch_size, progress)
+            _encode_rows(encoder, source, writer, start_rows, batch_size, progress)
         except DataError:
-            if writer.resumed_from == 0:
+            if writer is not None and writer.resumed_from == 0:
                 writer.discard()  # nothing of this call's is left behind
                 if made:
                     shutil.rmtree(made, ignore_errors=True)
-            else:
+            elif writer is not None:
                 writer.close()  # an earlier call's rows stay, to resume from
             raise
         except BaseException:
-            writer.close()
+            if writer is not None:
+                writer.close()
             raise
-        writer.finish()
+        if writer is not None:
+            writer.finish()
+        distributed.barrier("encode.finished")
     finally:
         source.close()
     seconds = time.perf_counter() - clock
@@ -282,28 +294,32 @@ def _missing_parent(path: str) -> str | None:
     return missing
 
 
-def _encode_rows(encoder, source: RowSource, writer: IndexWriter, batch_size: int, progress):
-    """Encodes rows writer.rows.. of `source` in order; the device works while the host writes.
+def _encode_rows(
+    encoder, source: RowSource, writer: IndexWriter | None, start: int, batch_size: int, progress
+):
+    """Encodes rows start.. of `source` in order; the device works while the host writes.
 
     Each batch is dispatched before the previous one's planes are packed and
-    written, so reading, packing and writing overlap the forward pass.
+    written, so reading, packing and writing overlap the forward pass. On N
+    processes every process encodes its part of each batch and process 0
+    (the one with a `writer`) writes the whole batch.
     """
     apply = sharding.sharded_apply(encoder.forward, encoder.mesh, batch_size)
     n = len(source)
     bar = tqdm(
         total=n,
-        initial=writer.rows,
+        initial=start,
         desc="encode",
         unit="row",
         unit_scale=True,
         dynamic_ncols=True,
         mininterval=1.0,
-        disable=None if progress else True,  # None: shown on a terminal only
+        disable=None if progress and writer is not None else True,  # None: on a terminal only
     )
     with bar:
         pending = None
-        for start in range(writer.rows, n, batch_size):
-            rows = read_checked(source, start, start + batch_size)
+        for first in range(start, n, batch_size):
+            rows = read_checked(source, first, first + batch_size)
             planes = apply(encoder.variables, rows)
             if pending is not None:
                 _write(writer, bar, *pending)
@@ -312,8 +328,10 @@ def _encode_rows(encoder, source: RowSource, writer: IndexWriter, batch_size: in
             _write(writer, bar, *pending)
 
 
-def _write(writer: IndexWriter, bar, planes, rows: int) -> None:
-    writer.write(np.asarray(planes)[:rows])
+def _write(writer: IndexWriter | None, bar, planes, rows: int) -> None:
+    planes = distributed.to_host(planes)[:rows]
+    if writer is not None:
+        writer.write(planes)
     bar.update(rows)
 
 
@@ -334,10 +352,12 @@ def parser() -> argparse.ArgumentParser:
         help="PATH[:key]: a backfill step: the input's rows replace these docs of --index",
     )
     p.add_argument("--version", help="the codes' version name (default: the workdir's name)")
+    distributed.add_arguments(p)
     return p
 
 
 def _command(args: argparse.Namespace) -> None:
+    distributed.initialize_from(args)
     summary = encode_corpus(
         args.workdir,
         args.input,
@@ -348,6 +368,8 @@ def _command(args: argparse.Namespace) -> None:
         ids=args.ids,
         version=args.version,
     )
+    if not distributed.is_primary():
+        return
     if args.ids is not None:
         print_backfill(summary)
         return

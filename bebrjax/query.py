@@ -14,6 +14,12 @@ int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
 With `--relevant` (one relevant doc id per query, an integer array)
 Recall@1/5/10 is printed as a table (Recall@j for the j <= k only: a
 smaller k cannot tell the others).
+
+On N processes (the start-up flags of `bebrjax.distributed`, e.g.
+`MODULE=bebrjax.search launch/multiprocess.sh N --index ...`) each process
+keeps its own part of the index's documents (`search.sharded`), the
+answer is the one a single process gives, bit for bit, and process 0
+prints and writes it.
 """
 
 from __future__ import annotations
@@ -22,15 +28,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
-from bebrjax import cli, report
+from bebrjax import cli, distributed, report
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
 from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.search import BinaryIndex
+from bebrjax.search.sharded import ShardedIndex
 from bebrjax.serving import load_bundle
 
 RECALL_KS = (1, 5, 10)
@@ -56,7 +64,7 @@ def read_relevant(spec: str, num_docs: int) -> np.ndarray:
 
 
 def search_index(
-    index: str | BinaryIndex,
+    index: str | BinaryIndex | ShardedIndex,
     queries: str | np.ndarray,
     *,
     k: int,
@@ -68,7 +76,8 @@ def search_index(
     """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
 
     Args:
-      index: a saved index directory, or an open `BinaryIndex`.
+      index: a saved index directory, or an open `BinaryIndex` (or
+        `ShardedIndex`, on several processes).
       queries: float embeddings [Q, d], or the file holding them (see `open_rows`).
       k: results per query.
       workdir: the binarizer run that made the index (or give `bundle`).
@@ -93,7 +102,7 @@ def search_index(
         model = as_binarizer(workdir)
         dim, encode = model.dim, model.encode
         model_shape = (model.loops + 1, model.code_dim)
-    index = BinaryIndex.load(index) if isinstance(index, str) else index
+    index = load_index(index) if isinstance(index, str) else index
     if model_shape[1] < index.m:
         raise DataError(
             f"the index holds codes of width m={index.m}; the model makes narrower ones "
@@ -106,6 +115,11 @@ def search_index(
     planes = encode(queries, batch_size)
     scores, ids = index.search(planes, k)
     return ids, scores
+
+
+def load_index(path: str) -> BinaryIndex | ShardedIndex:
+    """The index at `path`: whole on one process, each process's part on several."""
+    return BinaryIndex.load(path) if jax.process_count() == 1 else ShardedIndex.load(path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,12 +141,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--relevant", help="PATH[:key], the relevant doc id per query: print Recall@k")
     p.add_argument("--batch-size", type=int, default=8192, help="queries per encoded batch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    distributed.add_arguments(p)
     return p
 
 
 def _command(args: argparse.Namespace) -> None:
+    distributed.initialize_from(args)
     wd.refuse_existing(args.out, args.overwrite)  # checked before the work, not after
-    index = BinaryIndex.load(args.index)
+    index = load_index(args.index)
     relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
     ids, scores = search_index(
         index,
@@ -153,7 +169,8 @@ def _command(args: argparse.Namespace) -> None:
         head += list(summary["recall"])
         row += [f"{v:.4f}" for v in summary["recall"].values()]
     wd.write_npz(args.out, {"ids": ids, "scores": scores}, overwrite=True)
-    cli.print_summary(report.table(head, [row]), summary)
+    if distributed.is_primary():
+        cli.print_summary(report.table(head, [row]), summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,6 +70,11 @@ class ShardedIndex:
         self.offset = int(self._counts[: jax.process_index()].sum())
         self.ntotal = int(self._counts.sum())
 
+    @property
+    def m(self) -> int:
+        """Code width (bits per plane)."""
+        return self.local.m
+
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> ShardedIndex:
         """Opens a saved `BinaryIndex`, each process keeping its own part of the documents.

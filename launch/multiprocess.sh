@@ -13,7 +13,7 @@
 #   JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=D.
 # Knobs (environment): DEVICES_PER_PROCESS=D (default 1); PORT (default: a free
 # port); MODULE (default bebrjax.main; e.g. bebrjax.search with its own flags
-# after N, in place of CONFIG WORKDIR ...).
+# after N, in place of CONFIG WORKDIR ...); PYTHON (default python).
 # Process 0 prints to this terminal; the others log to a temporary directory,
 # whose path is printed when one of them fails. When any process fails, the
 # others are stopped and its exit status is returned.
@@ -30,7 +30,8 @@ if [[ $module == bebrjax.main ]]; then
 fi
 devices=${DEVICES_PER_PROCESS:-1}
 [[ $devices =~ ^[1-9][0-9]*$ ]] || { echo "DEVICES_PER_PROCESS='$devices': must be a positive integer" >&2; exit 2; }
-port=${PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+python=${PYTHON:-python}
+port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 logs=$(mktemp -d "${TMPDIR:-/tmp}/bebrjax-multiprocess.XXXXXX")
 
 export JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$n JAX_PLATFORMS=cpu
@@ -40,9 +41,9 @@ stop() { kill "${pids[@]}" 2>/dev/null || true; }
 trap 'stop; exit 130' INT TERM
 for ((i = 0; i < n; i++)); do
   if ((i == 0)); then
-    JAX_PROCESS_ID=$i python -m "$module" "$@" &
+    JAX_PROCESS_ID=$i "$python" -m "$module" "$@" &
   else
-    JAX_PROCESS_ID=$i python -m "$module" "$@" >"$logs/process-$i.log" 2>&1 &
+    JAX_PROCESS_ID=$i "$python" -m "$module" "$@" >"$logs/process-$i.log" 2>&1 &
   fi
   pids+=($!)
 done

@@ -20,10 +20,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from bebrjax import checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,3 +146,41 @@ def compatible_run(tmp_path_factory):
     apply_overrides(config, compatible_overrides())
     workdir = tmp_path_factory.mktemp("compatible")
     return workdir, compatible.train_and_evaluate(config, str(workdir))
+
+
+def _last(directory):
+    """(step, the arrays) of the last checkpoint in `directory`."""
+    step = checkpoint.steps(directory)[-1]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return step, jax.tree.leaves(
+        jax.tree.map(np.asarray, checkpoint.restore_any(directory, step, device))
+    )
+
+
+def kill_and_resume(workdir, stages, rerun):
+    """Removes each stage's last checkpoint and the results, reruns, and checks they match.
+
+    The results are compared without the times ("seconds", "train"): the
+    resumed run took its own.
+    """
+    finals, before = {}, _read_results(workdir)
+    for stage in stages:
+        step, arrays = finals[stage] = _last(str(workdir / stage / "checkpoints"))
+        assert len(checkpoint.steps(str(workdir / stage / "checkpoints"))) > 1
+        shutil.rmtree(workdir / stage / "checkpoints" / str(step))
+    for path in workdir.rglob("results.*"):
+        path.unlink()
+    rerun()
+    for stage, (step, arrays) in finals.items():
+        resumed_step, resumed = _last(str(workdir / stage / "checkpoints"))
+        assert resumed_step == step
+        for x, y in zip(arrays, resumed, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert _read_results(workdir) == before
+
+
+def _read_results(workdir):
+    return json.loads(
+        (workdir / "results.json").read_text(),
+        object_hook=lambda d: {k: v for k, v in d.items() if k not in ("seconds", "train")},
+    )

@@ -1,0 +1,141 @@
+"""Two local processes x 2 CPU devices (`launch/multiprocess.sh`) against one process x 4 devices.
+
+The references run in this process on 4 of its 8 forced devices; the
+multi-process runs are the launcher's, as a user starts them. The
+binarizer demo and one upgrade method (BCT, with the SGD recipe) give equal
+losses (rtol 1e-5) and equal results; a two-process run killed after a
+checkpoint resumes to the same parameters; a search over an index split
+between the two processes equals one process's, bit for bit.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, kill_and_resume, tiny_overrides
+
+from bebrjax import distributed, encode, heldout, main, query
+from bebrjax.errors import ConfigError
+
+LAUNCHERS = ("multiprocess.sh", "slurm.sbatch", "tpu_vm.sh")
+UPGRADE = [
+    "train.steps=12",
+    "train.batch_size=64",
+    "train.log_every=1",
+    "train.checkpoint_every=6",
+    "data.num_classes=20",
+    "data.per_class=20",
+    "old.model.backbone_args.widths=(32,)",
+    "new.model.backbone_args.widths=(64,)",
+    "optim.name=sgd",
+    "optim.lr=0.05",
+    "eval.batch_size=128",
+]
+
+
+def launch(n: int, *args: str, module: str | None = None) -> subprocess.CompletedProcess:
+    """`launch/multiprocess.sh n ARGS` with 2 CPU devices per process."""
+    env = {**os.environ, "XLA_FLAGS": "", "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
+    if module:
+        env["MODULE"] = module
+    done = subprocess.run(
+        ["bash", os.path.join(ROOT, "launch", "multiprocess.sh"), str(n), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(workdir) -> list[tuple[int, float]]:
+    """(step, loss) of every line of a stage's metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+
+
+def same_losses(one, two) -> None:
+    steps, values = zip(*losses(one), strict=True)
+    assert [s for s, _ in losses(two)] == list(steps)
+    np.testing.assert_allclose([v for _, v in losses(two)], values, rtol=1e-5)
+
+
+def results(workdir) -> dict:
+    """results.json without its times (each run's own)."""
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f, object_hook=lambda d: {k: v for k, v in d.items() if k != "seconds"})
+
+
+@pytest.fixture(scope="module")
+def two_process_demo(tmp_path_factory):
+    """(workdir, stdout) of the tiny demo on 2 processes x 2 devices, and its 1 x 4 reference."""
+    overrides = [f"--config.{o}" for o in tiny_overrides()]
+    two = tmp_path_factory.mktemp("demo2")
+    done = launch(2, "configs/bebr/demo.py", str(two), *overrides)
+    one = tmp_path_factory.mktemp("demo1")
+    main.run("configs/bebr/demo.py", str(one), [*tiny_overrides(), "mesh.num_devices=4"])
+    return one, two, done.stdout
+
+
+def test_binarizer_demo_equals_one_process_and_resumes(two_process_demo):
+    one, two, stdout = two_process_demo
+    same_losses(one, two)
+    assert results(one) == results(two)
+    assert (one / "results.md").read_text().strip() in stdout  # the launcher prints the table
+    overrides = [f"--config.{o}" for o in tiny_overrides()]
+    kill_and_resume(two, (".",), lambda: launch(2, "configs/bebr/demo.py", str(two), *overrides))
+
+
+def test_upgrade_method_equals_one_process(tmp_path):
+    config = "configs/upgrade/bct.py"
+    launch(2, config, str(tmp_path / "two"), *[f"--config.{o}" for o in UPGRADE])
+    main.run(config, str(tmp_path / "one"), [*UPGRADE, "mesh.num_devices=4"])
+    for stage in ("old", "new", "paragon"):
+        same_losses(tmp_path / "one" / stage, tmp_path / "two" / stage)
+    assert results(tmp_path / "one") == results(tmp_path / "two")
+
+
+def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
+    _, run, _ = two_process_demo
+    pairs, index = str(tmp_path / "eval.npz"), str(tmp_path / "docs.bebr")
+    heldout.write_pairs(pairs, heldout.held_out(str(run)))
+    encode.encode_corpus(str(run), pairs, index, progress=False)
+    hits = str(tmp_path / "hits.npz")
+    args = ["--index", index, "--workdir", str(run), "--queries", pairs, "--k", "40"]
+    launch(2, *args, "--out", hits, module="bebrjax.search")
+    ids, scores = query.search_index(index, pairs, k=40, workdir=str(run))
+    with np.load(hits) as got:
+        np.testing.assert_array_equal(got["ids"], ids)
+        np.testing.assert_array_equal(got["scores"], scores)
+
+
+def test_start_up_names_what_is_missing(monkeypatch):
+    for name in distributed.ENV:
+        monkeypatch.delenv(name, raising=False)
+    distributed.initialize()  # nothing given: one process, as always
+    with pytest.raises(ConfigError, match=r"--num_processes \(or JAX_NUM_PROCESSES\)"):
+        distributed.initialize("127.0.0.1:1234", process_id=0)
+    with pytest.raises(ConfigError, match="--process_id=2: must be in"):
+        distributed.initialize("127.0.0.1:1234", 2, 2)
+
+
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_launchers_parse(script):
+    path = os.path.join(ROOT, "launch", script)
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    with open(path) as f:
+        assert "bebrjax" in f.read()
+
+
+def test_launcher_refuses_a_bad_count():
+    done = subprocess.run(
+        ["bash", os.path.join(ROOT, "launch", "multiprocess.sh"), "zero", "c.py", "w"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "positive integer" in done.stderr

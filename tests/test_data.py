@@ -3,6 +3,7 @@ import pytest
 
 from bebrjax.data import DataError, labelled, npz, synthetic
 from bebrjax.data.batching import batch_indices
+from bebrjax.data.pairs import NormalizedRows
 from bebrjax.data.splits import train_eval_split
 from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.evaluators import retrieval
@@ -38,6 +39,15 @@ def test_npz_and_npy_directory_load_the_same(tmp_path):
     np.testing.assert_array_equal(a.query, b.query)
     assert a.labels.tolist() == labels.tolist() and b.labels is None
     assert a.query.dtype == np.float32
+    # From .npy files the rows stay on disk and are read, normalized, when used:
+    # a subset's batch reads equal the in-memory arrays'.
+    assert isinstance(b.doc, NormalizedRows)
+    rows = rng.permutation(30)[:12]
+    part_a, part_b = a.subset(rows), b.subset(rows)
+    assert isinstance(part_b.doc, NormalizedRows) and part_b.doc.shape == (12, 8)
+    np.testing.assert_array_equal(part_a.doc[[4, 0, 7]], part_b.doc[[4, 0, 7]])
+    np.testing.assert_array_equal(part_a.doc[2:9], part_b.doc[2:9])
+    np.testing.assert_array_equal(part_a.doc, np.asarray(part_b.doc))
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,47 @@ share.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from bebrjax.errors import DataError
+
+
+class NormalizedRows:
+    """The rows of a memory-mapped [N, d] float array, L2-normalized to float32 as they are read.
+
+    Only the norms [N] live in memory; `rows[index]` reads just those rows
+    from the file (a training batch reads its own rows, and on N processes
+    each process reads only its part of it). The values equal normalizing
+    the whole array at once. `take(index)` is a subset without reading.
+    """
+
+    def __init__(self, array: np.ndarray, norms: np.ndarray, index: np.ndarray | None = None):
+        self._array, self._norms, self._index = array, norms, index
+        rows = array.shape[0] if index is None else len(index)
+        self.shape, self.dtype, self.ndim = (rows, array.shape[1]), np.dtype(np.float32), 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = key if self._index is None else self._index[key]
+        chunk = np.asarray(self._array[rows], np.float32)
+        return chunk / self._norms[rows][..., None]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate(
+            [self[start : start + _CHUNK] for start in range(0, len(self), _CHUNK)] or [self[:0]]
+        )
+        return out if dtype is None else out.astype(dtype)
+
+    def take(self, index: np.ndarray) -> NormalizedRows:
+        """The rows at `index`, in that order, still unread."""
+        index = np.asarray(index)
+        return NormalizedRows(
+            self._array, self._norms, index if self._index is None else self._index[index]
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +65,8 @@ class PairedEmbeddings:
     """Paired embeddings, float32 and L2-normalized.
 
     Attributes:
-      query: [N, d] query-side embeddings.
+      query: [N, d] query-side embeddings (`NormalizedRows` when read from
+        .npy files: rows are read when used).
       doc: [N, d] doc-side embeddings; doc[i] is the relevant result for query[i].
       labels: optional [N] int labels (negative means unlabelled).
       source: where the data came from, for messages and results.
@@ -36,8 +74,8 @@ class PairedEmbeddings:
         pairs of one item (`make_pairs` makes them from the input's groups).
     """
 
-    query: np.ndarray
-    doc: np.ndarray
+    query: np.ndarray | NormalizedRows
+    doc: np.ndarray | NormalizedRows
     labels: np.ndarray | None
     source: str
     groups: np.ndarray | None = None
@@ -54,7 +92,11 @@ class PairedEmbeddings:
         """The pairs at `index`, in that order."""
         labels = None if self.labels is None else self.labels[index]
         groups = None if self.groups is None else self.groups[index]
-        return PairedEmbeddings(self.query[index], self.doc[index], labels, self.source, groups)
+        query, doc = (
+            x.take(index) if isinstance(x, NormalizedRows) else x[index]
+            for x in (self.query, self.doc)
+        )
+        return PairedEmbeddings(query, doc, labels, self.source, groups)
 
     def item_ids(self) -> np.ndarray:
         """[N] int ids, equal exactly for the pairs of one item."""
@@ -64,8 +106,12 @@ class PairedEmbeddings:
 _CHUNK = 65536
 
 
-def _check_embeddings(source: str, name: str, array: np.ndarray) -> np.ndarray:
-    """Validates one [N, d] float array chunk by chunk and returns it normalized float32."""
+def _check_embeddings(source: str, name: str, array: np.ndarray) -> np.ndarray | NormalizedRows:
+    """Validates one [N, d] float array chunk by chunk and returns it normalized float32.
+
+    A memory-mapped array stays on disk: its rows are normalized when read
+    (`NormalizedRows`); any other is normalized in memory.
+    """
     if array.ndim != 2:
         raise DataError(f"{source}: '{name}' must be 2-D [N, d], got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
@@ -75,11 +121,13 @@ def _check_embeddings(source: str, name: str, array: np.ndarray) -> np.ndarray:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(f"{source}: '{name}' is empty (shape {array.shape})")
-    out = np.empty(array.shape, np.float32)
+    lazy = isinstance(array, np.memmap)
+    out = np.empty(array.shape[:1] if lazy else array.shape, np.float32)
     for start in range(0, array.shape[0], _CHUNK):
         chunk = np.asarray(array[start : start + _CHUNK], dtype=np.float32)
-        out[start : start + _CHUNK] = chunk / row_norms(chunk, f"{source}: '{name}'", start)
-    return out
+        norms = row_norms(chunk, f"{source}: '{name}'", start)
+        out[start : start + _CHUNK] = norms[:, 0] if lazy else chunk / norms
+    return NormalizedRows(array, out) if lazy else out
 
 
 def row_norms(chunk: np.ndarray, name: str, start: int = 0) -> np.ndarray:

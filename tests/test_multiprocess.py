@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -36,21 +37,38 @@ UPGRADE = [
 ]
 
 
-def launch(n: int, *args: str, module: str | None = None) -> subprocess.CompletedProcess:
-    """`launch/multiprocess.sh n ARGS` with 2 CPU devices per process."""
+def start(n: int, *args: str, module: str | None = None) -> subprocess.Popen:
+    """Starts `launch/multiprocess.sh n ARGS` with 2 CPU devices per process."""
     env = {**os.environ, "XLA_FLAGS": "", "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
     if module:
         env["MODULE"] = module
-    done = subprocess.run(
+    # Files, not pipes: nothing blocks while the launch runs unattended.
+    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
+    launched = subprocess.Popen(
         ["bash", os.path.join(ROOT, "launch", "multiprocess.sh"), str(n), *args],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=out,
+        stderr=err,
         text=True,
-        timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    launched.outputs = out, err
+    return launched
+
+
+def finish(launched: subprocess.Popen) -> str:
+    """Waits for a launch to succeed; returns its standard output."""
+    launched.wait(timeout=300)
+    out, err = launched.outputs
+    for f in (out, err):
+        f.seek(0)
+    assert launched.returncode == 0, err.read()[-3000:]
+    return out.read()
+
+
+def launch(n: int, *args: str, module: str | None = None) -> str:
+    """`launch/multiprocess.sh n ARGS` with 2 CPU devices per process, to the end."""
+    return finish(start(n, *args, module=module))
 
 
 def losses(workdir) -> list[tuple[int, float]]:
@@ -73,13 +91,16 @@ def results(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def two_process_demo(tmp_path_factory):
-    """(workdir, stdout) of the tiny demo on 2 processes x 2 devices, and its 1 x 4 reference."""
+    """The tiny demo's 1 x 4 workdir, its 2 x 2 workdir, and the launcher's output.
+
+    The reference trains here while the two processes run (the machine's
+    cores are seldom all busy in either).
+    """
     overrides = [f"--config.{o}" for o in tiny_overrides()]
-    two = tmp_path_factory.mktemp("demo2")
-    done = launch(2, "configs/bebr/demo.py", str(two), *overrides)
-    one = tmp_path_factory.mktemp("demo1")
+    two, one = tmp_path_factory.mktemp("demo2"), tmp_path_factory.mktemp("demo1")
+    launched = start(2, "configs/bebr/demo.py", str(two), *overrides)
     main.run("configs/bebr/demo.py", str(one), [*tiny_overrides(), "mesh.num_devices=4"])
-    return one, two, done.stdout
+    return one, two, finish(launched)
 
 
 def test_binarizer_demo_equals_one_process_and_resumes(two_process_demo):
@@ -92,12 +113,18 @@ def test_binarizer_demo_equals_one_process_and_resumes(two_process_demo):
 
 
 def test_upgrade_method_equals_one_process(tmp_path):
-    config = "configs/upgrade/bct.py"
-    launch(2, config, str(tmp_path / "two"), *[f"--config.{o}" for o in UPGRADE])
-    main.run(config, str(tmp_path / "one"), [*UPGRADE, "mesh.num_devices=4"])
-    for stage in ("old", "new", "paragon"):
-        same_losses(tmp_path / "one" / stage, tmp_path / "two" / stage)
-    assert results(tmp_path / "one") == results(tmp_path / "two")
+    """BCT's own stage, the new model against the old, on both; the others are shared.
+
+    The two-process run reuses the reference's old model and paragon (a
+    finished stage is restored, here across topologies), so what it trains
+    is the new model with the influence loss through the old classifier.
+    """
+    config, one, two = "configs/upgrade/bct.py", tmp_path / "one", tmp_path / "two"
+    main.run(config, str(one), [*UPGRADE, "mesh.num_devices=4"])
+    shared = [f"old_workdir={one / 'old'}", f"paragon_workdir={one / 'paragon'}"]
+    launch(2, config, str(two), *[f"--config.{o}" for o in UPGRADE + shared])
+    same_losses(one / "new", two / "new")
+    assert results(one) == results(two)
 
 
 def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):

@@ -1,6 +1,6 @@
 r"""Training benchmark: steps/s of the real trainers on 1 and 2 local processes, with FLOP/s.
 
-    python -m bebrjax.benchmarks.train                          # both models, ~4 min on 2 cores
+    python -m bebrjax.benchmarks.train                          # both models, ~3 min on 2 cores
     python -m bebrjax.benchmarks.train --quick                  # one measured interval each
     python -m bebrjax.benchmarks.train --models binarizer       # one model
     python -m bebrjax.benchmarks.train --devices-per-process 2  # 2 x 2 against 1 x 4
@@ -56,7 +56,7 @@ BINARIZER = [
 # name: (config file, overrides, stage directory ("" = the workdir), log_every L).
 MODELS = {
     "binarizer": ("configs/bebr/demo.py", BINARIZER, "", 2),
-    "upgrade": ("configs/upgrade/bct.py", [], "new", 100),
+    "upgrade": ("configs/upgrade/bct.py", [], "new", 50),
 }
 # Dense fp32 peaks (TFLOP/s) per GPU, by a substring of jax's device_kind.
 GPU_FP32_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L4": 30.3, "A10": 31.2, "V100": 15.7}
@@ -174,7 +174,7 @@ def run_child(
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {count}".strip()
         command = [sys.executable, "-m", "bebrjax.main", "--config", path, "--workdir", workdir]
     else:
-        env["DEVICES_PER_PROCESS"] = str(devices)
+        env.update(DEVICES_PER_PROCESS=str(devices), PYTHON=sys.executable)
         command = ["bash", "launch/multiprocess.sh", str(processes), path, workdir]
     start = time.perf_counter()
     proc = subprocess.run(

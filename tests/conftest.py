@@ -46,6 +46,32 @@ def run_main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+def run_in_process(*args: str) -> tuple[int, str]:
+    """What `python -m bebrjax.main ARGS` ends with, run in this process: (exit status, stderr).
+
+    It calls the `main.run` the command calls, and a user error becomes the
+    one line and status 2 that `main.main` makes of it; the command's own
+    parsing and exit are tested through `run_main`. For the many refusals
+    that end before any work, this saves a fresh interpreter each.
+    """
+    from bebrjax import main
+    from bebrjax.errors import USER_ERRORS
+
+    spec, workdir, overrides, rest = None, None, [], iter(args)
+    for arg in rest:
+        if arg in ("--config", "--workdir"):
+            spec, workdir = (next(rest), workdir) if arg == "--config" else (spec, next(rest))
+        elif arg.startswith("--config."):
+            overrides.append(arg[len("--config.") :])
+        else:
+            raise ValueError(f"run_in_process takes --config, --workdir and overrides: {arg}")
+    try:
+        main.run(spec, workdir, overrides)
+    except USER_ERRORS as e:
+        return 2, f"error: {e}\n"
+    return 0, ""
+
+
 def tiny_overrides(steps: int = 12) -> list[str]:
     """Overrides that shrink the demo to a few seconds."""
     return [

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_main, tiny_overrides
+from conftest import ROOT, run_in_process, run_main, tiny_overrides
 
 # The demo on tiny shapes: checkpoints at steps 4 and 6 (train.checkpoint_every=4).
 DEMO = (
@@ -63,11 +63,13 @@ ONES = np.ones((40, 4), np.float32)
 def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message):
     path = make_path(tmp_path)
     workdir = tmp_path / "run"
-    proc = run_main("--config", f"configs/bebr/npz.py:path={path}", "--workdir", str(workdir))
-    assert proc.returncode != 0
-    assert message in proc.stderr and path in proc.stderr
-    assert "Traceback" not in proc.stderr
+    args = ("--config", f"configs/bebr/npz.py:path={path}", "--workdir", str(workdir))
+    status, stderr = run_in_process(*args)
+    assert status == 2 and message in stderr and path in stderr
     assert not workdir.exists()
+    if message == "non-finite":  # and from the command: one line, no traceback
+        proc = run_main(*args)
+        assert proc.returncode == 2 and proc.stderr == stderr
 
 
 @pytest.mark.parametrize(
@@ -119,9 +121,18 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
 )
 def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
     workdir = tmp_path / "run"
-    proc = run_main(*args, "--workdir", str(workdir))
-    assert proc.returncode != 0
-    assert message in proc.stderr
+    status, stderr = run_in_process(*args, "--workdir", str(workdir))
+    assert status == 2 and message in stderr
+    assert not workdir.exists()
+
+
+def test_a_config_error_is_one_line_and_exit_2_from_the_command(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_main("--config", "configs/bebr/demo.py:bits=5", "--workdir", str(workdir))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: config argument 'bits' = 5: must be in [1, 4] (u = bits - 1)"
+    ]
     assert not workdir.exists()
 
 
@@ -156,7 +167,9 @@ def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(de
         corrupt(checkpoints / "6")
         proc = run_main(*args)
         assert proc.returncode == 0, proc.stderr
-        (warning,) = _stderr_lines(proc)
+        lines = _stderr_lines(proc)
+        assert len(lines) == 1, lines
+        warning = lines[0]
         assert "unreadable checkpoint(s) skipped: step 6:" in warning
         assert warning.endswith("resuming from step 4") and str(aside / moved_to) in warning
         assert (aside / moved_to / "default").is_dir()

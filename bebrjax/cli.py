@@ -4,7 +4,8 @@ A command's `main(argv)` parses its flags with argparse (which itself exits
 2 with a usage line on a bad flag) and calls a library function; `run`
 turns the errors a user can cause (a bad file, a bad workdir, an output in
 the way, a path the system refuses) into `error: <message>` on stderr and
-exit status 2.
+exit status 2. On N processes a process that fails exits at once
+(`distributed.exit_now`), so the launcher can stop the others.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
+import jax
 from absl import logging
 
+from bebrjax import distributed
 from bebrjax.errors import USER_ERRORS
 
 
@@ -31,7 +35,14 @@ def run(
         command(args)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        if jax.process_count() > 1:
+            distributed.exit_now(2)  # not the shutdown barrier's wait
         return 2
+    except BaseException:
+        if jax.process_count() == 1:
+            raise
+        traceback.print_exc()
+        distributed.exit_now(1)
     return 0
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
+import jax
 from absl import app, flags, logging
 
 from bebrjax import distributed
@@ -85,7 +87,12 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
         results = run(_CONFIG.value, _WORKDIR.value, overrides)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        distributed.exit_now(2)
+    except BaseException:
+        if jax.process_count() == 1:
+            raise
+        traceback.print_exc()
+        distributed.exit_now(1)
     if results is None or not distributed.is_primary():
         return
     print()

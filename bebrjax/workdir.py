@@ -25,15 +25,16 @@ from bebrjax.errors import OutputExistsError
 def write_atomic(path: str, text: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename.
 
-    On a multi-process run only process 0 writes (`distributed.is_primary`);
-    the others return at once, so they never race it.
+    On a multi-process run only process 0 writes (`distributed.is_primary`),
+    and every process returns once the file is in place, so the others
+    never race it and may read it next. Every process makes the call.
     """
-    if not distributed.is_primary():
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    if distributed.is_primary():
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    distributed.barrier("workdir.write_atomic")
 
 
 def refuse_existing(path: str, overwrite: bool, *, directory: bool = False) -> None:
@@ -55,21 +56,34 @@ def refuse_existing(path: str, overwrite: bool, *, directory: bool = False) -> N
         raise OutputExistsError(f"{path} is {kind}; it is not replaced by this output")
 
 
+def exists_for_all(path: str) -> bool:
+    """Whether `path` exists, as every process sees it before any of them may write it.
+
+    On N processes each looks, then all wait for each other: process 0
+    cannot create the file before a slower process has looked, so all take
+    the same branch of a check-or-write.
+    """
+    found = os.path.exists(path)
+    distributed.barrier("workdir.exists_for_all")
+    return found
+
+
 def write_npz(path: str, arrays: dict[str, Any], overwrite: bool = False) -> None:
     """Writes `arrays` to the .npz `path` whole: a temporary file renamed into place.
 
-    Only process 0 of a multi-process run writes (every process checks).
+    Only process 0 of a multi-process run writes (every process checks, and
+    returns once the file is in place).
 
     Raises:
       OutputExistsError: when `path` exists and `overwrite` is False.
     """
     refuse_existing(path, overwrite)
-    if not distributed.is_primary():
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    if distributed.is_primary():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    distributed.barrier("workdir.write_npz")
 
 
 def to_json(obj: Any, indent: int | None = None) -> str:
@@ -158,7 +172,7 @@ def prepare(workdir: str, config: dict[str, Any]) -> None:
     os.makedirs(workdir, exist_ok=True)
     claim(workdir)
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    if exists_for_all(path):
         with open(path) as f:
             saved = json.load(f)
         changed = diff_keys(saved, config)

@@ -221,7 +221,9 @@ def save_psi(
 
     wd.prepare(directory, {"alpha": alpha, "old": codes(old), "new": codes(new)})
     mngr = checkpoint.manager(os.path.join(directory, "checkpoints"), every=1, keep=1)
-    checkpoint.save(mngr, 0, {"params": {"linear": jax.tree.map(jnp.asarray, params)}}, force=True)
+    # Replicated over every device (of every process: orbax writes global arrays).
+    on_devices = jax.device_put(params, sharding.replicated(sharding.make_mesh()))
+    checkpoint.save(mngr, 0, {"params": {"linear": on_devices}}, force=True)
     mngr.wait_until_finished()
     mngr.close()
 

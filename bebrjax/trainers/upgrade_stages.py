@@ -43,7 +43,7 @@ def claim_stage(workdir: str, record: dict) -> None:
     record = json.loads(json.dumps(record))
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "stage.json")
-    if not os.path.exists(path):
+    if not wd.exists_for_all(path):
         wd.write_json(path, record)
         return
     with open(path) as f:

@@ -37,8 +37,7 @@ from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
 from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
-from bebrjax.search import BinaryIndex
-from bebrjax.search.sharded import ShardedIndex
+from bebrjax.search import BinaryIndex, ShardedIndex
 from bebrjax.serving import load_bundle
 
 RECALL_KS = (1, 5, 10)

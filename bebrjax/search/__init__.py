@@ -3,5 +3,6 @@
 from bebrjax.search.backfill import backfill
 from bebrjax.search.float_index import FloatIndex
 from bebrjax.search.index import BinaryIndex, IndexFormatError
+from bebrjax.search.sharded import ShardedIndex
 
-__all__ = ["BinaryIndex", "FloatIndex", "IndexFormatError", "backfill"]
+__all__ = ["BinaryIndex", "FloatIndex", "IndexFormatError", "ShardedIndex", "backfill"]

@@ -15,12 +15,15 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 from absl import logging
 
 from bebrjax import distributed
 from bebrjax.errors import USER_ERRORS
+
+T = TypeVar("T")
 
 
 def run(
@@ -31,19 +34,31 @@ def run(
     """Parses `argv` (default: sys.argv) and runs `command`; returns the exit status."""
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
+    status, _ = attempt(lambda: command(args))
+    return status
+
+
+def attempt(work: Callable[[], T]) -> tuple[int, T | None]:
+    """`work()`, with an error a user can cause as one line on stderr and status 2.
+
+    Returns:
+      (0, what `work` returned), or (2, None) after a user error. On N
+      processes a failing process exits at once (`distributed.exit_now`,
+      status 2, or 1 with the traceback for any other error), so the
+      launcher can stop the others.
+    """
     try:
-        command(args)
+        return 0, work()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         if jax.process_count() > 1:
             distributed.exit_now(2)  # not the shutdown barrier's wait
-        return 2
+        return 2, None
     except BaseException:
         if jax.process_count() == 1:
             raise
         traceback.print_exc()
         distributed.exit_now(1)
-    return 0
 
 
 def print_summary(table: str, summary: dict) -> None:

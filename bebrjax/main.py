@@ -18,15 +18,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 
-import jax
 from absl import app, flags, logging
 
-from bebrjax import distributed
+from bebrjax import cli, distributed
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
-from bebrjax.errors import USER_ERRORS
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file, optionally with ':arg'.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -80,19 +77,15 @@ def main(parsed: tuple[list[str], list[str]]) -> None:
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, detect=_DISTRIBUTED.value
-        )
-        results = run(_CONFIG.value, _WORKDIR.value, overrides)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        distributed.exit_now(2)
-    except BaseException:
-        if jax.process_count() == 1:
-            raise
-        traceback.print_exc()
-        distributed.exit_now(1)
+
+    def start_and_run() -> dict | None:
+        flags_given = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.initialize(*flags_given, detect=_DISTRIBUTED.value)
+        return run(_CONFIG.value, _WORKDIR.value, overrides)
+
+    status, results = cli.attempt(start_and_run)
+    if status:
+        sys.exit(status)
     if results is None or not distributed.is_primary():
         return
     print()

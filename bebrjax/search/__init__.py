@@ -3,6 +3,14 @@
 from bebrjax.search.backfill import backfill
 from bebrjax.search.float_index import FloatIndex
 from bebrjax.search.index import BinaryIndex, IndexFormatError
+from bebrjax.search.ivf import IVFIndex
 from bebrjax.search.sharded import ShardedIndex
 
-__all__ = ["BinaryIndex", "FloatIndex", "IndexFormatError", "ShardedIndex", "backfill"]
+__all__ = [
+    "BinaryIndex",
+    "FloatIndex",
+    "IVFIndex",
+    "IndexFormatError",
+    "ShardedIndex",
+    "backfill",
+]

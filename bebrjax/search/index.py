@@ -319,7 +319,7 @@ class BinaryIndex(BlockedIndex):
             tolerance=scoring.SCORE_TOLERANCE,
             complete=width == self.ntotal,
             exact=lambda rows, d: self.exact_ints(queries["words"][rows], d),
-            exact_all=lambda row: self.exact_ints(queries["words"][row]),
+            exact_all=lambda row: (*self.exact_ints(queries["words"][row]), np.arange(self.ntotal)),
             scale=2.0**-u_q,
         )
 
@@ -395,6 +395,11 @@ class BinaryIndex(BlockedIndex):
 
         `path` may be the directory this index was loaded from.
         """
+        arrays, header = self.saved_parts()
+        storage.write_index(path, arrays, **header)
+
+    def saved_parts(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What `save` writes: (file name -> array, the header's fields)."""
         arrays = {
             CODES: self._words.astype("<u4", copy=False),
             NORMS: self._inv_norms.astype("<f4", copy=False),
@@ -402,15 +407,24 @@ class BinaryIndex(BlockedIndex):
         if len(self._versions) > 1:
             arrays[VERSIONS] = self._doc_versions
         versions = [{"name": name, "u": u} for name, u in self._versions.items()]
-        storage.write_index(
-            path,
-            arrays,
-            m=self.m,
-            u=self.u,
-            metric=self.metric,
-            count=self.ntotal,
-            versions=versions,
+        header = {
+            "m": self.m,
+            "u": self.u,
+            "metric": self.metric,
+            "count": self.ntotal,
+            "versions": versions,
+        }
+        return arrays, header
+
+    def decoded(self, ids: np.ndarray) -> np.ndarray:
+        """The codes b = sum_i 2^-i s_i of documents `ids`, each of its own u: float32 [n, m]."""
+        ids = self._check_ids(ids, unique=False)
+        planes = codes_lib.unpack(self._words[ids], self.m).astype(np.float32)
+        loops = self._loops()[ids]
+        weights = np.where(
+            np.arange(self.u + 1) <= loops[:, None], 2.0 ** -np.arange(self.u + 1), 0
         )
+        return np.einsum("npm,np->nm", planes, weights.astype(np.float32))
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> BinaryIndex:

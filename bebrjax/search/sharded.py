@@ -118,7 +118,7 @@ class ShardedIndex:
             tolerance=scoring.SCORE_TOLERANCE,
             complete=width == self.ntotal,
             exact=lambda rows, d: self._exact(words[rows], d),
-            exact_all=lambda row: self._exact_all(words[row]),
+            exact_all=lambda row: (*self._exact_all(words[row]), np.arange(self.ntotal)),
             scale=2.0**-u_q,
         )
 

@@ -150,13 +150,16 @@ def move_into_place(tmp: str, path: str) -> None:
     _fsync_dir(parent)
 
 
-def write_index(path: str, arrays: dict[str, np.ndarray], **header) -> None:
+def write_index(
+    path: str, arrays: dict[str, np.ndarray], json_files: dict[str, dict] | None = None, **header
+) -> None:
     """Saves an index directory at `path` crash-safely: staged beside it, then swapped in.
 
     Args:
       path: the index directory, replaced whole (it may be the directory the
         arrays are memory-mapped from).
       arrays: file name -> array, each written as .npy and synced.
+      json_files: file name -> JSON object, written and synced before the header.
       **header: the arguments of `write_header` after `directory`.
 
     The staging directory is removed if anything fails.
@@ -174,6 +177,11 @@ def write_index(path: str, arrays: dict[str, np.ndarray], **header) -> None:
         for name, x in arrays.items():
             with open(os.path.join(tmp, name), "wb") as f:
                 np.save(f, x)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, content in (json_files or {}).items():
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(content, f, indent=2)
                 f.flush()
                 os.fsync(f.fileno())
         write_header(tmp, **header)
@@ -260,7 +268,12 @@ def _versions(path: str, header: dict) -> list[tuple[str, int]]:
     return out
 
 
-def _load_array(path: str, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+def load_array(path: str, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """The array `name` of the index at `path`, memory-mapped copy-on-write, checked.
+
+    Raises:
+      IndexFormatError: when it cannot be read or has another shape or dtype.
+    """
     try:
         x = np.load(os.path.join(path, name), mmap_mode="c")
     except (OSError, ValueError, EOFError) as e:
@@ -290,7 +303,7 @@ def read_index(path: str) -> StoredIndex:
         raise IndexFormatError(f"{path}: words_per_plane={words} does not fit m={m}")
     doc_versions = None
     if len(versions) > 1:
-        doc_versions = _load_array(path, VERSIONS, (count,), "u1")
+        doc_versions = load_array(path, VERSIONS, (count,), "u1")
         if count and doc_versions.max() >= len(versions):
             raise IndexFormatError(
                 f"{path}: {VERSIONS} holds version index {doc_versions.max()}, but only "
@@ -301,7 +314,7 @@ def read_index(path: str) -> StoredIndex:
         u=u,
         metric=header["metric"],
         versions=versions,
-        words=_load_array(path, CODES, (count, u + 1, words), "<u4"),
-        inv_norms=_load_array(path, NORMS, (count,), "<f4"),
+        words=load_array(path, CODES, (count, u + 1, words), "<u4"),
+        inv_norms=load_array(path, NORMS, (count,), "<f4"),
         doc_versions=doc_versions,
     )

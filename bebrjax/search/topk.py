@@ -50,7 +50,7 @@ SPARE = 32  # float candidates beyond k that let `exact_topk` certify the exact 
 _F64_TOLERANCE = 2.0**-50  # bounds float64 ip / sqrt(norm) (error < 2^-51.9) with room
 
 
-def _gather_groups(x: jax.Array, block: jax.Array, tile: jax.Array, start: jax.Array, group: int):
+def gather_groups(x: jax.Array, block: jax.Array, tile: jax.Array, start: jax.Array, group: int):
     """Slices x [n_blocks, T, ..., b] at [Q, K] (block, tile, start) into [Q, K, ..., group]."""
     middle = x.shape[2:-1]
 
@@ -122,7 +122,7 @@ def local_topk(
     local = jnp.maximum(groups, 0) - first_block * per_block
     block_idx, rest = local // per_block, local % per_block
     tile_idx, start = rest // per_tile, (rest % per_tile) * group
-    cands = jax.tree.map(lambda x: _gather_groups(x, block_idx, tile_idx, start, group), blocks)
+    cands = jax.tree.map(lambda x: gather_groups(x, block_idx, tile_idx, start, group), blocks)
     one_query = jax.tree.map(lambda x: x[:, None], queries)
     scores = jax.vmap(rescore_fn or score_fn)(one_query, cands).reshape(num_queries, kg * group)
     doc_ids = (groups[:, :, None] * group + jnp.arange(group)).reshape(num_queries, kg * group)
@@ -240,7 +240,7 @@ def exact_order(
 
 
 def _whole_gallery_topk(ip: np.ndarray, norm: np.ndarray, k: int) -> np.ndarray:
-    """The exact top k ids of one query from (ip, norm) of every document (ids 0..n-1)."""
+    """The positions of the exact top k of one query from (ip, norm) of documents in id order."""
     approx = ip / np.sqrt(norm)
     kth = np.partition(approx, len(approx) - k)[len(approx) - k]
     # k documents have approx >= kth, so exact scores >= kth - 2^-50 |kth|; the rest fall below.
@@ -277,7 +277,7 @@ def exact_topk(
     cannot tell) sorts the K exactly. Only runs of two or more that start
     within the first k need it: exact ties and near ties. A query without the
     certificate (more than K - k documents tied or near-tied with its k-th)
-    is ranked exactly over the whole gallery by `exact_all` instead.
+    is ranked exactly over everything it may return by `exact_all` instead.
 
     Args:
       scores: float32 [Q, K] as above.
@@ -287,8 +287,9 @@ def exact_topk(
       complete: whether the K are all the documents (no outsiders).
       exact: (rows [F], ids [F]) -> (ip, norm) int64 [F] for those queries
         (rows of `scores`) and documents.
-      exact_all: row -> (ip, norm) int64 [ntotal] of that query against every
-        document.
+      exact_all: row -> (ip, norm, ids) int64 [n] of that query against every
+        document it may return (the whole gallery; an IVF query's probed
+        lists), ids ascending.
       scale: the factor from ip / sqrt(norm) to the score (2^-u_q for SDC).
 
     Returns:
@@ -311,7 +312,7 @@ def exact_topk(
         out_ids[rows, cols] = ids[rows, cols][order]
         out_scores[rows, cols] = (scale * ip / np.sqrt(norm))[order]
     for row in np.flatnonzero(~certified):
-        ip, norm = exact_all(row)
+        ip, norm, every = exact_all(row)
         top = _whole_gallery_topk(ip, norm, k)
-        out_ids[row, :k], out_scores[row, :k] = top, scale * ip[top] / np.sqrt(norm[top])
+        out_ids[row, :k], out_scores[row, :k] = every[top], scale * ip[top] / np.sqrt(norm[top])
     return np.minimum.accumulate(out_scores[:, :k], axis=1), out_ids[:, :k]

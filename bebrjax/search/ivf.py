@@ -1,0 +1,511 @@
+"""An inverted-file index over recurrent binary codes: search a few lists, exactly.
+
+    ivf = IVFIndex.from_index(index, nlist=1024)    # k-means on a sample of the codes
+    scores, ids = ivf.search(query_planes, k=10, nprobe=16)
+    ivf.save("gallery.ivf"); ivf = IVFIndex.load("gallery.ivf")
+
+or from scratch: `IVFIndex(m, u, nlist=...)`, `train(planes)`, `add(planes)`.
+
+Coarse quantizer: `nlist` unit centroids from spherical k-means
+(`bebrjax.search.kmeans`) over decoded codes b = sum_i 2^-i s_i (or any
+float vectors of width m given to `train`). Each document lives in the list
+of its nearest centroid by cosine, and a query scans the `nprobe` lists
+whose centroids are nearest its own decoded code.
+
+Within the probed lists the answer is exact, as `BinaryIndex.search` is
+over the whole gallery: SDC scores (Hamming for metric "hamming") on the
+packed codes, by either kernel, each document in its own version, ranked
+by the exact score with ties to the lower id. With nprobe = nlist every
+list is probed and the answer equals `BinaryIndex.search` bit for bit.
+
+Layout for XLA (static shapes). The documents are sorted by (list, id) and
+each list occupies whole tiles of `tile` documents (its last tile padded
+with empty slots), all in one device array; with a mesh the tiles are split
+over the `data` axis in contiguous runs, each device holding one extra
+empty tile. A query scans the tiles of its lists, named by index and padded
+with the empty tile to S tiles, S rounded up to `chunk` times a power of
+two: a handful of compiled shapes whatever the list sizes. The device
+returns each query's float top k + `topk.SPARE` (`bebrjax.search.probed`);
+the host ranks them exactly (`topk.exact_topk`, or an exact-float sort for
+Hamming and u = 0), and a query whose k-th score is tied past its spare
+candidates is ranked over all its probed documents.
+
+On disk an IVF index is a `BinaryIndex` directory (so `BinaryIndex.load`
+still opens it for an exhaustive search) plus `ivf.json`
+({"format": "bebrjax.IVFIndex", "version": 1, "nlist", "m"}),
+`centroids.npy` float32 [nlist, m] and `lists.npy` int32 [count], written
+together crash-safely (`bebrjax.search.storage.write_index`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bebrjax.errors import IndexFormatError
+from bebrjax.search import codes as codes_lib
+from bebrjax.search import kmeans, probed, scoring, storage, topk
+from bebrjax.search.index import BinaryIndex
+from bebrjax.sharding import DATA_AXIS
+
+IVF_FILE, CENTROIDS, LISTS = "ivf.json", "centroids.npy", "lists.npy"
+IVF_FORMAT, IVF_VERSION = "bebrjax.IVFIndex", 1
+_DECODE_ROWS = 65536  # documents decoded at a time
+_PADDING = np.float32(-3.0e38)  # below every score: the host's stand-in for -inf
+_SEARCH_FNS: dict[tuple, Any] = {}
+
+
+class IVFIndex:
+    """Recurrent binary codes in inverted lists; exact SDC / Hamming within the probed lists.
+
+    Args:
+      m: code width.
+      u: loops of the first version (0..3).
+      metric: "ip" (SDC) or "hamming" (u = 0), as `BinaryIndex`.
+      nlist: inverted lists (centroids).
+      version: the first version's name.
+      kernel: "auto", "popcount" or "matmul", as `BinaryIndex`.
+      tile: documents per tile; a list's padding is less than one tile.
+      group: documents per group of the two-level top-k; divides `tile`.
+      chunk: tiles a query gathers per scan step.
+      query_batch: queries searched at once.
+      mesh: optional device mesh; the tiles are split over its `data` axis.
+    """
+
+    def __init__(
+        self,
+        m: int,
+        u: int = 1,
+        metric: str = "ip",
+        *,
+        nlist: int,
+        version: str = "default",
+        kernel: str = "auto",
+        tile: int = 64,
+        group: int = 32,
+        chunk: int = 16,
+        query_batch: int = 256,
+        mesh: Mesh | None = None,
+    ):
+        self.codes = BinaryIndex(m, u, metric, version=version, kernel=kernel, mesh=mesh)
+        if not isinstance(nlist, int | np.integer) or nlist < 1:
+            raise ValueError(f"nlist={nlist} must be a positive integer")
+        if min(tile, group, chunk, query_batch) <= 0 or tile % group:
+            raise ValueError(
+                f"tile={tile}, group={group}, chunk={chunk} and query_batch={query_batch} "
+                "must be positive, and group must divide tile"
+            )
+        self.nlist, self.tile, self.group = int(nlist), tile, group
+        self.chunk, self.query_batch = chunk, query_batch
+        self.centroids: np.ndarray | None = None
+        self._lists = np.zeros(0, np.int32)
+        self._invalidate()
+
+    @property
+    def m(self) -> int:
+        """Code width."""
+        return self.codes.m
+
+    @property
+    def u(self) -> int:
+        """The stored planes - 1 (the largest u of the versions)."""
+        return self.codes.u
+
+    @property
+    def metric(self) -> str:
+        """The metric, "ip" or "hamming"."""
+        return self.codes.metric
+
+    @property
+    def ntotal(self) -> int:
+        """Documents in the index."""
+        return self.codes.ntotal
+
+    @property
+    def lists(self) -> np.ndarray:
+        """Each document's list, int32 [ntotal]."""
+        return np.array(self._lists)
+
+    def list_sizes(self) -> np.ndarray:
+        """Documents per list, int64 [nlist]."""
+        return np.bincount(self._lists, minlength=self.nlist)
+
+    # --- building ----------------------------------------------------------------------------
+
+    def train(self, x: np.ndarray, *, iters: int = 20, seed: int = 0, sample: int = 0) -> None:
+        """Trains the coarse quantizer (spherical k-means) on codes or float vectors.
+
+        Args:
+          x: int8 planes [N, u'+1, m] of +-1 (any u', decoded), or float
+            vectors [N, m] in the codes' space (e.g. decoded codes of
+            another version).
+          iters: Lloyd iterations.
+          seed: the initial centroids' draw and the sample's.
+          sample: train on this many points drawn from x (0: 256 per list,
+            as faiss's default; all of x when it has fewer).
+
+        Raises:
+          ValueError: for x of another width or values, or fewer points than lists.
+        """
+        x = np.asarray(x)
+        if x.ndim == 3 and x.dtype == np.int8 and x.shape[2] == self.m:
+            x = codes_lib.decode(
+                codes_lib.check_planes(x, self.m, x.shape[1] - 1, "training planes")
+            )
+        if x.ndim != 2 or x.shape[1] != self.m or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(
+                f"training points must be int8 planes [N, u+1, {self.m}] or float vectors "
+                f"[N, {self.m}] (the index's m={self.m}); got {x.dtype} {list(x.shape)}"
+            )
+        count = min(len(x), sample or 256 * self.nlist)
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(x), count, replace=False)) if count < len(x) else None
+        points = x if chosen is None else x[chosen]
+        self._set_centroids(kmeans.train(points, self.nlist, iters=iters, seed=seed))
+
+    def _set_centroids(self, centroids: np.ndarray) -> None:
+        """Uses `centroids` [nlist, m] and reassigns the documents already held."""
+        centroids = np.asarray(centroids, np.float32)
+        if centroids.shape != (self.nlist, self.m):
+            raise ValueError(
+                f"centroids must have shape [nlist={self.nlist}, m={self.m}]; "
+                f"got {list(centroids.shape)}"
+            )
+        self.centroids = kmeans.normalize(centroids)
+        self._lists = self._assign(0, self.ntotal)
+        self._invalidate()
+
+    def _assign(self, start: int, stop: int) -> np.ndarray:
+        """The nearest list of documents [start, stop)."""
+        chunks = (
+            self.codes.decoded(np.arange(a, min(stop, a + _DECODE_ROWS)))
+            for a in range(start, stop, _DECODE_ROWS)
+        )
+        return kmeans.assign(chunks, self.centroids).astype(np.int32)
+
+    def _invalidate(self) -> None:
+        self._device = None
+        self._order = None
+
+    def add(self, planes: np.ndarray, version: str | None = None) -> None:
+        """Appends documents (as `BinaryIndex.add`) to the lists of their nearest centroids.
+
+        Raises:
+          ValueError: before training, or as `BinaryIndex.add`.
+        """
+        self._check_trained()
+        start = self.ntotal
+        self.codes.add(planes, version)
+        self._lists = np.concatenate([self._lists, self._assign(start, self.ntotal)])
+        self._invalidate()
+
+    @classmethod
+    def from_index(
+        cls,
+        codes: BinaryIndex,
+        nlist: int,
+        *,
+        train_on: np.ndarray | None = None,
+        centroids: np.ndarray | None = None,
+        iters: int = 20,
+        seed: int = 0,
+        sample: int = 0,
+        **layout: Any,
+    ) -> IVFIndex:
+        """An IVF index over the documents of `codes` (shared, not copied).
+
+        Args:
+          codes: the documents, e.g. `BinaryIndex.load` of what `bebrjax.encode` wrote.
+          nlist: inverted lists.
+          train_on: points to train the quantizer on (see `train`); default
+            a sample of the index's own decoded codes.
+          centroids: use these [nlist, m] instead of training (e.g. another
+            IVF index's, to share its lists).
+          iters: as for `train`.
+          seed: as for `train`.
+          sample: as for `train`.
+          **layout: tile, group, chunk, query_batch (the kernel and mesh are the codes').
+        """
+        ivf = cls._over(codes, nlist, **layout)
+        if centroids is not None:
+            ivf._set_centroids(centroids)
+            return ivf
+        if train_on is None:
+            count = min(codes.ntotal, sample or 256 * ivf.nlist)
+            chosen = np.random.default_rng(seed).choice(codes.ntotal, count, replace=False)
+            train_on = codes.decoded(np.sort(chosen))
+        ivf.train(train_on, iters=iters, seed=seed, sample=sample)
+        return ivf
+
+    @classmethod
+    def _over(cls, codes: BinaryIndex, nlist: int, **layout: Any) -> IVFIndex:
+        """An untrained IVF index sharing the documents of `codes`."""
+        (first, u), *_ = codes.versions.items()
+        ivf = cls(codes.m, u, codes.metric, nlist=nlist, version=first, **layout)
+        ivf.codes = codes
+        return ivf
+
+    def _check_trained(self) -> None:
+        if self.centroids is None:
+            raise ValueError("the IVF index is not trained: call train(...) before add/search")
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(
+        self, query_planes: np.ndarray, k: int, nprobe: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact k nearest documents of each query within its `nprobe` nearest lists.
+
+        Args:
+          query_planes: as for `BinaryIndex.search` (any u_q, m_q >= m).
+          k: results per query; at most the documents in a query's probed lists.
+          nprobe: lists scanned per query, 1..nlist (nlist: every document).
+
+        Returns:
+          (scores, ids) [Q, k] as `BinaryIndex.search` returns them.
+
+        Raises:
+          ValueError: naming the problem: untrained or empty index, nprobe
+            outside [1, nlist], k < 1 or more than a query's probed
+            documents, or queries as `BinaryIndex.search` refuses them.
+        """
+        self._check_trained()
+        if self.ntotal == 0:
+            raise ValueError("the index is empty: add documents before searching")
+        if not isinstance(nprobe, int | np.integer) or not 1 <= nprobe <= self.nlist:
+            raise ValueError(f"nprobe={nprobe} must be an integer in [1, {self.nlist}] (nlist)")
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k={k} must be a positive integer")
+        queries, u_q = self.codes._queries(query_planes)
+        probes = kmeans.probe(queries["ints"].astype(np.float32), self.centroids, int(nprobe))
+        sizes = self.list_sizes()
+        available = sizes[probes].sum(1)
+        if len(probes) and available.min() < k:
+            row = int(available.argmin())
+            raise ValueError(
+                f"k={k} but query {row}'s {nprobe} probed lists hold only "
+                f"{available[row]} documents; raise nprobe or lower k"
+            )
+        width = min(self.ntotal, k + topk.SPARE)
+        scores, ids = self._candidates(queries, probes, width)
+        complete = available <= width
+        words = queries["words"]
+        if self.metric == "hamming" or self.u == 0:
+            scores, ids = self._exact_floats(scores, ids, k, complete, words, probes, u_q)
+            return (-scores if self.metric == "hamming" else scores), ids
+        return topk.exact_topk(
+            scores,
+            ids,
+            k,
+            tolerance=scoring.SCORE_TOLERANCE,
+            complete=complete,
+            exact=lambda rows, d: self.codes.exact_ints(words[rows], d),
+            exact_all=lambda row: self._exact_probed(words[row], probes[row]),
+            scale=2.0**-u_q,
+        )
+
+    def _members(self, lists: np.ndarray) -> np.ndarray:
+        """The documents of `lists`, ids ascending."""
+        _, order, starts, sizes = self._sorted()
+        return np.sort(np.concatenate([order[starts[j] : starts[j] + sizes[j]] for j in lists]))
+
+    def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray):
+        """(ip, norm, ids) of one query against every document of its probed lists."""
+        ids = self._members(lists)
+        return (*self.codes.exact_ints(query_words, ids), ids)
+
+    def _exact_floats(self, scores, ids, k, complete, words, probes, u_q):
+        """The top k under (float score desc, id asc) when the floats are exact (Hamming, u = 0).
+
+        A query whose k-th score also belongs to a document past its candidates
+        is scored on the host over all its probed documents, with the device's
+        float arithmetic (`scoring.code_scores`).
+        """
+        certified = complete | (scores[:, k - 1] > scores[:, -1])
+        for row in np.flatnonzero(~certified):
+            every = self._members(probes[row])
+            ip, _ = self.codes.exact_ints(words[row], every)
+            if self.metric == "hamming":
+                floats = -((self.m - ip) // 2).astype(np.float32)
+            else:
+                scale = self.codes._inv_norms[every] * np.float32(2.0 ** -(self.u + u_q))
+                floats = ip.astype(np.float32) * scale.astype(np.float32)
+            best = np.lexsort((every, -floats))[: scores.shape[1]]
+            scores[row], ids[row] = _PADDING, -1
+            scores[row, : len(best)], ids[row, : len(best)] = floats[best], every[best]
+        return scores[:, :k], ids[:, :k]
+
+    def _candidates(self, queries: dict[str, np.ndarray], probes: np.ndarray, width: int):
+        """Each query's float top `width` of its probed lists, sorted by (score desc, id asc).
+
+        Returns float32 scores (`_PADDING` past the probed documents) and int64 ids.
+        """
+        num = len(probes)
+        if num == 0:
+            return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
+        tiles, doc_ids, per_device = self._layout()
+        search = self._search_fn(width)
+        batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))
+        out_scores, out_ids = [], []
+        for start in range(0, num, batch):
+            rows = min(batch, num - start)
+            chunk = {
+                key: np.pad(x[start : start + batch], [(0, batch - rows)] + [(0, 0)] * (x.ndim - 1))
+                for key, x in queries.items()
+            }
+            lists = self._tile_lists(probes[start : start + batch], batch, per_device)
+            scores, ids = search(chunk, tiles, doc_ids, lists)
+            out_scores.append(np.asarray(scores)[:rows])
+            out_ids.append(np.asarray(ids)[:rows].astype(np.int64))
+        scores, ids = np.concatenate(out_scores), np.concatenate(out_ids)
+        scores[ids < 0] = _PADDING
+        order = np.lexsort((ids, -scores))
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def _search_fn(self, width: int):
+        mesh = self.codes.mesh if self._num_devices() > 1 else None
+        key = (self.codes._score_key(), width, self.group, self.chunk, mesh)
+        if key not in _SEARCH_FNS:
+            _SEARCH_FNS[key] = probed.make_search_fn(
+                self.codes._score_fn(),
+                self.codes._rescore_fn(),
+                k=width,
+                group=self.group,
+                chunk=self.chunk,
+                mesh=mesh,
+            )
+        return _SEARCH_FNS[key]
+
+    def _num_devices(self) -> int:
+        return self.codes._devices()
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tiles per list, documents sorted by (list, id), each list's first position, sizes)."""
+        if self._order is None:
+            sizes = self.list_sizes()
+            order = np.argsort(self._lists, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            self._order = (-(-sizes // self.tile), order, starts, sizes)
+        return self._order
+
+    def _layout(self):
+        """(tiles pytree, doc ids, tiles per device) on the device(s), cached until a change."""
+        if self._device is not None:
+            return self._device
+        tiles_per_list, order, starts, sizes = self._sorted()
+        first_tile = np.concatenate([[0], np.cumsum(tiles_per_list)[:-1]])
+        devices = self._num_devices()
+        per_device = max(1, -(-int(tiles_per_list.sum()) // devices))
+        lists = self._lists[order]
+        rank = np.arange(len(order)) - starts[lists]
+        tile = first_tile[lists] + rank // self.tile
+        row = tile // per_device * (per_device + 1) + tile % per_device
+        slot = rank % self.tile
+        rows = devices * (per_device + 1)
+
+        def tiled(x: np.ndarray) -> np.ndarray:
+            out = np.zeros((rows, self.tile, *x.shape[1:]), x.dtype)
+            out[row, slot] = x[order]
+            return np.ascontiguousarray(np.moveaxis(out, 1, -1))
+
+        host = jax.tree.map(lambda x: tiled(np.asarray(x)), self.codes._host_arrays())
+        doc_ids = np.full((rows, self.tile), -1, np.int32)
+        doc_ids[row, slot] = order
+        if devices > 1:
+            sharding = NamedSharding(self.codes.mesh, P(DATA_AXIS))
+            placed = jax.device_put((host, doc_ids), sharding)
+        else:
+            placed = jax.device_put((host, doc_ids))
+        self._device = (*placed, per_device)
+        return self._device
+
+    def _tile_lists(self, probes: np.ndarray, batch: int, per_device: int) -> np.ndarray:
+        """Local tile indices each query scans on each device: int32 [devices, batch, S]."""
+        tiles_per_list, *_ = self._sorted()
+        first_tile = np.concatenate([[0], np.cumsum(tiles_per_list)[:-1]])
+        counts = tiles_per_list[probes].ravel()
+        query = np.repeat(np.repeat(np.arange(len(probes)), probes.shape[1]), counts)
+        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        tile = np.repeat(first_tile[probes].ravel(), counts) + offset
+        device, local = tile // per_device, tile % per_device
+        order = np.lexsort((tile, query, device))
+        device, query, local = device[order], query[order], local[order]
+        key = device * batch + query
+        first = np.searchsorted(key, key)
+        position = np.arange(len(key)) - first
+        longest = int(position.max()) + 1 if len(position) else 1
+        steps = -(-longest // self.chunk)
+        width = self.chunk * (1 << max(0, (steps - 1).bit_length()))
+        out = np.full((self._num_devices(), batch, width), per_device, np.int32)
+        out[device, query, position] = local
+        return out if self._num_devices() > 1 else out[0]
+
+    # --- storage -----------------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Writes the index (codes, centroids, lists) to directory `path`, crash-safely."""
+        self._check_trained()
+        arrays, header = self.codes.saved_parts()
+        arrays.update({CENTROIDS: self.centroids, LISTS: self._lists.astype("<i4")})
+        meta = {"format": IVF_FORMAT, "version": IVF_VERSION, "nlist": self.nlist, "m": self.m}
+        storage.write_index(path, arrays, json_files={IVF_FILE: meta}, **header)
+
+    @classmethod
+    def load(cls, path: str, **kwargs: Any) -> IVFIndex:
+        """Opens a saved IVF index, its arrays memory-mapped copy-on-write.
+
+        Args:
+          path: a directory written by `save`.
+          **kwargs: kernel and mesh (for the codes), tile, group, chunk, query_batch.
+
+        Raises:
+          IndexFormatError: as `BinaryIndex.load`, or when the IVF files are
+            missing, foreign or disagree with the codes (another m, count or nlist).
+        """
+        codes_kwargs = {key: kwargs.pop(key) for key in ("kernel", "mesh") if key in kwargs}
+        codes = BinaryIndex.load(path, **codes_kwargs)
+        meta = _read_meta(path, codes.m)
+        centroids = storage.load_array(path, CENTROIDS, (meta["nlist"], codes.m), "<f4")
+        lists = storage.load_array(path, LISTS, (codes.ntotal,), "<i4")
+        if codes.ntotal and not 0 <= lists.min() <= lists.max() < meta["nlist"]:
+            raise IndexFormatError(f"{path}: {LISTS} holds lists outside [0, {meta['nlist']})")
+        ivf = cls._over(codes, meta["nlist"], **kwargs)
+        ivf.centroids, ivf._lists = np.asarray(centroids, np.float32), lists
+        return ivf
+
+
+def _read_meta(path: str, m: int) -> dict:
+    """ivf.json of the index at `path`, checked against the codes' width m."""
+    name = os.path.join(path, IVF_FILE)
+    if not os.path.isfile(name):
+        raise IndexFormatError(
+            f"{path}: a BinaryIndex without inverted lists (no {IVF_FILE}); build them "
+            "with IVFIndex.from_index or python -m bebrjax.ivf"
+        )
+    try:
+        with open(name) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path}: {IVF_FILE} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != IVF_FORMAT:
+        raise IndexFormatError(f"{path}: {IVF_FILE} is not a {IVF_FORMAT} file")
+    if meta.get("version") != IVF_VERSION:
+        raise IndexFormatError(
+            f"{path}: {IVF_FILE} format version {meta.get('version')} is not supported "
+            f"(this bebrjax reads version {IVF_VERSION})"
+        )
+    nlist = meta.get("nlist")
+    if not isinstance(nlist, int) or isinstance(nlist, bool) or nlist < 1:
+        raise IndexFormatError(f"{path}: {IVF_FILE}: nlist={nlist!r} is not a positive count")
+    if meta.get("m") != m:
+        raise IndexFormatError(
+            f"{path}: {IVF_FILE}: the lists were trained for m={meta.get('m')}, "
+            f"the codes have m={m}"
+        )
+    return meta

@@ -1,0 +1,124 @@
+"""The coarse quantizer of `bebrjax.search.ivf`: spherical k-means in JAX.
+
+Points and centroids are unit vectors and a point belongs to the centroid
+of largest inner product (cosine), the geometry SDC ranks by. Training
+(Lloyd's iterations, `train`) is one jit'd loop: assign every point, then
+each centroid becomes the normalized sum of its points. A centroid that
+loses all its points is moved to the point its own centroid serves worst
+(the lowest cosine), one per empty centroid, so no list stays empty while
+points remain far from their centre. Initialization draws `nlist` distinct
+points with a seeded generator: the same points and seed give the same
+centroids, on any device count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_ASSIGN_ROWS = 16384  # points per jit'd assignment step
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); zero rows stay zero."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1).astype(np.float32)
+
+
+def _lloyd(points: jax.Array, centroids: jax.Array, iters: int) -> jax.Array:
+    """`iters` spherical Lloyd steps from `centroids` [nlist, m] over unit `points` [n, m]."""
+    nlist = centroids.shape[0]
+
+    def step(_, c):
+        sims = points @ c.T
+        assign = jnp.argmax(sims, axis=1)
+        best = jnp.max(sims, axis=1)
+        sums = jax.ops.segment_sum(points, assign, num_segments=nlist)
+        counts = jax.ops.segment_sum(jnp.ones_like(best), assign, num_segments=nlist)
+        moved = sums / jnp.maximum(jnp.linalg.norm(sums, axis=1, keepdims=True), 1e-30)
+        # Empty centroids take the worst-served points, the i-th empty one the i-th worst.
+        empty = counts == 0
+        worst = jnp.argsort(best)[:nlist]
+        rank = jnp.cumsum(empty) - 1
+        return jnp.where(empty[:, None], points[worst[rank]], moved)
+
+    return jax.lax.fori_loop(0, iters, step, centroids)
+
+
+_LLOYD = jax.jit(_lloyd, static_argnums=2)
+
+
+def train(points: np.ndarray, nlist: int, *, iters: int = 20, seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids of `points`.
+
+    Args:
+      points: float [n, m], n >= nlist (normalized here).
+      nlist: how many centroids.
+      iters: Lloyd iterations.
+      seed: draws the initial centroids among the points.
+
+    Returns:
+      float32 [nlist, m] unit centroids.
+
+    Raises:
+      ValueError: when there are fewer points than centroids, or nlist < 1.
+    """
+    points = normalize(points)
+    if not isinstance(nlist, int | np.integer) or nlist < 1:
+        raise ValueError(f"nlist={nlist} must be a positive integer")
+    if len(points) < nlist:
+        raise ValueError(f"k-means needs at least nlist={nlist} points; got {len(points)}")
+    start = np.random.default_rng(seed).choice(len(points), nlist, replace=False)
+    centroids = _LLOYD(jnp.asarray(points), jnp.asarray(points[np.sort(start)]), int(iters))
+    return np.asarray(centroids, np.float32)
+
+
+@jax.jit
+def _nearest(points: jax.Array, centroids: jax.Array) -> jax.Array:
+    return jnp.argmax(points @ centroids.T, axis=1).astype(jnp.int32)
+
+
+def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid (largest cosine, ties to the lower list) of every point.
+
+    Args:
+      chunks: float arrays [*, m] in order (e.g. decoded codes, a chunk at a time).
+      centroids: float32 [nlist, m] unit vectors.
+
+    Returns:
+      int32 [n] list of each point.
+    """
+    c = jnp.asarray(centroids)
+    out = []
+    for chunk in chunks:
+        for start in range(0, len(chunk), _ASSIGN_ROWS):
+            part = normalize(chunk[start : start + _ASSIGN_ROWS])
+            rows = len(part)
+            padded = np.pad(part, ((0, _ASSIGN_ROWS - rows), (0, 0)))  # one compiled shape
+            out.append(np.asarray(_nearest(jnp.asarray(padded), c))[:rows])
+    return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+
+def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+    """The `nprobe` lists of largest cosine for each query, best first (ties to the lower list).
+
+    Args:
+      queries: float [Q, m].
+      centroids: float32 [nlist, m].
+      nprobe: lists per query.
+
+    Returns:
+      int64 [Q, nprobe].
+    """
+    sims = normalize(queries) @ centroids.T
+    return np.argsort(-sims, axis=1, kind="stable")[:, :nprobe]
+
+
+def chunked(rows: int, read: Callable[[int, int], np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """read(start, stop) over [0, rows) in chunks of `size` rows."""
+    for start in range(0, rows, size):
+        yield read(start, min(rows, start + size))

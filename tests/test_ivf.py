@@ -1,0 +1,117 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bebrjax import sharding
+from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, kmeans, topk
+from bebrjax.search import codes as codes_lib
+
+M, NLIST = 40, 12
+
+
+def clustered_planes(n, u, m=M, seed=0):
+    """Codes with cluster structure (IVF on uniform codes measures nothing), with duplicates."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((NLIST, m))
+    x = centres[rng.integers(0, NLIST, n)] + 0.6 * rng.standard_normal((n, m))
+    planes = [np.where(x > 0, 1, -1)]
+    planes += [np.where(rng.standard_normal((n, m)) > 0, 1, -1) for _ in range(u)]
+    planes = np.stack(planes, 1).astype(np.int8)
+    planes[100:150] = planes[0]  # 50 copies: more ties than spare candidates
+    return planes
+
+
+@pytest.fixture(scope="module")
+def galleries():
+    """(planes, queries, BinaryIndex, IVFIndex) for u = 0 (hamming and ip), 1 and 2."""
+    out = {}
+    for u, metric in [(0, "hamming"), (0, "ip"), (1, "ip"), (2, "ip")]:
+        planes = clustered_planes(2500, u, seed=u)
+        queries = np.concatenate([planes[:1], planes[np.arange(5, 2500, 167)]])
+        index = BinaryIndex(M, u, metric)
+        index.add(planes)
+        out[(u, metric)] = (planes, queries, index, IVFIndex.from_index(index, NLIST))
+    return out
+
+
+def test_every_list_probed_equals_the_binary_index_on_1_and_8_devices(galleries):
+    assert jax.device_count() == 8
+    mesh = sharding.make_mesh(8)
+    for (u, metric), (planes, queries, index, ivf) in galleries.items():
+        expected = index.search(queries, 10)
+        eight = IVFIndex.from_index(
+            BinaryIndex(M, u, metric, mesh=mesh), NLIST, centroids=ivf.centroids
+        )
+        eight.add(planes)
+        np.testing.assert_array_equal(eight.lists, ivf.lists)
+        for got in (ivf.search(queries, 10, nprobe=NLIST), eight.search(queries, 10, NLIST)):
+            for a, b in zip(expected, got, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"u={u} {metric}")
+        assert expected[1][0].tolist() == [0, *range(100, 109)]  # tied copies, lower ids first
+
+
+def test_few_lists_give_the_exact_answer_over_their_documents(galleries):
+    planes, queries, index, ivf = galleries[(1, "ip")]
+    scores, ids = ivf.search(queries, 5, nprobe=2)
+    probes = kmeans.probe(codes_lib.decode_int(queries).astype(np.float32), ivf.centroids, 2)
+    for row, query in enumerate(queries):  # exact ranking of every probed document
+        members = np.flatnonzero(np.isin(ivf.lists, probes[row]))
+        ip, norm = index.exact_ints(codes_lib.pack(query[None])[0], members)
+        best = topk.exact_order(ip, norm, members, np.zeros_like(members))[:5]
+        np.testing.assert_array_equal(ids[row], members[best])
+        np.testing.assert_allclose(scores[row], ip[best] / np.sqrt(norm[best]) / 2, rtol=1e-6)
+    exhaustive = index.search(queries, 5)[1]
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, exhaustive, strict=True)])
+    assert 0.6 < recall < 1.0
+
+
+def test_save_load_round_trip_and_bad_files(galleries, tmp_path):
+    _, queries, index, ivf = galleries[(1, "ip")]
+    path = str(tmp_path / "gallery.ivf")
+    ivf.save(path)
+    loaded = IVFIndex.load(path)
+    assert isinstance(loaded.codes._words, np.memmap) and loaded.nlist == NLIST
+    for a, b in zip(ivf.search(queries, 7, 3), loaded.search(queries, 7, 3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert BinaryIndex.load(path).ntotal == index.ntotal  # still an exhaustive index
+    index.save(str(tmp_path / "plain"))
+    with pytest.raises(IndexFormatError, match="without inverted lists"):
+        IVFIndex.load(str(tmp_path / "plain"))
+    meta = json.loads((tmp_path / "gallery.ivf" / "ivf.json").read_text())
+    (tmp_path / "gallery.ivf" / "ivf.json").write_text(json.dumps({**meta, "m": 64}))
+    with pytest.raises(IndexFormatError, match="trained for m=64, the codes have m=40"):
+        IVFIndex.load(path)
+    (tmp_path / "gallery.ivf" / "ivf.json").write_text(json.dumps({**meta, "nlist": 5}))
+    with pytest.raises(IndexFormatError, match=r"centroids.npy has shape \[12, 40\]"):
+        IVFIndex.load(path)
+
+
+@pytest.mark.parametrize(
+    "act, message",
+    [
+        (lambda ivf, q: ivf.search(q, 5, nprobe=0), r"nprobe=0 must be an integer in \[1, 12\]"),
+        (lambda ivf, q: ivf.search(q, 5, nprobe=13), r"nprobe=13 must be .* \[1, 12\]"),
+        (lambda ivf, q: ivf.search(q, 2400, nprobe=1), "k=2400 but query .* raise nprobe"),
+        (lambda ivf, q: ivf.search(q[:, :, :30], 5), "narrower than the index's m=40"),
+        (lambda ivf, q: ivf.add(q[:, :1]), r"shape \[N, 2, 40\]"),
+        (lambda ivf, q: ivf.train(q[:, :, :32]), r"the index's m=40"),
+        (lambda ivf, q: IVFIndex.from_index(ivf.codes, 3, centroids=np.ones((3, 32))), "m=40"),
+        (lambda ivf, q: IVFIndex(M, 1, nlist=4).search(q, 1), "not trained"),
+        (lambda ivf, q: IVFIndex(M, 1, nlist=0), "nlist=0"),
+    ],
+)
+def test_bad_input_is_one_line(galleries, act, message):
+    _, queries, _, ivf = galleries[(1, "ip")]
+    with pytest.raises(ValueError, match=message) as error:
+        act(ivf, queries)
+    assert "\n" not in str(error.value)
+
+
+def test_kmeans_is_seeded_and_fills_every_list():
+    points = np.random.default_rng(1).standard_normal((600, 8))
+    a, b = kmeans.train(points, 16, seed=3), kmeans.train(points, 16, seed=3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, rtol=1e-5)
+    assert len(np.unique(kmeans.assign(iter([points]), a))) == 16

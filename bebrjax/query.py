@@ -1,7 +1,8 @@
 """Search a saved index with queries encoded by a trained binarizer or a bundle.
 
     python -m bebrjax.search --index OUT (--workdir W | --bundle B) --queries PATH \
-        [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite]
+        [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite] \
+        [--nprobe N] [--rescore DOCS.npy | --asymmetric] [--oversample 4]
 
 The queries (float embeddings [Q, d] in an .npy, an .npz key or a directory
 of <key>.npy) are encoded by the model of a workdir or an exported bundle:
@@ -9,7 +10,12 @@ the one that encoded the index's documents, or a compatible newer version
 (`configs/bebr/compatible.py`) whose codes search an old or a mixed-version
 index; each document is scored with the code of its own version, exactly
 (SDC, ties to the lower id). A query code wider than the index's is
-compared on the index's width (the shared prefix). hits.npz holds `ids`
+compared on the index's width (the shared prefix). With `--nprobe N` an
+IVF index (`python -m bebrjax.ivf`) is searched in each query's N nearest
+lists; `--rescore DOCS.npy` ranks the top k x `--oversample` again by the
+float inner product with the documents' float embeddings (only those rows
+are read), `--asymmetric` by the float query against the decoded codes
+(see `bebrjax.search.rescore`). hits.npz holds `ids`
 int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
 With `--relevant` (one relevant doc id per query, an integer array)
 Recall@1/5/10 is printed as a table (Recall@j for the j <= k only: a
@@ -37,7 +43,8 @@ from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
 from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.evaluators.retrieval import recall_of
-from bebrjax.search import BinaryIndex, ShardedIndex
+from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
+from bebrjax.search.rescore import rescore
 from bebrjax.serving import load_bundle
 
 RECALL_KS = (1, 5, 10)
@@ -71,18 +78,29 @@ def search_index(
     bundle: str | None = None,
     key: str | None = "query",
     batch_size: int = 8192,
+    nprobe: int | None = None,
+    rescore_docs: str | None = None,
+    asymmetric: bool = False,
+    oversample: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
 
     Args:
-      index: a saved index directory, or an open `BinaryIndex` (or
-        `ShardedIndex`, on several processes).
+      index: a saved index directory, or an open `BinaryIndex` or `IVFIndex`
+        (or `ShardedIndex`, on several processes).
       queries: float embeddings [Q, d], or the file holding them (see `open_rows`).
       k: results per query.
       workdir: the binarizer run that made the index (or give `bundle`).
       bundle: its exported bundle (or give `workdir`).
       key: the queries' array name in an .npz or a directory.
       batch_size: rows per encoded batch.
+      nprobe: search an IVF index's `nprobe` nearest lists (None: exhaustive).
+      rescore_docs: the documents' float embeddings (.npy, row i of document
+        i): rank the codes' top k x oversample again by the float inner
+        product with the float queries (`bebrjax.search.rescore`).
+      asymmetric: rank that shortlist by the float query against the decoded
+        codes instead (queries of the codes' width m).
+      oversample: the shortlist's size over k when rescoring.
 
     Returns:
       (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
@@ -101,7 +119,9 @@ def search_index(
         model = as_binarizer(workdir)
         dim, encode = model.dim, model.encode
         model_shape = (model.loops + 1, model.code_dim)
-    index = load_index(index) if isinstance(index, str) else index
+    if rescore_docs is not None and asymmetric:
+        raise DataError("rescore with the float documents or asymmetrically, not both")
+    index = load_index(index, ivf=nprobe is not None) if isinstance(index, str) else index
     if model_shape[1] < index.m:
         raise DataError(
             f"the index holds codes of width m={index.m}; the model makes narrower ones "
@@ -112,12 +132,30 @@ def search_index(
     if isinstance(queries, str):
         queries = read_queries(queries, key, dim)
     planes = encode(queries, batch_size)
-    scores, ids = index.search(planes, k)
+    probing = {} if nprobe is None else {"nprobe": nprobe}
+    try:
+        if rescore_docs is None and not asymmetric:
+            scores, ids = index.search(planes, k, **probing)
+        else:
+            scores, ids = rescore(
+                index, planes, queries, k, docs=rescore_docs, oversample=oversample, **probing
+            )
+    except ValueError as e:  # the arguments' values, named by the search
+        raise DataError(str(e)) from None
     return ids, scores
 
 
-def load_index(path: str) -> BinaryIndex | ShardedIndex:
-    """The index at `path`: whole on one process, each process's part on several."""
+def load_index(path: str, ivf: bool = False) -> BinaryIndex | IVFIndex | ShardedIndex:
+    """The index at `path`: whole on one process, each process's part on several.
+
+    Args:
+      path: a saved index directory.
+      ivf: open it as an `IVFIndex` (one process only).
+    """
+    if ivf:
+        if jax.process_count() > 1:
+            raise DataError("an IVF index is searched on one process (--nprobe without start-up)")
+        return IVFIndex.load(path)
     return BinaryIndex.load(path) if jax.process_count() == 1 else ShardedIndex.load(path)
 
 
@@ -140,6 +178,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--relevant", help="PATH[:key], the relevant doc id per query: print Recall@k")
     p.add_argument("--batch-size", type=int, default=8192, help="queries per encoded batch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--nprobe", type=int, help="search an IVF index's N nearest lists")
+    p.add_argument(
+        "--rescore", metavar="DOCS.npy", help="rank the shortlist by float inner products"
+    )
+    p.add_argument(
+        "--asymmetric", action="store_true", help="rank the shortlist by float query vs codes"
+    )
+    p.add_argument("--oversample", type=int, default=4, help="shortlist = k x this (4)")
     distributed.add_arguments(p)
     return p
 
@@ -147,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> None:
     distributed.initialize_from(args)
     wd.refuse_existing(args.out, args.overwrite)  # checked before the work, not after
-    index = load_index(args.index)
+    index = load_index(args.index, ivf=args.nprobe is not None)
     relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
     ids, scores = search_index(
         index,
@@ -157,6 +203,10 @@ def _command(args: argparse.Namespace) -> None:
         bundle=args.bundle,
         key=args.key,
         batch_size=args.batch_size,
+        nprobe=args.nprobe,
+        rescore_docs=args.rescore,
+        asymmetric=args.asymmetric,
+        oversample=args.oversample,
     )
     summary = {"hits": args.out, "queries": len(ids), "k": args.k}
     head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]

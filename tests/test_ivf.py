@@ -7,6 +7,7 @@ import pytest
 from bebrjax import sharding
 from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, kmeans, topk
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.rescore import rescore
 
 M, NLIST = 40, 12
 
@@ -115,3 +116,42 @@ def test_kmeans_is_seeded_and_fills_every_list():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, rtol=1e-5)
     assert len(np.unique(kmeans.assign(iter([points]), a))) == 16
+
+
+def test_rescoring_ranks_the_shortlist_by_exact_float_products(galleries, tmp_path):
+    _, queries, index, ivf = galleries[(1, "ip")]
+    rng = np.random.default_rng(5)
+    floats = rng.standard_normal((index.ntotal, 24)).astype(np.float32)
+    floats[120] = floats[110]  # a tie between two copies of query 0's code: the lower id first
+    np.save(tmp_path / "docs.npy", floats)
+    vectors = rng.standard_normal((len(queries), 24)).astype(np.float32)
+    vectors[0] = floats[110]
+    unit = index.decoded(np.arange(index.ntotal)).astype(np.float64)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    in_code_space = rng.standard_normal((len(queries), M)).astype(np.float32)
+    cases = [
+        (index, {}, vectors, str(tmp_path / "docs.npy"), floats),
+        (ivf, {"nprobe": 3}, vectors, floats, floats),
+        (ivf, {"nprobe": 3}, in_code_space, None, unit),  # asymmetric: decoded codes
+    ]
+    for source, probing, q, docs, brute_docs in cases:
+        scores, ids = rescore(source, queries, q, 5, docs=docs, oversample=4, **probing)
+        _, shortlist = source.search(queries, 20, **probing)
+        brute = q.astype(np.float64) @ brute_docs.T.astype(np.float64)
+        for row in range(len(queries)):
+            best = sorted(shortlist[row], key=lambda i, r=row: (-brute[r, i], i))[:5]
+            np.testing.assert_array_equal(ids[row], best)
+            np.testing.assert_array_equal(scores[row], brute[row, best].astype(np.float32))
+    assert rescore(index, queries[:1], vectors[:1], 40, docs=floats)[1][0, :2].tolist() == [
+        110,
+        120,
+    ]
+    for kwargs, message in [
+        ({"docs": floats, "oversample": 0}, "oversample=0 must be a positive integer"),
+        ({"docs": floats[:, :20]}, "float documents have width 20, the queries 24"),
+        ({"docs": floats[:2000]}, "the float documents have only 2000 rows"),
+        ({"docs": str(tmp_path / "none.npy")}, "none.npy: not a readable .npy"),
+        ({}, "asymmetric rescoring .* m=40; the queries have width 24"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            rescore(index, queries, vectors, 5, **kwargs)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from bebrjax import encode, heldout, inference, query
+from bebrjax import encode, heldout, inference, ivf, query
 from bebrjax.data.upgrade_splits import load_labelled
 from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.export import export_bundle
@@ -73,6 +73,34 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
     argv = [*argv[:-1], "1", "--out", hits, "--relevant", f"{pairs}:relevant", "--overwrite"]
     assert query.main(argv) == 0  # --k 1: only R@1 can be told
     assert _last_json(capsys.readouterr().out)["recall"] == {"R@1": binary["R@1"]}
+    # inverted lists: every list probed is the exhaustive answer; rescoring reads float docs
+    ivf_index, docs = str(tmp_path / "docs.ivf"), str(tmp_path / "docs.npy")
+    assert ivf.main(["--index", index, "--out", ivf_index, "--nlist", "4"]) == 0
+    assert _last_json(capsys.readouterr().out)["documents"] == 128
+    with np.load(pairs) as saved:
+        np.save(docs, saved["doc"])
+    argv = ["--workdir", str(workdir), "--queries", pairs, "--k", "10", "--overwrite"]
+    runs = {
+        "ivf": [*argv, "--index", ivf_index, "--nprobe", "4"],
+        "rescored": [*argv, "--index", ivf_index, "--nprobe", "2", "--rescore", docs],
+    }
+    for name, args in runs.items():
+        assert query.main([*args, "--out", str(tmp_path / f"{name}.npz")]) == 0
+    with np.load(hits) as exhaustive, np.load(tmp_path / "ivf.npz") as probed:
+        np.testing.assert_array_equal(probed["ids"][:, :1], exhaustive["ids"])
+    with np.load(tmp_path / "rescored.npz") as rescored:
+        assert rescored["ids"].shape == (128, 10)
+    for args, message in [
+        (["--index", ivf_index, "--nprobe", "5"], "nprobe=5 must be an integer in [1, 4]"),
+        (["--index", index, "--nprobe", "1"], "without inverted lists"),
+        (["--index", index, "--rescore", docs, "--asymmetric"], "not both"),
+    ]:
+        assert query.main([*argv, *args, "--out", str(tmp_path / "no.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+    assert ivf.main(["--index", index, "--out", ivf_index, "--nlist", "4"]) == 2
+    assert ivf.main(["--index", index, "--out", str(tmp_path / "x"), "--nlist", "200"]) == 2
+    assert "nlist=200 must be in [1, 128]" in capsys.readouterr().err
 
 
 def test_the_index_writer_matches_a_save(tmp_path):

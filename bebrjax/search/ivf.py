@@ -23,8 +23,8 @@ each list occupies whole tiles of `tile` documents (its last tile padded
 with empty slots), all in one device array; with a mesh the tiles are split
 over the `data` axis in contiguous runs, each device holding one extra
 empty tile. A query scans the tiles of its lists, named by index and padded
-with the empty tile to S tiles, S rounded up to `chunk` times a power of
-two: a handful of compiled shapes whatever the list sizes. The device
+with the empty tile to S tiles, S rounded up to a power of two: a handful
+of compiled shapes whatever the list sizes. The device
 returns each query's float top k + `topk.SPARE` (`bebrjax.search.probed`);
 the host ranks them exactly (`topk.exact_topk`, or an exact-float sort for
 Hamming and u = 0), and a query whose k-th score is tied past its spare
@@ -73,7 +73,7 @@ class IVFIndex:
       kernel: "auto", "popcount" or "matmul", as `BinaryIndex`.
       tile: documents per tile; a list's padding is less than one tile.
       group: documents per group of the two-level top-k; divides `tile`.
-      chunk: tiles a query gathers per scan step.
+      chunk: tiles a query gathers per scan step (a power of two).
       query_batch: queries searched at once.
       mesh: optional device mesh; the tiles are split over its `data` axis.
     """
@@ -96,10 +96,10 @@ class IVFIndex:
         self.codes = BinaryIndex(m, u, metric, version=version, kernel=kernel, mesh=mesh)
         if not isinstance(nlist, int | np.integer) or nlist < 1:
             raise ValueError(f"nlist={nlist} must be a positive integer")
-        if min(tile, group, chunk, query_batch) <= 0 or tile % group:
+        if min(tile, group, chunk, query_batch) <= 0 or tile % group or chunk & (chunk - 1):
             raise ValueError(
                 f"tile={tile}, group={group}, chunk={chunk} and query_batch={query_batch} "
-                "must be positive, and group must divide tile"
+                "must be positive, group must divide tile and chunk be a power of two"
             )
         self.nlist, self.tile, self.group = int(nlist), tile, group
         self.chunk, self.query_batch = chunk, query_batch
@@ -350,7 +350,6 @@ class IVFIndex:
         if num == 0:
             return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
         tiles, doc_ids, per_device = self._layout()
-        search = self._search_fn(width)
         batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))
         out_scores, out_ids = [], []
         for start in range(0, num, batch):
@@ -360,6 +359,7 @@ class IVFIndex:
                 for key, x in queries.items()
             }
             lists = self._tile_lists(probes[start : start + batch], batch, per_device)
+            search = self._search_fn(width, min(self.chunk, lists.shape[-1]))
             scores, ids = search(chunk, tiles, doc_ids, lists)
             out_scores.append(np.asarray(scores)[:rows])
             out_ids.append(np.asarray(ids)[:rows].astype(np.int64))
@@ -368,16 +368,16 @@ class IVFIndex:
         order = np.lexsort((ids, -scores))
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
-    def _search_fn(self, width: int):
+    def _search_fn(self, width: int, chunk: int):
         mesh = self.codes.mesh if self._num_devices() > 1 else None
-        key = (self.codes._score_key(), width, self.group, self.chunk, mesh)
+        key = (self.codes._score_key(), width, self.group, chunk, mesh)
         if key not in _SEARCH_FNS:
             _SEARCH_FNS[key] = probed.make_search_fn(
                 self.codes._score_fn(),
                 self.codes._rescore_fn(),
                 k=width,
                 group=self.group,
-                chunk=self.chunk,
+                chunk=chunk,
                 mesh=mesh,
             )
         return _SEARCH_FNS[key]
@@ -440,8 +440,7 @@ class IVFIndex:
         first = np.searchsorted(key, key)
         position = np.arange(len(key)) - first
         longest = int(position.max()) + 1 if len(position) else 1
-        steps = -(-longest // self.chunk)
-        width = self.chunk * (1 << max(0, (steps - 1).bit_length()))
+        width = 1 << (longest - 1).bit_length()  # a power of two: few compiled shapes
         out = np.full((self._num_devices(), batch, width), per_device, np.int32)
         out[device, query, position] = local
         return out if self._num_devices() > 1 else out[0]

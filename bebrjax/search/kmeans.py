@@ -115,7 +115,12 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
       int64 [Q, nprobe].
     """
     sims = normalize(queries) @ centroids.T
-    return np.argsort(-sims, axis=1, kind="stable")[:, :nprobe]
+    kth = -np.partition(-sims, nprobe - 1, axis=1)[:, nprobe - 1 : nprobe]
+    rows, cols = np.nonzero(sims >= kth)  # the nprobe best and any tied with the last
+    order = np.lexsort((cols, -sims[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    return cols[rank < nprobe].reshape(len(sims), nprobe).astype(np.int64)
 
 
 def chunked(rows: int, read: Callable[[int, int], np.ndarray], size: int) -> Iterator[np.ndarray]:

@@ -1,0 +1,119 @@
+"""Rescoring: a code search's shortlist ranked again by float inner products.
+
+    scores, ids = rescore(index, query_planes, queries, k=10, docs="gallery.npy", oversample=4)
+    scores, ids = rescore(ivf, query_planes, queries, k=10, nprobe=16)   # asymmetric
+
+The recipe of sentence-transformers' binary quantization and Qdrant's
+oversampling, over SDC's shortlist: the index returns the top
+k x `oversample` documents by their codes (exhaustive, or within an IVF
+index's probed lists), and those are ranked again by
+
+  * `docs` given: the exact inner product of each float query with the
+    document's float vector, read from `docs` (an .npy file, memory-mapped:
+    only the shortlisted rows are read, in increasing row order, or an
+    array [N, d]);
+  * `docs=None` (asymmetric): the inner product of the float query with the
+    document's decoded code b / ||b|| (its cosine; no float gallery needed).
+    The query must then live in the codes' space (width m): e.g. the float
+    embedding whose signs are the codes, as in sign-of-embedding
+    quantization.
+
+Inner products are computed in float64 from the float32 inputs, so the
+ranking does not depend on the machine's summation order; ties go to the
+lower id. Scores come back as float32, descending.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def read_rows(docs: str | np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows `ids` of `docs` (path of an .npy file or an array [N, d]), read once each.
+
+    Returns:
+      (unique ids ascending, their rows as float64 [U, d]).
+    """
+    if isinstance(docs, str):
+        try:
+            docs = np.load(docs, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{docs}: not a readable .npy file of float vectors ({e})") from None
+    if docs.ndim != 2 or not np.issubdtype(docs.dtype, np.floating):
+        raise ValueError(
+            f"float documents must be a 2-D float array [N, d]; got {docs.dtype} {list(docs.shape)}"
+        )
+    unique = np.unique(ids)
+    if unique.size and unique[-1] >= len(docs):
+        raise ValueError(
+            f"the index holds document {unique[-1]}, but the float documents have only "
+            f"{len(docs)} rows"
+        )
+    return unique, np.asarray(docs[unique], np.float64)
+
+
+def rescore(
+    index: Any,
+    query_planes: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    docs: str | np.ndarray | None = None,
+    oversample: int = 4,
+    **search_kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of each query's shortlist of k x oversample, ranked by float inner products.
+
+    Args:
+      index: a `BinaryIndex` or `IVFIndex` (any index whose `search(query_planes, k,
+        **search_kwargs)` returns ids, and with `codes` or itself a `BinaryIndex`
+        for the asymmetric option).
+      query_planes: the queries' codes, as the index's `search` takes them.
+      queries: the queries' float vectors [Q, d] (d = m for the asymmetric option).
+      k: results per query.
+      docs: the documents' float vectors (a .npy path or [N, d]), row i of
+        document i; None scores the decoded codes instead.
+      oversample: shortlist k x oversample documents (capped by the index size).
+      **search_kwargs: passed to `index.search` (e.g. nprobe).
+
+    Returns:
+      (scores float32 [Q, k] descending, ids int64 [Q, k]).
+
+    Raises:
+      ValueError: naming the problem (oversample < 1, queries or docs of the
+        wrong shape, docs shorter than the index), or as `index.search`.
+    """
+    if not isinstance(oversample, int | np.integer) or oversample < 1:
+        raise ValueError(f"oversample={oversample} must be a positive integer")
+    queries = np.asarray(queries)
+    codes = getattr(index, "codes", index)
+    if queries.ndim != 2 or len(queries) != len(query_planes):
+        raise ValueError(
+            f"queries must be float vectors [Q={len(query_planes)}, d], one per query code; "
+            f"got {list(queries.shape)}"
+        )
+    if docs is None and queries.shape[1] != codes.m:
+        raise ValueError(
+            f"asymmetric rescoring compares float queries with decoded codes of width "
+            f"m={codes.m}; the queries have width {queries.shape[1]} (give docs= instead)"
+        )
+    if not isinstance(k, int | np.integer) or not 1 <= k <= codes.ntotal:
+        raise ValueError(f"k={k} must be an integer in [1, {codes.ntotal}] (the index size)")
+    _, shortlist = index.search(query_planes, min(codes.ntotal, k * oversample), **search_kwargs)
+    if docs is None:
+        unique = np.unique(shortlist)
+        rows = codes.decoded(unique).astype(np.float64)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    else:
+        unique, rows = read_rows(docs, shortlist)
+        if rows.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"float documents have width {rows.shape[1]}, the queries {queries.shape[1]}"
+            )
+    where = np.searchsorted(unique, shortlist)
+    scores = np.einsum("qd,qkd->qk", queries.astype(np.float64), rows[where])
+    order = np.lexsort((shortlist, -scores))[:, :k]
+    top = np.take_along_axis(scores, order, 1).astype(np.float32)
+    return top, np.take_along_axis(shortlist, order, 1)

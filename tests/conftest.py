@@ -6,6 +6,10 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# "auto" would measure the CPU kernels once per code shape (about a second each, and
+# the suite has dozens of shapes); every kernel gives identical scores (tested), and
+# test_search tests the measurement itself.
+os.environ.setdefault("BEBRJAX_KERNEL", "popcount")
 # One compilation cache for the session (and its subprocesses): the many tiny runs
 # of the suite compile identical programs from distinct jit objects, and a hit
 # skips XLA. It starts empty, so no run depends on an earlier one.

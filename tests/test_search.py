@@ -13,11 +13,13 @@ from bebrjax.search import (
     FloatIndex,
     IndexFormatError,
     backfill,
+    kernels,
     scoring,
     storage,
     topk,
 )
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.scoring import KERNELS
 from bebrjax.search.writer import IndexWriter
 
 RNG = np.random.default_rng(0)
@@ -360,8 +362,28 @@ def test_both_kernels_give_the_same_floats():
         "words": jnp.asarray(codes_lib.pack(q)),
         "ints": jnp.asarray(codes_lib.decode_int(q)),
     }
-    got = [scoring.code_scores(queries, block, m=m, metric="ip", kernel=k) for k in scoring.KERNELS]
-    np.testing.assert_array_equal(*got)  # so the best groups may be scored again by popcount
+    uniform = {**block, "planes": tiled_block(codes_lib.pack(docs), tiles)}
+    del uniform["loops"]  # every document of u = 3: constant plane weights
+    for one in (block, uniform):
+        got = {k: scoring.code_scores(queries, one, m=m, metric="ip", kernel=k) for k in KERNELS}
+        for kernel, scores in got.items():  # so the best groups may be scored again by popcount
+            np.testing.assert_array_equal(scores, got["popcount"], err_msg=kernel)
+
+
+def test_auto_measures_the_cpu_kernel_once_and_remembers_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("BEBRJAX_KERNEL")
+    monkeypatch.setenv("BEBRJAX_KERNEL_CACHE", str(tmp_path / "kernels.json"))
+    monkeypatch.setattr(kernels, "_CHOSEN", {})
+    chosen = kernels.resolve("auto", 40, 2, "ip")
+    assert chosen in kernels.CPU_KERNELS
+    monkeypatch.setattr(kernels, "_CHOSEN", {})  # a new process: read back, not measured
+    monkeypatch.setattr(kernels, "_fastest", lambda *shape: pytest.fail("measured again"))
+    assert kernels.resolve("auto", 40, 2, "ip") == chosen
+    assert list(json.loads((tmp_path / "kernels.json").read_text()).values()) == [chosen]
+    monkeypatch.setenv("BEBRJAX_KERNEL", "swar")
+    assert kernels.resolve("auto", 40, 2, "ip") == "swar"
+    with pytest.raises(ValueError, match="kernel='fast': expected 'auto' or one of popcount"):
+        BinaryIndex(40, 1, kernel="fast")
 
 
 SCALED = [  # (id, version, plane signs): b = sum_i 2^-i sign_i s

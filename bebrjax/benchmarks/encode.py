@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,20 +33,9 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax.inference import load
+from bebrjax.search.kernels import cpu_name
 
 RSS_TARGET_MB, RATIO_TARGET = 2000, 0.67
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_corpus(path: str, rows: int, dim: int, seed: int, chunk: int = 262144) -> None:

@@ -43,8 +43,8 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.benchmarks.encode import cpu_name
 from bebrjax.config import apply_overrides, load_config
+from bebrjax.search.kernels import cpu_name
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARIZER = [

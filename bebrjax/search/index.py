@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax.search import codes as codes_lib
-from bebrjax.search import scoring, storage, topk
+from bebrjax.search import kernels, scoring, storage, topk
 from bebrjax.search.blocked import BlockedIndex
 from bebrjax.search.storage import (
     CODES,
@@ -76,9 +76,11 @@ class BinaryIndex(BlockedIndex):
       metric: "ip" ranks by <b_q, b_d> / ||b_d|| (SDC); "hamming" (u = 0
         only, every version) ranks by Hamming distance and reports distances.
       version: the first version's name; `add` without a version adds to it.
-      kernel: the scan's kernel, "auto" (popcount on CPU, int8 matmul on
-        GPU/TPU), "popcount" or "matmul"; all give identical scores. The
-        few documents of each query's best groups are scored again by popcount.
+      kernel: the scan's kernel: "auto" (int8 matmul on GPU/TPU; on CPU the
+        fastest xor-popcount kernel for this code shape, measured once, see
+        `bebrjax.search.kernels`) or one of `scoring.KERNELS`; all give
+        identical scores. The few documents of each query's best groups are
+        scored again by popcount.
       **layout: block_size, tile, group, query_batch, mesh (see `BlockedIndex`).
     """
 
@@ -104,7 +106,7 @@ class BinaryIndex(BlockedIndex):
         if metric not in ("ip", "hamming"):
             raise ValueError(f"metric={metric!r}: expected 'ip' or 'hamming'")
         self.m, self.metric = int(m), metric
-        self.kernel = scoring.resolve_kernel(kernel)
+        self.kernel = kernels.check(kernel)
         self._versions: dict[str, int] = {}
         self._words = np.zeros((0, 0, codes_lib.num_words(self.m)), np.uint32)
         self._inv_norms = np.zeros((0,), np.float32)
@@ -378,11 +380,15 @@ class BinaryIndex(BlockedIndex):
             arrays["loops"] = loops
         return arrays
 
+    def _kernel(self) -> str:
+        """The kernel the scan runs ("auto" resolved for this backend, CPU and code shape)."""
+        return kernels.resolve(self.kernel, self.m, self.u + 1, self.metric)
+
     def _score_key(self) -> tuple:
-        return (self.m, self.metric, self.kernel)
+        return (self.m, self.metric, self._kernel())
 
     def _score_fn(self, kernel: str | None = None):
-        m, metric, kernel = self.m, self.metric, kernel or self.kernel
+        m, metric, kernel = self.m, self.metric, kernel or self._kernel()
         return lambda q, block: scoring.code_scores(q, block, m=m, metric=metric, kernel=kernel)
 
     def _rescore_fn(self):

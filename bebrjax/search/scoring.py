@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-KERNELS = ("popcount", "matmul")
+KERNELS = ("popcount", "unrolled", "swar", "csa", "matmul")
 
 SCORE_TOLERANCE = 2.0**-22
 """|f - S| <= SCORE_TOLERANCE |f| for an "ip" score f of `code_scores` and its exact value S.
@@ -59,15 +59,6 @@ and |f - S| < 2^-22.8 |f|.
 
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], np.uint8)
 _CHUNK = 1 << 16  # pairs per numpy pass of `exact_ints`
-
-
-def resolve_kernel(kernel: str) -> str:
-    """`auto` is popcount on CPU and matmul on GPU/TPU; other names pass through."""
-    if kernel == "auto":
-        return "popcount" if jax.default_backend() == "cpu" else "matmul"
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r}: expected 'auto' or one of {', '.join(KERNELS)}")
-    return kernel
 
 
 def _doc_weights(num_planes: int, loops: jax.Array | None) -> list[int | jax.Array]:
@@ -91,8 +82,105 @@ def _per_doc(weight: int | jax.Array, dtype: jnp.dtype) -> int | jax.Array:
     return weight if isinstance(weight, int) else weight[:, None, :].astype(dtype)
 
 
+def _reduced_count(q: jax.Array, d: jax.Array) -> jax.Array:
+    """sum_w popcount(q_w XOR d_w) as one reduction over the words: q [Q, W], d [T, W, b]."""
+    xor = q[None, :, :, None] ^ d[:, None, :, :]
+    return jnp.sum(lax.population_count(xor), axis=2, dtype=jnp.uint16).astype(jnp.int32)
+
+
+def _unrolled_count(q: jax.Array, d: jax.Array) -> jax.Array:
+    """The same sum written out word by word: one elementwise loop over [T, Q, b]."""
+    total = None
+    for w in range(q.shape[1]):
+        count = lax.population_count(q[None, :, w, None] ^ d[:, None, w, :])
+        total = count if total is None else total + count
+    return total.astype(jnp.int32)
+
+
+def _swar_count(q: jax.Array, d: jax.Array) -> jax.Array:
+    """The same sum by bit-parallel adds within each word (SWAR), with no popcount.
+
+    Two bit-pair steps leave 4-bit counts (<= 4) in each word; two words'
+    counts are added per nibble (<= 8), folded to bytes (<= 16) and summed
+    over up to 30 words per byte (<= 240) before the bytes are folded to one
+    count. On a CPU without a vector popcount this takes fewer operations
+    per word than emulating one.
+    """
+    u32 = jnp.uint32
+
+    def nibbles(w: int) -> jax.Array:
+        x = q[None, :, w, None] ^ d[:, None, w, :]
+        x = x - ((x >> 1) & u32(0x55555555))
+        return (x & u32(0x33333333)) + ((x >> 2) & u32(0x33333333))
+
+    total = None
+    num_words = q.shape[1]
+    for start in range(0, num_words, 30):
+        acc = None
+        for w in range(start, min(num_words, start + 30), 2):
+            pair = nibbles(w) if w + 1 >= num_words else nibbles(w) + nibbles(w + 1)
+            pair = (pair & u32(0x0F0F0F0F)) + ((pair >> 4) & u32(0x0F0F0F0F))
+            acc = pair if acc is None else acc + pair
+        acc = (acc & u32(0x00FF00FF)) + ((acc >> 8) & u32(0x00FF00FF))
+        count = ((acc & u32(0xFFFF)) + (acc >> 16)).astype(jnp.int32)
+        total = count if total is None else total + count
+    return total
+
+
+def weighted_count(words: list[tuple[int, jax.Array]]) -> jax.Array:
+    """sum_n c_n popcount(x_n) of weighted words by carry-save adders (Harley-Seal).
+
+    Words of one weight c are added three at a time, bitwise, as a full
+    adder does: a XOR b XOR c keeps weight c and the carry (majority) goes to
+    weight 2c, so every 5 bitwise operations retire one word, and only the
+    one or two words left per weight are popcounted. On a CPU without a
+    vector popcount this is far fewer operations than a popcount per word.
+
+    Args:
+      words: (weight, uint32 array) pairs, arrays of one shape; weights are
+        powers of two.
+
+    Returns:
+      int32, the arrays' shape.
+    """
+    by_weight: dict[int, list[jax.Array]] = {}
+    for weight, x in words:
+        by_weight.setdefault(weight, []).append(x)
+    total = None
+    while by_weight:
+        weight = min(by_weight)
+        pending = by_weight.pop(weight)
+        while len(pending) >= 3:
+            a, b, c = pending.pop(0), pending.pop(0), pending.pop(0)
+            half = a ^ b
+            pending.append(half ^ c)
+            by_weight.setdefault(2 * weight, []).append((a & b) | (half & c))
+        for x in pending:
+            count = weight * lax.population_count(x).astype(jnp.int32)
+            total = count if total is None else total + count
+    return total
+
+
+def _csa_count(q: jax.Array, d: jax.Array) -> jax.Array:
+    """The same sum by carry-save adders over the words (`weighted_count`)."""
+    return weighted_count([(1, q[None, :, w, None] ^ d[:, None, w, :]) for w in range(q.shape[1])])
+
+
+COUNTS = {
+    "popcount": _reduced_count,
+    "unrolled": _unrolled_count,
+    "swar": _swar_count,
+    "csa": _csa_count,
+}
+"""The xor-popcount kernels: each sums popcount(q XOR d) over a plane's words, identically."""
+
+
 def popcount_ip(
-    q_words: jax.Array, planes: list[jax.Array], m: int, loops: jax.Array | None = None
+    q_words: jax.Array,
+    planes: list[jax.Array],
+    m: int,
+    loops: jax.Array | None = None,
+    kernel: str = "popcount",
 ) -> jax.Array:
     """2^(u_q+U) <b_q, b_d> by xor-popcount.
 
@@ -101,21 +189,27 @@ def popcount_ip(
       planes: the block's P = U+1 planes, each [T, W, b] uint32.
       m: code width.
       loops: the documents' loops [T, b], or None when all have U.
+      kernel: how each plane pair's popcount is summed, a key of `COUNTS`.
 
     Returns:
       int32 [T, Q, b].
     """
     u_q = q_words.shape[1] - 1
     weights = _doc_weights(len(planes), loops)
+    if kernel == "csa" and loops is None:  # constant weights: one adder tree for every pass
+        words = [
+            (2 ** (u_q - i) * c, q_words[None, :, i, w, None] ^ d[:, None, w, :])
+            for i in range(u_q + 1)
+            for c, d in zip(weights, planes, strict=True)
+            for w in range(q_words.shape[2])
+        ]
+        return m * sum(c for c, _ in words) // q_words.shape[2] - 2 * weighted_count(words)
+    count = COUNTS[kernel]
     total = None
     for i in range(u_q + 1):
         for j, c in enumerate(weights):
-            pc = jnp.sum(
-                lax.population_count(q_words[None, :, i, :, None] ^ planes[j][:, None, :, :]),
-                axis=2,
-                dtype=jnp.uint16,
-            )
-            term = _per_doc(2 ** (u_q - i) * c, jnp.int32) * (m - 2 * pc.astype(jnp.int32))
+            pc = count(q_words[:, i, :], planes[j])
+            term = _per_doc(2 ** (u_q - i) * c, jnp.int32) * (m - 2 * pc)
             total = term if total is None else total + term
     return total
 
@@ -164,10 +258,10 @@ def code_scores(
       kernel: "popcount" or "matmul".
     """
     loops = block.get("loops")
-    if kernel == "popcount":
-        ip = popcount_ip(queries["words"], block["planes"], m, loops)
-    else:
+    if kernel == "matmul":
         ip = matmul_ip(queries["ints"], block["planes"], m, loops)
+    else:
+        ip = popcount_ip(queries["words"], block["planes"], m, loops, kernel)
     if metric == "hamming":
         return -((m - ip) // 2).astype(jnp.float32)
     u_q = queries["words"].shape[1] - 1

@@ -216,7 +216,11 @@ _RULES = (
     ("loss.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
     ("hash_model.hidden", lambda v: v >= 0, ">= 0 (0: max(d, bits))"),
     ("hash_model.depth", lambda v: v >= 0, ">= 0"),
-    ("eval.kernel", lambda v: v in ("auto", *scoring.KERNELS), "'auto', 'popcount' or 'matmul'"),
+    (
+        "eval.kernel",
+        lambda v: v in ("auto", *scoring.KERNELS),
+        "'auto' or one of " + ", ".join(scoring.KERNELS),
+    ),
 )
 
 

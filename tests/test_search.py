@@ -374,6 +374,7 @@ def test_auto_measures_the_cpu_kernel_once_and_remembers_it(tmp_path, monkeypatc
     monkeypatch.delenv("BEBRJAX_KERNEL")
     monkeypatch.setenv("BEBRJAX_KERNEL_CACHE", str(tmp_path / "kernels.json"))
     monkeypatch.setattr(kernels, "_CHOSEN", {})
+    monkeypatch.setattr(kernels, "_CALIBRATION_DOCS", 4096)
     chosen = kernels.resolve("auto", 40, 2, "ip")
     assert chosen in kernels.CPU_KERNELS
     monkeypatch.setattr(kernels, "_CHOSEN", {})  # a new process: read back, not measured

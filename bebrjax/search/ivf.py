@@ -434,11 +434,11 @@ class IVFIndex:
         offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         tile = np.repeat(first_tile[probes].ravel(), counts) + offset
         device, local = tile // per_device, tile % per_device
-        order = np.lexsort((tile, query, device))
-        device, query, local = device[order], query[order], local[order]
-        key = device * batch + query
-        first = np.searchsorted(key, key)
-        position = np.arange(len(key)) - first
+        if self._num_devices() > 1:  # group by device, each still in query order
+            order = np.argsort(device, kind="stable")
+            device, query, local = device[order], query[order], local[order]
+        key = device * batch + query  # non-decreasing
+        position = np.arange(len(key)) - np.searchsorted(key, key)
         longest = int(position.max()) + 1 if len(position) else 1
         width = 1 << (longest - 1).bit_length()  # a power of two: few compiled shapes
         out = np.full((self._num_devices(), batch, width), per_device, np.int32)

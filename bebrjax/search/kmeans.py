@@ -13,6 +13,7 @@ centroids, on any device count.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import jax
@@ -103,8 +104,16 @@ def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _probe(queries: jax.Array, centroids: jax.Array, nprobe: int) -> jax.Array:
+    return jax.lax.top_k(queries @ centroids.T, nprobe)[1]
+
+
 def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
     """The `nprobe` lists of largest cosine for each query, best first (ties to the lower list).
+
+    A query's length does not change its ranking of the lists, so queries
+    need not be normalized.
 
     Args:
       queries: float [Q, m].
@@ -114,13 +123,8 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
     Returns:
       int64 [Q, nprobe].
     """
-    sims = normalize(queries) @ centroids.T
-    kth = -np.partition(-sims, nprobe - 1, axis=1)[:, nprobe - 1 : nprobe]
-    rows, cols = np.nonzero(sims >= kth)  # the nprobe best and any tied with the last
-    order = np.lexsort((cols, -sims[rows, cols], rows))
-    rows, cols = rows[order], cols[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    return cols[rank < nprobe].reshape(len(sims), nprobe).astype(np.int64)
+    queries = np.asarray(queries, np.float32)
+    return np.asarray(_probe(queries, jnp.asarray(centroids), int(nprobe))).astype(np.int64)
 
 
 def chunked(rows: int, read: Callable[[int, int], np.ndarray], size: int) -> Iterator[np.ndarray]:

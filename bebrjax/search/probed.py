@@ -63,11 +63,13 @@ def probed_topk(
     tile = doc_ids.shape[1]
     per_tile = tile // group
     one_query = jax.tree.map(lambda x: x[:, None], queries)
+    filled = jnp.sum(doc_ids >= 0, axis=1)  # a tile's documents come first, then empty slots
+    slot = jnp.arange(tile)
 
     def scan_chunk(_, lists):  # lists [Q, chunk]
         block = jax.tree.map(lambda x: x[lists], tiles)  # [Q, chunk, ..., tile]
         scores = jax.vmap(score_fn)(one_query, block)[:, :, 0, :]
-        scores = jnp.where(doc_ids[lists] >= 0, scores, topk.NEG_INF)
+        scores = jnp.where(slot < filled[lists][:, :, None], scores, topk.NEG_INF)
         return None, scores.reshape(num_queries, chunk * per_tile, group).max(-1)
 
     steps = tile_lists.reshape(num_queries, width // chunk, chunk).transpose(1, 0, 2)

@@ -41,7 +41,7 @@ TARGETS = {  # (case, reference): minimum ratio of bebrjax queries/s to the refe
 }
 
 
-def _best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best wall time of each function, the functions taking turns so drift hits all alike.
 
     Each run starts after a short idle pause, so that neither library's worker
@@ -76,7 +76,7 @@ def _hamming_case(faiss, rng, n: int, num_queries: int, bits: int, k: int, repea
     bidx.add(_planes(docs, 1))
     qplanes = _planes(queries, 1)
     bidx.search(qplanes, k)  # compiles
-    times = _best_times(
+    times = best_times(
         {"bebrjax": lambda: bidx.search(qplanes, k), "faiss": lambda: fidx.search(queries, k)},
         repeats,
     )
@@ -101,7 +101,7 @@ def _sdc_case(faiss, rng, n: int, num_queries: int, m: int, k: int, repeats: int
     fidx = faiss.IndexFlatIP(m)
     fidx.add(rng.standard_normal((n, m), dtype=np.float32))
     fvec = rng.standard_normal((num_queries, m), dtype=np.float32)
-    times = _best_times(
+    times = best_times(
         {
             "bebrjax": lambda: bidx.search(qplanes, k),
             f"faiss_float{m}": lambda: fidx.search(fvec, k),

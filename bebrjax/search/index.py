@@ -364,11 +364,12 @@ class BinaryIndex(BlockedIndex):
         """
         if ids is None:
             return scoring.exact_ints(query_words, self._words, self._loops(), self.m)
-        return scoring.exact_ints(query_words, self._words[ids], self._loops()[ids], self.m)
+        return scoring.exact_ints(query_words, self._words[ids], self._loops(ids), self.m)
 
-    def _loops(self) -> np.ndarray:
-        """Each document's loops, uint8 [ntotal]."""
-        return np.array(list(self._versions.values()), np.uint8)[self._doc_versions]
+    def _loops(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """The loops of documents `ids` (None: every document), uint8."""
+        table = np.array(list(self._versions.values()), np.uint8)
+        return table[self._doc_versions if ids is None else self._doc_versions[ids]]
 
     def _host_arrays(self) -> dict[str, Any]:
         arrays = {
@@ -426,7 +427,7 @@ class BinaryIndex(BlockedIndex):
         """The codes b = sum_i 2^-i s_i of documents `ids`, each of its own u: float32 [n, m]."""
         ids = self._check_ids(ids, unique=False)
         planes = codes_lib.unpack(self._words[ids], self.m).astype(np.float32)
-        loops = self._loops()[ids]
+        loops = self._loops(ids)
         weights = np.where(
             np.arange(self.u + 1) <= loops[:, None], 2.0 ** -np.arange(self.u + 1), 0
         )

@@ -23,8 +23,10 @@ each list occupies whole tiles of `tile` documents (its last tile padded
 with empty slots), all in one device array; with a mesh the tiles are split
 over the `data` axis in contiguous runs, each device holding one extra
 empty tile. A query scans the tiles of its lists, named by index and padded
-with the empty tile to S tiles, S rounded up to a power of two: a handful
-of compiled shapes whatever the list sizes. The device
+with the empty tile to S tiles, S rounded up to 2^j or 3 2^(j-2): a
+handful of compiled shapes whatever the list sizes. The queries of a call
+are batched by how many tiles they scan, so that a batch's longest scan,
+which sets its S, is close to the others. The device
 returns each query's float top k + `topk.SPARE` (`bebrjax.search.probed`);
 the host ranks them exactly (`topk.exact_topk`, or an exact-float sort for
 Hamming and u = 0), and a query whose k-th score is tied past its spare
@@ -292,11 +294,14 @@ class IVFIndex:
                 f"k={k} but query {row}'s {nprobe} probed lists hold only "
                 f"{available[row]} documents; raise nprobe or lower k"
             )
-        width = min(self.ntotal, k + topk.SPARE)
+        exact_floats = self.metric == "hamming" or self.u == 0
+        # Integer scores tie often (k + SPARE candidates left many queries to the host's
+        # exact ranking over their lists at k = 100): ask for more where they tie.
+        width = min(self.ntotal, k + max(topk.SPARE, k if exact_floats else 0))
         scores, ids = self._candidates(queries, probes, width)
         complete = available <= width
         words = queries["words"]
-        if self.metric == "hamming" or self.u == 0:
+        if exact_floats:
             scores, ids = self._exact_floats(scores, ids, k, complete, words, probes, u_q)
             return (-scores if self.metric == "hamming" else scores), ids
         return topk.exact_topk(
@@ -351,19 +356,22 @@ class IVFIndex:
             return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
         tiles, doc_ids, per_device = self._layout()
         batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))
-        out_scores, out_ids = [], []
+        # Queries of similar scan lengths share a batch, whose longest sets its padding.
+        by_need = np.argsort(self._sorted()[0][probes].sum(1), kind="stable")
+        scores = np.empty((num, width), np.float32)
+        ids = np.empty((num, width), np.int64)
         for start in range(0, num, batch):
-            rows = min(batch, num - start)
+            rows = by_need[start : start + batch]
             chunk = {
-                key: np.pad(x[start : start + batch], [(0, batch - rows)] + [(0, 0)] * (x.ndim - 1))
+                key: np.pad(x[rows], [(0, batch - len(rows))] + [(0, 0)] * (x.ndim - 1))
                 for key, x in queries.items()
             }
-            lists = self._tile_lists(probes[start : start + batch], batch, per_device)
-            search = self._search_fn(width, min(self.chunk, lists.shape[-1]))
-            scores, ids = search(chunk, tiles, doc_ids, lists)
-            out_scores.append(np.asarray(scores)[:rows])
-            out_ids.append(np.asarray(ids)[:rows].astype(np.int64))
-        scores, ids = np.concatenate(out_scores), np.concatenate(out_ids)
+            lists = self._tile_lists(probes[rows], batch, per_device)
+            found = self._search_fn(width, min(self.chunk, lists.shape[-1] & -lists.shape[-1]))(
+                chunk, tiles, doc_ids, lists
+            )
+            scores[rows] = np.asarray(found[0])[: len(rows)]
+            ids[rows] = np.asarray(found[1])[: len(rows)]
         scores[ids < 0] = _PADDING
         order = np.lexsort((ids, -scores))
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
@@ -440,7 +448,9 @@ class IVFIndex:
         key = device * batch + query  # non-decreasing
         position = np.arange(len(key)) - np.searchsorted(key, key)
         longest = int(position.max()) + 1 if len(position) else 1
-        width = 1 << (longest - 1).bit_length()  # a power of two: few compiled shapes
+        width = 1 << (longest - 1).bit_length()  # 2^j or 3 2^(j-2): few compiled shapes
+        if width >= 4 and longest <= 3 * width // 4:
+            width = 3 * width // 4
         out = np.full((self._num_devices(), batch, width), per_device, np.int32)
         out[device, query, position] = local
         return out if self._num_devices() > 1 else out[0]

@@ -23,6 +23,7 @@ benchmarks or tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ _CALIBRATION_DOCS = 3 * 65536  # three default blocks (see `_fastest`)
 _CHOSEN: dict[str, str] = {}
 
 
+@functools.cache
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:

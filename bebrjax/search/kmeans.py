@@ -13,7 +13,6 @@ centroids, on any device count.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _ASSIGN_ROWS = 16384  # points per jit'd assignment step
+_PROBE_GROUP = 32  # lists per group of the two-level probe
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -104,27 +104,42 @@ def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _probe(queries: jax.Array, centroids: jax.Array, nprobe: int) -> jax.Array:
-    return jax.lax.top_k(queries @ centroids.T, nprobe)[1]
-
-
 def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
-    """The `nprobe` lists of largest cosine for each query, best first (ties to the lower list).
+    """The `nprobe` lists of largest cosine for each query, best first.
 
     A query's length does not change its ranking of the lists, so queries
-    need not be normalized.
+    need not be normalized. Two levels, as `topk.local_topk` selects: the
+    lists are taken 32 at a time, the nprobe groups of best maximum hold
+    the nprobe best lists (each group ranked ahead holds a distinct one of
+    a list's betters), and those groups' lists are ranked (ties to the lower
+    list). One BLAS product and selections on small arrays: a few
+    microseconds per query at nlist = 4096.
 
     Args:
       queries: float [Q, m].
       centroids: float32 [nlist, m].
-      nprobe: lists per query.
+      nprobe: lists per query, at most nlist.
 
     Returns:
       int64 [Q, nprobe].
     """
-    queries = np.asarray(queries, np.float32)
-    return np.asarray(_probe(queries, jnp.asarray(centroids), int(nprobe))).astype(np.int64)
+    sims = np.asarray(queries, np.float32) @ np.asarray(centroids, np.float32).T
+    num, nlist = sims.shape
+    groups = -(-nlist // _PROBE_GROUP)
+    padded = np.full((num, groups * _PROBE_GROUP), -np.inf, np.float32)
+    padded[:, :nlist] = sims
+    if nprobe < groups:
+        best = padded.reshape(num, groups, _PROBE_GROUP).max(-1)
+        chosen = np.sort(np.argpartition(-best, nprobe - 1, axis=1)[:, :nprobe], axis=1)
+        lists = (chosen[:, :, None] * _PROBE_GROUP + np.arange(_PROBE_GROUP)).reshape(num, -1)
+    else:
+        lists = np.broadcast_to(np.arange(groups * _PROBE_GROUP), padded.shape)
+    values = np.take_along_axis(padded, lists, 1)
+    if nprobe < lists.shape[1]:  # the nprobe best candidates, then ranked
+        keep = np.argpartition(-values, nprobe - 1, axis=1)[:, :nprobe]
+        lists, values = np.take_along_axis(lists, keep, 1), np.take_along_axis(values, keep, 1)
+    order = np.lexsort((lists, -values))
+    return np.take_along_axis(lists, order, 1).astype(np.int64)
 
 
 def chunked(rows: int, read: Callable[[int, int], np.ndarray], size: int) -> Iterator[np.ndarray]:

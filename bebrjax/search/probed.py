@@ -10,7 +10,9 @@ padding costs scans of empty tiles, never a recompile per query.
 The selection is `topk.local_topk`'s two levels, per query: a `lax.scan`
 gathers `chunk` of the query's tiles at a time, scores them and keeps each
 group's best score; one `lax.top_k` over all group maxima picks the k best
-groups, whose documents are scored again. The answer holds every probed
+groups, whose documents are scored again. Where those groups would hold
+as many slots as the scan (k large against a short scan), every
+slot's score is kept and ranked directly instead. The answer holds every probed
 document whose float score beats the k-th returned one (the argument in
 `topk`); ties at the k-th score may resolve to any of the tied documents,
 so `IVFIndex` asks for spare candidates and ranks them exactly on the host.
@@ -66,15 +68,25 @@ def probed_topk(
     filled = jnp.sum(doc_ids >= 0, axis=1)  # a tile's documents come first, then empty slots
     slot = jnp.arange(tile)
 
+    # Rescoring k groups would score more documents than the scan did: rank them all directly.
+    direct = k * group >= width * tile
+    kept = tile if direct else per_tile
+
     def scan_chunk(_, lists):  # lists [Q, chunk]
         block = jax.tree.map(lambda x: x[lists], tiles)  # [Q, chunk, ..., tile]
         scores = jax.vmap(score_fn)(one_query, block)[:, :, 0, :]
         scores = jnp.where(slot < filled[lists][:, :, None], scores, topk.NEG_INF)
+        if direct:
+            return None, scores.reshape(num_queries, chunk * tile)
         return None, scores.reshape(num_queries, chunk * per_tile, group).max(-1)
 
     steps = tile_lists.reshape(num_queries, width // chunk, chunk).transpose(1, 0, 2)
-    _, best = lax.scan(scan_chunk, None, steps)  # [steps, Q, chunk * per_tile]
-    best = best.transpose(1, 0, 2).reshape(num_queries, width * per_tile)
+    _, best = lax.scan(scan_chunk, None, steps)  # [steps, Q, chunk * kept]
+    best = best.transpose(1, 0, 2).reshape(num_queries, width * kept)
+    if direct:
+        top, pos = lax.top_k(best, min(k, width * tile))
+        tile_idx = jnp.take_along_axis(tile_lists, pos // tile, axis=1)
+        return _pad(top, doc_ids[tile_idx, pos % tile], k)
     kg = min(k, width * per_tile)
     _, pos = lax.top_k(best, kg)
     tile_idx = jnp.take_along_axis(tile_lists, pos // per_tile, axis=1)
@@ -89,7 +101,11 @@ def probed_topk(
     ids = gather(doc_ids).reshape(num_queries, kg * group)
     scores = jnp.where(ids >= 0, scores, topk.NEG_INF)
     top, pos = lax.top_k(scores, min(k, kg * group))
-    ids = jnp.take_along_axis(ids, pos, axis=1)
+    return _pad(top, jnp.take_along_axis(ids, pos, axis=1), k)
+
+
+def _pad(top: jax.Array, ids: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """[Q, k' <= k] results padded to k columns with -inf and id -1."""
     if top.shape[1] < k:
         pad = k - top.shape[1]
         top = jnp.pad(top, ((0, 0), (0, pad)), constant_values=topk.NEG_INF)

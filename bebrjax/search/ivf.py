@@ -285,7 +285,10 @@ class IVFIndex:
         if not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k={k} must be a positive integer")
         queries, u_q = self.codes._queries(query_planes)
-        probes = kmeans.probe(queries["ints"].astype(np.float32), self.centroids, int(nprobe))
+        if nprobe == self.nlist:  # every list: no need to rank them
+            probes = np.broadcast_to(np.arange(self.nlist), (len(queries["ints"]), self.nlist))
+        else:
+            probes = kmeans.probe(queries["ints"].astype(np.float32), self.centroids, int(nprobe))
         sizes = self.list_sizes()
         available = sizes[probes].sum(1)
         if len(probes) and available.min() < k:

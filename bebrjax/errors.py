@@ -51,3 +51,18 @@ USER_ERRORS = (
     PartialIndexError,
     OSError,  # a path that cannot be read or written: permissions, a file where a directory goes
 )
+
+
+def read_json(path: str, error: type[ValueError]) -> object:
+    """The JSON value in the file `path`.
+
+    Raises:
+      error: naming `path` when the file is not valid JSON (or not UTF-8).
+    """
+    import json  # stdlib; kept local so that this module imports nothing at load
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None

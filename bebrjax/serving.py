@@ -24,14 +24,13 @@ stack.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from bebrjax.errors import BundleError
+from bebrjax.errors import BundleError, read_json
 from bebrjax.search.index import BinaryIndex
 
 FORMAT = "bebrjax.bundle"
@@ -135,11 +134,7 @@ def load_bundle(path: str, verify: bool = True) -> Bundle:
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
+    manifest = read_json(manifest_path, BundleError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: {MANIFEST} is not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:

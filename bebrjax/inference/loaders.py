@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from jax.sharding import Mesh
 from bebrjax import checkpoint, sharding
 from bebrjax import workdir as wd
 from bebrjax.data.upgrade_splits import labelled_data
+from bebrjax.errors import read_json
 from bebrjax.inference.parts import (
     Binarizer,
     Encoder,
@@ -46,11 +46,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         raise LoadError(f"{workdir}: no such directory")
     if not os.path.isfile(path):
         raise LoadError(f"{workdir}: not a bebrjax workdir (no config.json)")
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{path}: not valid JSON ({e})") from None
+    return ml_collections.ConfigDict(read_json(path, LoadError))
 
 
 def _restore(directory: str, step: int | None, mesh: Mesh, finished: bool, workdir: str):

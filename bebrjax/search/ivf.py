@@ -41,7 +41,6 @@ together crash-safely (`bebrjax.search.storage.write_index`).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -50,7 +49,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bebrjax.errors import IndexFormatError
+from bebrjax.errors import IndexFormatError, read_json
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import kmeans, probed, scoring, storage, topk
 from bebrjax.search.index import BinaryIndex
@@ -500,11 +499,7 @@ def _read_meta(path: str, m: int) -> dict:
             f"{path}: a BinaryIndex without inverted lists (no {IVF_FILE}); build them "
             "with IVFIndex.from_index or python -m bebrjax.ivf"
         )
-    try:
-        with open(name) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"{path}: {IVF_FILE} is not valid JSON ({e})") from None
+    meta = read_json(name, IndexFormatError)
     if not isinstance(meta, dict) or meta.get("format") != IVF_FORMAT:
         raise IndexFormatError(f"{path}: {IVF_FILE} is not a {IVF_FORMAT} file")
     if meta.get("version") != IVF_VERSION:

@@ -34,7 +34,7 @@ import tempfile
 
 import numpy as np
 
-from bebrjax.errors import IndexFormatError
+from bebrjax.errors import IndexFormatError, read_json
 from bebrjax.search import codes as codes_lib
 
 FORMAT = "bebrjax.BinaryIndex"
@@ -213,11 +213,7 @@ def _read_header(path: str) -> dict:
                 "encode command again to finish it"
             )
         raise IndexFormatError(f"{path}: not a saved index (no header.json)")
-    try:
-        with open(header_path) as f:
-            header = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"{path}: header.json is not valid JSON ({e})") from None
+    header = read_json(header_path, IndexFormatError)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise IndexFormatError(
             f"{path}: not a {FORMAT} (format {header.get('format')!r})"

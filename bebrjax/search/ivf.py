@@ -26,11 +26,12 @@ empty tile. A query scans the tiles of its lists, named by index and padded
 with the empty tile to S tiles, S rounded up to 2^j or 3 2^(j-2): a
 handful of compiled shapes whatever the list sizes. The queries of a call
 are batched by how many tiles they scan, so that a batch's longest scan,
-which sets its S, is close to the others. The device
-returns each query's float top k + `topk.SPARE` (`bebrjax.search.probed`);
-the host ranks them exactly (`topk.exact_topk`, or an exact-float sort for
-Hamming and u = 0), and a query whose k-th score is tied past its spare
-candidates is ranked over all its probed documents.
+which sets its S, is close to the others. The device returns each query's
+float top k + `topk.SPARE` (k + max(SPARE, k) for Hamming and u = 0, whose
+integer scores tie often; `bebrjax.search.probed`); the host ranks them
+exactly (`topk.exact_topk`, or an exact-float sort for Hamming and u = 0),
+and a query whose k-th score is tied past its spare candidates is ranked
+over all its probed documents.
 
 On disk an IVF index is a `BinaryIndex` directory (so `BinaryIndex.load`
 still opens it for an exhaustive search) plus `ivf.json`
@@ -41,7 +42,6 @@ together crash-safely (`bebrjax.search.storage.write_index`).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -49,14 +49,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bebrjax.errors import IndexFormatError, read_json
+from bebrjax.errors import IndexFormatError
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import kmeans, probed, scoring, storage, topk
 from bebrjax.search.index import BinaryIndex
+from bebrjax.search.ivf_layout import ListLayout
 from bebrjax.sharding import DATA_AXIS
 
-IVF_FILE, CENTROIDS, LISTS = "ivf.json", "centroids.npy", "lists.npy"
-IVF_FORMAT, IVF_VERSION = "bebrjax.IVFIndex", 1
 _DECODE_ROWS = 65536  # documents decoded at a time
 _PADDING = np.float32(-3.0e38)  # below every score: the host's stand-in for -inf
 _SEARCH_FNS: dict[tuple, Any] = {}
@@ -192,7 +191,7 @@ class IVFIndex:
 
     def _invalidate(self) -> None:
         self._device = None
-        self._order = None
+        self._lists_layout = None
 
     def add(self, planes: np.ndarray, version: str | None = None) -> None:
         """Appends documents (as `BinaryIndex.add`) to the lists of their nearest centroids.
@@ -317,14 +316,9 @@ class IVFIndex:
             scale=2.0**-u_q,
         )
 
-    def _members(self, lists: np.ndarray) -> np.ndarray:
-        """The documents of `lists`, ids ascending."""
-        _, order, starts, sizes = self._sorted()
-        return np.sort(np.concatenate([order[starts[j] : starts[j] + sizes[j]] for j in lists]))
-
     def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray):
         """(ip, norm, ids) of one query against every document of its probed lists."""
-        ids = self._members(lists)
+        ids = self._placement().members(lists)
         return (*self.codes.exact_ints(query_words, ids), ids)
 
     def _exact_floats(self, scores, ids, k, complete, words, probes, u_q):
@@ -336,7 +330,7 @@ class IVFIndex:
         """
         certified = complete | (scores[:, k - 1] > scores[:, -1])
         for row in np.flatnonzero(~certified):
-            every = self._members(probes[row])
+            every = self._placement().members(probes[row])
             ip, _ = self.codes.exact_ints(words[row], every)
             if self.metric == "hamming":
                 floats = -((self.m - ip) // 2).astype(np.float32)
@@ -356,10 +350,10 @@ class IVFIndex:
         num = len(probes)
         if num == 0:
             return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
-        tiles, doc_ids, per_device = self._layout()
+        tiles, doc_ids = self._layout()
         batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))
         # Queries of similar scan lengths share a batch, whose longest sets its padding.
-        by_need = np.argsort(self._sorted()[0][probes].sum(1), kind="stable")
+        by_need = np.argsort(self._placement().scan_lengths(probes), kind="stable")
         scores = np.empty((num, width), np.float32)
         ids = np.empty((num, width), np.int64)
         for start in range(0, num, batch):
@@ -368,7 +362,7 @@ class IVFIndex:
                 key: np.pad(x[rows], [(0, batch - len(rows))] + [(0, 0)] * (x.ndim - 1))
                 for key, x in queries.items()
             }
-            lists = self._tile_lists(probes[rows], batch, per_device)
+            lists = self._placement().tile_lists(probes[rows], batch)
             found = self._search_fn(width, min(self.chunk, lists.shape[-1] & -lists.shape[-1]))(
                 chunk, tiles, doc_ids, lists
             )
@@ -395,67 +389,25 @@ class IVFIndex:
     def _num_devices(self) -> int:
         return self.codes._devices()
 
-    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(tiles per list, documents sorted by (list, id), each list's first position, sizes)."""
-        if self._order is None:
-            sizes = self.list_sizes()
-            order = np.argsort(self._lists, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            self._order = (-(-sizes // self.tile), order, starts, sizes)
-        return self._order
+    def _placement(self) -> ListLayout:
+        """Where each document sits in the tiles (cached until a change)."""
+        if self._lists_layout is None:
+            self._lists_layout = ListLayout(self._lists, self.nlist, self.tile, self._num_devices())
+        return self._lists_layout
 
     def _layout(self):
-        """(tiles pytree, doc ids, tiles per device) on the device(s), cached until a change."""
-        if self._device is not None:
-            return self._device
-        tiles_per_list, order, starts, sizes = self._sorted()
-        first_tile = np.concatenate([[0], np.cumsum(tiles_per_list)[:-1]])
-        devices = self._num_devices()
-        per_device = max(1, -(-int(tiles_per_list.sum()) // devices))
-        lists = self._lists[order]
-        rank = np.arange(len(order)) - starts[lists]
-        tile = first_tile[lists] + rank // self.tile
-        row = tile // per_device * (per_device + 1) + tile % per_device
-        slot = rank % self.tile
-        rows = devices * (per_device + 1)
-
-        def tiled(x: np.ndarray) -> np.ndarray:
-            out = np.zeros((rows, self.tile, *x.shape[1:]), x.dtype)
-            out[row, slot] = x[order]
-            return np.ascontiguousarray(np.moveaxis(out, 1, -1))
-
-        host = jax.tree.map(lambda x: tiled(np.asarray(x)), self.codes._host_arrays())
-        doc_ids = np.full((rows, self.tile), -1, np.int32)
-        doc_ids[row, slot] = order
-        if devices > 1:
-            sharding = NamedSharding(self.codes.mesh, P(DATA_AXIS))
-            placed = jax.device_put((host, doc_ids), sharding)
-        else:
-            placed = jax.device_put((host, doc_ids))
-        self._device = (*placed, per_device)
+        """(tiles pytree, doc ids) on the device(s), cached until a change."""
+        if self._device is None:
+            placement = self._placement()
+            host = jax.tree.map(lambda x: placement.tiled(np.asarray(x)), self.codes._host_arrays())
+            doc_ids = placement.doc_ids()
+            if self._num_devices() > 1:
+                sharding = NamedSharding(self.codes.mesh, P(DATA_AXIS))
+                placed = jax.device_put((host, doc_ids), sharding)
+            else:
+                placed = jax.device_put((host, doc_ids))
+            self._device = placed
         return self._device
-
-    def _tile_lists(self, probes: np.ndarray, batch: int, per_device: int) -> np.ndarray:
-        """Local tile indices each query scans on each device: int32 [devices, batch, S]."""
-        tiles_per_list, *_ = self._sorted()
-        first_tile = np.concatenate([[0], np.cumsum(tiles_per_list)[:-1]])
-        counts = tiles_per_list[probes].ravel()
-        query = np.repeat(np.repeat(np.arange(len(probes)), probes.shape[1]), counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        tile = np.repeat(first_tile[probes].ravel(), counts) + offset
-        device, local = tile // per_device, tile % per_device
-        if self._num_devices() > 1:  # group by device, each still in query order
-            order = np.argsort(device, kind="stable")
-            device, query, local = device[order], query[order], local[order]
-        key = device * batch + query  # non-decreasing
-        position = np.arange(len(key)) - np.searchsorted(key, key)
-        longest = int(position.max()) + 1 if len(position) else 1
-        width = 1 << (longest - 1).bit_length()  # 2^j or 3 2^(j-2): few compiled shapes
-        if width >= 4 and longest <= 3 * width // 4:
-            width = 3 * width // 4
-        out = np.full((self._num_devices(), batch, width), per_device, np.int32)
-        out[device, query, position] = local
-        return out if self._num_devices() > 1 else out[0]
 
     # --- storage -----------------------------------------------------------------------------
 
@@ -463,9 +415,11 @@ class IVFIndex:
         """Writes the index (codes, centroids, lists) to directory `path`, crash-safely."""
         self._check_trained()
         arrays, header = self.codes.saved_parts()
-        arrays.update({CENTROIDS: self.centroids, LISTS: self._lists.astype("<i4")})
-        meta = {"format": IVF_FORMAT, "version": IVF_VERSION, "nlist": self.nlist, "m": self.m}
-        storage.write_index(path, arrays, json_files={IVF_FILE: meta}, **header)
+        arrays[storage.CENTROIDS] = self.centroids
+        arrays[storage.LISTS] = self._lists.astype("<i4")
+        meta = {"format": storage.IVF_FORMAT, "version": storage.IVF_VERSION}
+        meta.update(nlist=self.nlist, m=self.m)
+        storage.write_index(path, arrays, json_files={storage.IVF_FILE: meta}, **header)
 
     @classmethod
     def load(cls, path: str, **kwargs: Any) -> IVFIndex:
@@ -481,38 +435,13 @@ class IVFIndex:
         """
         codes_kwargs = {key: kwargs.pop(key) for key in ("kernel", "mesh") if key in kwargs}
         codes = BinaryIndex.load(path, **codes_kwargs)
-        meta = _read_meta(path, codes.m)
-        centroids = storage.load_array(path, CENTROIDS, (meta["nlist"], codes.m), "<f4")
-        lists = storage.load_array(path, LISTS, (codes.ntotal,), "<i4")
+        meta = storage.read_ivf_meta(path, codes.m)
+        centroids = storage.load_array(path, storage.CENTROIDS, (meta["nlist"], codes.m), "<f4")
+        lists = storage.load_array(path, storage.LISTS, (codes.ntotal,), "<i4")
         if codes.ntotal and not 0 <= lists.min() <= lists.max() < meta["nlist"]:
-            raise IndexFormatError(f"{path}: {LISTS} holds lists outside [0, {meta['nlist']})")
+            raise IndexFormatError(
+                f"{path}: {storage.LISTS} holds lists outside [0, {meta['nlist']})"
+            )
         ivf = cls._over(codes, meta["nlist"], **kwargs)
         ivf.centroids, ivf._lists = np.asarray(centroids, np.float32), lists
         return ivf
-
-
-def _read_meta(path: str, m: int) -> dict:
-    """ivf.json of the index at `path`, checked against the codes' width m."""
-    name = os.path.join(path, IVF_FILE)
-    if not os.path.isfile(name):
-        raise IndexFormatError(
-            f"{path}: a BinaryIndex without inverted lists (no {IVF_FILE}); build them "
-            "with IVFIndex.from_index or python -m bebrjax.ivf"
-        )
-    meta = read_json(name, IndexFormatError)
-    if not isinstance(meta, dict) or meta.get("format") != IVF_FORMAT:
-        raise IndexFormatError(f"{path}: {IVF_FILE} is not a {IVF_FORMAT} file")
-    if meta.get("version") != IVF_VERSION:
-        raise IndexFormatError(
-            f"{path}: {IVF_FILE} format version {meta.get('version')} is not supported "
-            f"(this bebrjax reads version {IVF_VERSION})"
-        )
-    nlist = meta.get("nlist")
-    if not isinstance(nlist, int) or isinstance(nlist, bool) or nlist < 1:
-        raise IndexFormatError(f"{path}: {IVF_FILE}: nlist={nlist!r} is not a positive count")
-    if meta.get("m") != m:
-        raise IndexFormatError(
-            f"{path}: {IVF_FILE}: the lists were trained for m={meta.get('m')}, "
-            f"the codes have m={m}"
-        )
-    return meta

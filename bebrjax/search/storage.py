@@ -12,7 +12,9 @@
   * `inv_norms.npy`: float32 [count], 1/||b|| of each code;
   * `versions.npy` (only when there is more than one version): uint8
     [count], each document's index into "versions".
-An index of one version writes exactly the first three files. Version-1
+An `IVFIndex` adds `ivf.json`, `centroids.npy` and `lists.npy` (see
+`bebrjax.search.ivf`; `read_ivf_meta` checks the first). An index of one
+version writes exactly the first three files. Version-1
 directories (no "versions", no versions.npy) still load, as one version
 named "default". `read_index` memory-maps the arrays copy-on-write
 (mmap_mode="c"): changing a loaded index never writes into its files.
@@ -41,6 +43,8 @@ FORMAT = "bebrjax.BinaryIndex"
 VERSION = 2
 HEADER, CODES, NORMS, VERSIONS = "header.json", "codes.npy", "inv_norms.npy", "versions.npy"
 PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
+IVF_FILE, CENTROIDS, LISTS = "ivf.json", "centroids.npy", "lists.npy"  # an IVFIndex's additions
+IVF_FORMAT, IVF_VERSION = "bebrjax.IVFIndex", 1
 MAX_VERSIONS = 256  # a document's version is a uint8
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux): swap two paths atomically
 
@@ -314,3 +318,30 @@ def read_index(path: str) -> StoredIndex:
         inv_norms=load_array(path, NORMS, (count,), "<f4"),
         doc_versions=doc_versions,
     )
+
+
+def read_ivf_meta(path: str, m: int) -> dict:
+    """ivf.json of the index at `path`, checked against the codes' width m."""
+    name = os.path.join(path, IVF_FILE)
+    if not os.path.isfile(name):
+        raise IndexFormatError(
+            f"{path}: a BinaryIndex without inverted lists (no {IVF_FILE}); build them "
+            "with IVFIndex.from_index or python -m bebrjax.ivf"
+        )
+    meta = read_json(name, IndexFormatError)
+    if not isinstance(meta, dict) or meta.get("format") != IVF_FORMAT:
+        raise IndexFormatError(f"{path}: {IVF_FILE} is not a {IVF_FORMAT} file")
+    if meta.get("version") != IVF_VERSION:
+        raise IndexFormatError(
+            f"{path}: {IVF_FILE} format version {meta.get('version')} is not supported "
+            f"(this bebrjax reads version {IVF_VERSION})"
+        )
+    nlist = meta.get("nlist")
+    if not isinstance(nlist, int) or isinstance(nlist, bool) or nlist < 1:
+        raise IndexFormatError(f"{path}: {IVF_FILE}: nlist={nlist!r} is not a positive count")
+    if meta.get("m") != m:
+        raise IndexFormatError(
+            f"{path}: {IVF_FILE}: the lists were trained for m={meta.get('m')}, "
+            f"the codes have m={m}"
+        )
+    return meta

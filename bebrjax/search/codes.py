@@ -80,3 +80,35 @@ def inverse_norms(planes: np.ndarray) -> np.ndarray:
     u = planes.shape[1] - 1
     squared = np.einsum("nm,nm->n", scaled, scaled).astype(np.float64) / 4.0**u
     return (1.0 / np.sqrt(squared)).astype(np.float32)
+
+
+def query_codes(query_planes: np.ndarray, m: int, metric: str) -> tuple[dict[str, np.ndarray], int]:
+    """Query planes checked for an index of width m, as its search takes them.
+
+    Args:
+      query_planes: int8 [Q, u_q+1, m_q] of +-1 ([Q, m_q] is u_q = 0), u_q in
+        0..3, m_q >= m (compared on the first m coordinates).
+      m: the index's width.
+      metric: the index's metric ("hamming" takes one-plane queries only).
+
+    Returns:
+      ({"words": packed planes [Q, u_q+1, W], "ints": 2^u_q b [Q, m] int8}, u_q).
+
+    Raises:
+      ValueError: naming the problem (shape, width, values, u for Hamming).
+    """
+    planes = np.asarray(query_planes)
+    if planes.ndim == 2:
+        planes = planes[:, None, :]
+    if planes.ndim != 3 or not 1 <= planes.shape[1] <= 4:
+        raise ValueError(
+            f"query_planes must have shape [Q, u+1, m] with u in 0..3; "
+            f"got {list(np.shape(query_planes))}"
+        )
+    u_q, m_q = planes.shape[1] - 1, planes.shape[2]
+    if m_q < m:
+        raise ValueError(f"query_planes have width m={m_q}, narrower than the index's m={m}")
+    if metric == "hamming" and u_q:
+        raise ValueError(f"metric='hamming' needs one-plane queries (u=0); got u={u_q}")
+    planes = check_planes(planes, m_q, u_q, "query_planes")[:, :, :m]
+    return {"words": pack(planes), "ints": decode_int(planes)}, u_q

@@ -326,28 +326,8 @@ class BinaryIndex(BlockedIndex):
         )
 
     def _queries(self, query_planes: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-        """Checked query planes as the search takes them ({"words", "ints"}) and their u.
-
-        Raises:
-          ValueError: as `search` says.
-        """
-        planes = np.asarray(query_planes)
-        if planes.ndim == 2:
-            planes = planes[:, None, :]
-        if planes.ndim != 3 or not 1 <= planes.shape[1] <= 4:
-            raise ValueError(
-                f"query_planes must have shape [Q, u+1, m] with u in 0..3; "
-                f"got {list(np.shape(query_planes))}"
-            )
-        u_q, m_q = planes.shape[1] - 1, planes.shape[2]
-        if m_q < self.m:
-            raise ValueError(
-                f"query_planes have width m={m_q}, narrower than the index's m={self.m}"
-            )
-        if self.metric == "hamming" and u_q:
-            raise ValueError(f"metric='hamming' needs one-plane queries (u=0); got u={u_q}")
-        planes = codes_lib.check_planes(planes, m_q, u_q, "query_planes")[:, :, : self.m]
-        return {"words": codes_lib.pack(planes), "ints": codes_lib.decode_int(planes)}, u_q
+        """Checked query planes as the search takes them, and their u (`codes.query_codes`)."""
+        return codes_lib.query_codes(query_planes, self.m, self.metric)
 
     def exact_ints(
         self, query_words: np.ndarray, ids: np.ndarray | None = None

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from bebrjax import cli
 from bebrjax.errors import ConfigError, DataError
-from bebrjax.search import BinaryIndex, handoff
+from bebrjax.search import BinaryIndex, handoff, storage
 
 
 def write_faiss(
@@ -86,11 +86,7 @@ def write_faiss(
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
-        directory = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a crash
-        finally:
-            os.close(directory)
+        storage.fsync_dir(parent)  # the rename itself survives a crash
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -14,7 +14,7 @@ centroids, on any device count.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -144,9 +144,3 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
     centroids = np.pad(np.asarray(centroids, np.float32), ((0, padded - nlist), (0, 0)))
     queries = np.asarray(queries, np.float32)
     return np.asarray(_probe(queries, centroids, int(nprobe), nlist)).astype(np.int64)
-
-
-def chunked(rows: int, read: Callable[[int, int], np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """read(start, stop) over [0, rows) in chunks of `size` rows."""
-    for start in range(0, rows, size):
-        yield read(start, min(rows, start + size))

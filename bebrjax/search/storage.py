@@ -96,7 +96,8 @@ def staging_dir(path: str, prefix: str) -> str:
     return tmp
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Syncs a directory, so that the renames in it survive a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -135,7 +136,7 @@ def move_into_place(tmp: str, path: str) -> None:
     contents are first moved aside (and moved back if the second rename
     fails), a short window in which `path` is absent.
     """
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.lexists(path):
         os.replace(tmp, path)
@@ -151,7 +152,7 @@ def move_into_place(tmp: str, path: str) -> None:
             raise
         finally:
             shutil.rmtree(os.path.dirname(old), ignore_errors=True)
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def write_index(

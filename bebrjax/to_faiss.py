@@ -1,7 +1,7 @@
 """Write a saved `BinaryIndex` as a faiss index file.
 
     python -m bebrjax.to_faiss --index DIR --out FILE [--kind flat|ivf|hnsw] \
-        [--nlist N] [--hnsw-m M]
+        [--nlist N] [--hnsw-m M] [--overwrite]
 
 The faiss index holds the same documents with the same ids (see
 `bebrjax.search.handoff` for the index types and how their scores relate to
@@ -9,7 +9,7 @@ bebrjax's): codes of u = 0 are written with `faiss.write_index_binary`
 (read back with `faiss.read_index_binary`), codes of u >= 1 with
 `faiss.write_index` (`faiss.read_index`). FILE is written beside itself and
 moved into place when complete, so it is never half-written; an existing
-FILE is replaced. A bad index, flag or output path, or faiss missing, is one
+FILE is kept unless `--overwrite` is given. A bad index, flag or output path, or faiss missing, is one
 line on stderr and exit status 2.
 """
 
@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from bebrjax import cli
+from bebrjax import workdir as wd
 from bebrjax.errors import ConfigError, DataError
 from bebrjax.search import BinaryIndex, handoff, storage
 
@@ -34,15 +35,17 @@ def write_faiss(
     *,
     nlist: int | None = None,
     hnsw_m: int = 32,
+    overwrite: bool = False,
 ) -> dict:
     """Builds the faiss index of the saved index at `index_path` and writes it to `out`.
 
     Args:
       index_path: a saved `BinaryIndex` directory.
-      out: the faiss index file to write (replaced if it exists).
+      out: the faiss index file to write.
       kind: "flat", "ivf" or "hnsw" (`handoff.to_faiss`).
       nlist: the inverted lists of "ivf" (default: from the documents).
       hnsw_m: the graph's neighbours per node of "hnsw".
+      overwrite: replace an existing file `out` (never a directory).
 
     Returns:
       A summary: out, documents, kind, faiss_class, bytes, seconds.
@@ -52,6 +55,7 @@ def write_faiss(
       IndexFormatError: when `index_path` is no readable index;
       DataError: when the index cannot be handed off (empty, mixed u, nlist
         above the documents);
+      OutputExistsError: when `out` exists and overwrite is False, or is a directory;
       OSError: when `out` cannot be written;
       FaissMissingError: when faiss is not installed.
     """
@@ -64,8 +68,7 @@ def write_faiss(
         raise ConfigError(f"--hnsw-m {hnsw_m}: must be >= 2")
     faiss = handoff.import_faiss()
     index = BinaryIndex.load(index_path)
-    if os.path.isdir(out):
-        raise IsADirectoryError(f"{out}: is a directory, not a file to write the faiss index to")
+    wd.refuse_existing(out, overwrite)
     # The temporary file first (mode as the umask says): an unwritable place fails early.
     parent = os.path.dirname(out) or "."
     tmp = os.path.join(parent, f".{os.path.basename(out)}.{secrets.token_hex(4)}.tmp")
@@ -112,11 +115,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="flat", help="flat, ivf or hnsw (flat)")
     p.add_argument("--nlist", type=int, help="inverted lists of ivf (default ~4 sqrt(docs))")
     p.add_argument("--hnsw-m", type=int, default=32, help="graph neighbours of hnsw (32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
 
 def _command(args: argparse.Namespace) -> None:
-    summary = write_faiss(args.index, args.out, args.kind, nlist=args.nlist, hnsw_m=args.hnsw_m)
+    summary = write_faiss(
+        args.index,
+        args.out,
+        args.kind,
+        nlist=args.nlist,
+        hnsw_m=args.hnsw_m,
+        overwrite=args.overwrite,
+    )
     line = (
         f"wrote {summary['documents']} documents as faiss {summary['faiss_class']} "
         f"({summary['kind']}) to {summary['out']}: {summary['bytes']} bytes, "

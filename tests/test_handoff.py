@@ -186,6 +186,12 @@ def test_command_writes_a_faiss_index(tmp_path, capsys, u, kind, read):
     back = getattr(faiss, read)(out)
     assert back.ntotal == 500 and type(back).__name__ == summary["faiss_class"]
     assert sorted(os.listdir(tmp_path)) == ["gallery.faiss", "index"]  # no temporary left
+    before = os.path.getmtime(out)
+    assert command.main(["--index", str(tmp_path / "index"), "--out", out, "--kind", kind]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert os.path.getmtime(out) == before  # kept
+    argv = ["--index", str(tmp_path / "index"), "--out", out, "--kind", kind, "--overwrite"]
+    assert command.main(argv) == 0 and getattr(faiss, read)(out).ntotal == 500
 
 
 def test_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):

@@ -118,6 +118,13 @@ def test_kmeans_is_seeded_and_fills_every_list():
     assert len(np.unique(kmeans.assign(iter([points]), a))) == 16
 
 
+def test_kmeans_assigns_in_blocks_without_changing_the_centroids(monkeypatch):
+    points = np.random.default_rng(2).standard_normal((601, 8))  # 601: a padded last block
+    whole = kmeans.train(points, 16, seed=4)
+    monkeypatch.setattr(kmeans, "_BLOCK_PRODUCTS", 16 * 64)  # 64 points per block
+    np.testing.assert_allclose(kmeans.train(points, 16, seed=4), whole, atol=1e-6)
+
+
 def test_rescoring_ranks_the_shortlist_by_exact_float_products(galleries, tmp_path):
     _, queries, index, ivf = galleries[(1, "ip")]
     rng = np.random.default_rng(5)

@@ -310,7 +310,9 @@ def run(args, faiss) -> dict:
     queries = data.query[TRAIN_PAIRS + true_ids]
     del data
     nlist = args.nlist or 2 ** round(math.log2(4 * math.sqrt(args.n)))
-    probes = [2**i for i in range(int(math.log2(max(1, nlist // 4))) + 1)]
+    # Powers of two and the midpoints 3 * 2^(i-1) between them, up to nlist / 4.
+    probes = sorted({c * 2**i for i in range(nlist.bit_length()) for c in (2, 3)} | {1})
+    probes = [p for p in probes if p <= max(1, nlist // 4)]
     rows = []
     for u, model in models.items():
         _log(f"u={u}: encoding the gallery and the queries")

@@ -2,8 +2,10 @@
 
 Points and centroids are unit vectors and a point belongs to the centroid
 of largest inner product (cosine), the geometry SDC ranks by. Training
-(Lloyd's iterations, `train`) is one jit'd loop: assign every point, then
-each centroid becomes the normalized sum of its points. A centroid that
+(Lloyd's iterations, `train`) is one jit'd loop: assign every point (a
+block of points at a time, so a large sample times many lists never holds
+all its products in memory), then each centroid becomes the normalized
+sum of its points. A centroid that
 loses all its points is moved to the point its own centroid serves worst
 (the lowest cosine), one per empty centroid, so no list stays empty while
 points remain far from their centre. Initialization draws `nlist` distinct
@@ -22,6 +24,7 @@ import numpy as np
 
 _ASSIGN_ROWS = 16384  # points per jit'd assignment step
 _PROBE_GROUP = 32  # lists per group of the two-level probe
+_BLOCK_PRODUCTS = 1 << 24  # point-centroid products held at once in training (64 MiB)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -31,27 +34,41 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1).astype(np.float32)
 
 
-def _lloyd(points: jax.Array, centroids: jax.Array, iters: int) -> jax.Array:
-    """`iters` spherical Lloyd steps from `centroids` [nlist, m] over unit `points` [n, m]."""
+def _lloyd(points: jax.Array, weights: jax.Array, centroids: jax.Array, iters: int) -> jax.Array:
+    """`iters` spherical Lloyd steps from `centroids` [nlist, m] over unit `points`.
+
+    `points` [blocks, rows, m] are assigned a block at a time, so memory
+    holds one [rows, nlist] block of products, never all n x nlist of them;
+    `weights` [blocks, rows] are 1 for points and 0 for padding rows.
+    """
     nlist = centroids.shape[0]
+    flat = points.reshape(-1, points.shape[-1])
+    real = weights.reshape(-1) > 0
 
     def step(_, c):
-        sims = points @ c.T
-        assign = jnp.argmax(sims, axis=1)
-        best = jnp.max(sims, axis=1)
-        sums = jax.ops.segment_sum(points, assign, num_segments=nlist)
-        counts = jax.ops.segment_sum(jnp.ones_like(best), assign, num_segments=nlist)
+        def nearest(block):
+            sims = block @ c.T
+            return jnp.argmax(sims, axis=1), jnp.max(sims, axis=1)
+
+        assign, best = (x.reshape(-1) for x in jax.lax.map(nearest, points))
+        sums = jax.ops.segment_sum(flat, assign, num_segments=nlist)  # padding rows are zero
+        counts = jax.ops.segment_sum(weights.reshape(-1), assign, num_segments=nlist)
         moved = sums / jnp.maximum(jnp.linalg.norm(sums, axis=1, keepdims=True), 1e-30)
         # Empty centroids take the worst-served points, the i-th empty one the i-th worst.
         empty = counts == 0
-        worst = jnp.argsort(best)[:nlist]
+        worst = jnp.argsort(jnp.where(real, best, jnp.inf))[:nlist]
         rank = jnp.cumsum(empty) - 1
-        return jnp.where(empty[:, None], points[worst[rank]], moved)
+        return jnp.where(empty[:, None], flat[worst[rank]], moved)
 
     return jax.lax.fori_loop(0, iters, step, centroids)
 
 
-_LLOYD = jax.jit(_lloyd, static_argnums=2)
+def _block_rows(n: int, nlist: int) -> int:
+    """Points per assignment block: about `_BLOCK_PRODUCTS` products, at most n."""
+    return max(1, min(n, _BLOCK_PRODUCTS // nlist))
+
+
+_LLOYD = jax.jit(_lloyd, static_argnums=3)
 
 
 def train(points: np.ndarray, nlist: int, *, iters: int = 20, seed: int = 0) -> np.ndarray:
@@ -75,7 +92,19 @@ def train(points: np.ndarray, nlist: int, *, iters: int = 20, seed: int = 0) -> 
     if len(points) < nlist:
         raise ValueError(f"k-means needs at least nlist={nlist} points; got {len(points)}")
     start = np.random.default_rng(seed).choice(len(points), nlist, replace=False)
-    centroids = _LLOYD(jnp.asarray(points), jnp.asarray(points[np.sort(start)]), int(iters))
+    initial = points[np.sort(start)]
+    rows = _block_rows(len(points), nlist)
+    blocks = -(-len(points) // rows)
+    weights = np.zeros(blocks * rows, np.float32)
+    weights[: len(points)] = 1
+    points = np.pad(points, ((0, blocks * rows - len(points)), (0, 0)))
+    shape = (blocks, rows, points.shape[1])
+    centroids = _LLOYD(
+        jnp.asarray(points.reshape(shape)),
+        jnp.asarray(weights.reshape(shape[:2])),
+        jnp.asarray(initial),
+        int(iters),
+    )
     return np.asarray(centroids, np.float32)
 
 

@@ -9,8 +9,8 @@ bebrjax's): codes of u = 0 are written with `faiss.write_index_binary`
 (read back with `faiss.read_index_binary`), codes of u >= 1 with
 `faiss.write_index` (`faiss.read_index`). FILE is written beside itself and
 moved into place when complete, so it is never half-written; an existing
-FILE is kept unless `--overwrite` is given. A bad index, flag or output path, or faiss missing, is one
-line on stderr and exit status 2.
+FILE is kept unless `--overwrite` is given. A bad index, flag or output
+path, or faiss missing, is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations

@@ -53,12 +53,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from bebrjax import report
+from bebrjax.benchmarks import ivf_report
 from bebrjax.benchmarks.search import best_times
 from bebrjax.data.synthetic import get_data
 from bebrjax.encode import as_binarizer
 from bebrjax.inference import Binarizer
-from bebrjax.search import BinaryIndex
+from bebrjax.search import BinaryIndex, kmeans
+from bebrjax.search.codes import query_codes
 from bebrjax.search.handoff import faiss_queries, to_faiss
 from bebrjax.search.ivf import IVFIndex
 from bebrjax.search.kernels import cpu_name
@@ -126,6 +127,7 @@ class Family:
         self.name, self.exact, self.true_ids, self.repeats = name, exact, true_ids, repeats
         self.kth: np.ndarray | None = None  # exact score of each query's exhaustive 10th
         self.rows: list[dict] = []
+        self.split: list[dict] = []  # `time_split`'s rows (u = 0)
 
     def _true(self, ids: np.ndarray | None) -> float | None:
         """How often the true pair is among `ids` [Q, k] (None: not searched)."""
@@ -143,13 +145,11 @@ class Family:
           bytes_per_doc: the index's size per document.
         """
         for setting in settings:
-            ids10 = search(setting, 10)  # also the warm-up (compilation)
-            try:
-                ids100 = search(setting, 100)
-            except ValueError as e:  # a bebrjax IVF whose probed lists hold under 100 docs
-                if "probed lists hold only" not in str(e):
-                    raise
-                ids100 = None
+            ids10 = _answerable(search, setting, 10)  # also the warm-up (compilation)
+            if ids10 is None:
+                _log(f"{self.name} {method} {knob}={setting}: too few documents for k = 10")
+                continue
+            ids100 = _answerable(search, setting, 100)
             fns = {10: functools.partial(search, setting, 10)}
             if ids100 is not None:
                 fns[100] = functools.partial(search, setting, 100)
@@ -175,11 +175,25 @@ class Family:
                 break
 
 
+def _answerable(search, setting: int, k: int) -> np.ndarray | None:
+    """search(setting, k), or None where a bebrjax IVF's probed lists hold under k docs."""
+    try:
+        return search(setting, k)
+    except ValueError as e:
+        if "probed lists hold only" not in str(e):
+            raise
+        return None
+
+
 def at_target(rows: list[dict], family: str, method: str) -> dict | None:
     """The row of the smallest setting of `method` reaching Recall@10 of exhaustive >= 0.95."""
     mine = [r for r in rows if (r["family"], r["method"]) == (family, method)]
     hits = [r for r in mine if r["recall10_exhaustive"] >= TARGET]
     return min(hits, key=lambda r: r["setting"]) if hits else None
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _ratio(a: dict | None, b: dict | None) -> float | None:
@@ -210,6 +224,34 @@ def _faiss_search(index, x: np.ndarray, knob: str) -> Callable[[int, int], np.nd
     return search
 
 
+def time_split(family: Family, ivf: IVFIndex, queries, fivf, fq) -> list[dict]:
+    """Where each IVF's time goes at its smallest nprobe reaching the target recall.
+
+    The probe alone (ranking the lists: bebrjax's `kmeans.probe` on the
+    float centroids, faiss's binary quantizer search) against the whole
+    search at k = 10; the rest is scanning the lists and ranking their
+    documents. Milliseconds per 1000 queries.
+    """
+    ints = query_codes(queries, ivf.m, ivf.metric)[0]["ints"].astype(np.float32)
+    probes = {
+        "bebrjax IVF": lambda p: kmeans.probe(ints, ivf.centroids, p),
+        "faiss BinaryIVF": lambda p: fivf.quantizer.search(fq, p),
+    }
+    out = []
+    for method, probe in probes.items():
+        row = at_target(family.rows, family.name, method)
+        if row is None:
+            continue
+        nprobe = row["setting"]
+        probe(nprobe)  # compiled
+        seconds = best_times({"probe": functools.partial(probe, nprobe)}, family.repeats)
+        probe_ms = seconds["probe"] * 1e6 / len(queries)
+        out.append(
+            dict(method=method, nprobe=nprobe, probe_ms=probe_ms, whole_ms=1e6 / row["qps10"])
+        )
+    return out
+
+
 def binary_family(faiss, args, u: int, docs, queries, true_ids, nlist: int, probes) -> Family:
     """The u = 0 (Hamming) or u = 1 (SDC) family: exhaustive, bebrjax IVF, faiss."""
     family = Family(f"u{u}", lambda ids: sdc_scores(queries, docs, ids), true_ids, args.repeats)
@@ -228,6 +270,8 @@ def binary_family(faiss, args, u: int, docs, queries, true_ids, nlist: int, prob
     fivf, build = _timed(lambda: to_faiss(index, "ivf", nlist=nlist, seed=args.seed))
     name, code = ("faiss IVF-SQ8 (raw IP)" if u else "faiss BinaryIVF"), fivf.code_size
     family.sweep(name, "nprobe", probes, _faiss_search(fivf, fq, "nprobe"), build, code + 8)
+    if u == 0:
+        family.split = time_split(family, ivf, queries, fivf, fq)
     if u == 0 and not args.skip_hnsw:
         hnsw = faiss.IndexBinaryHNSW(8 * fq.shape[1], HNSW_M)
         convert = functools.partial(faiss_queries, index)
@@ -260,36 +304,6 @@ def float_family(faiss, args, docs, queries, true_ids, nlist: int, probes) -> Fa
     return family
 
 
-def table(rows: list[dict]) -> str:
-    """The rows as a markdown table."""
-    head = ["family", "method", "setting", "R@10 exh", "R@10 true", "R@100 true"]
-    head += ["q/s k=10", "q/s k=100", "build s", "bytes/doc"]
-    formats = {"recall10_exhaustive": ".3f", "recall10_true": ".3f", "recall100_true": ".3f"}
-    formats.update(qps10=",.0f", qps100=",.0f", build_s=".1f", bytes_per_doc="")
-    body = [
-        [r["family"], r["method"], "-" if r["knob"] == "-" else f"{r['knob']}={r['setting']}"]
-        + ["-" if r[key] is None else format(r[key], f) for key, f in formats.items()]
-        for r in rows
-    ]
-    return report.table(head, body)
-
-
-def plot(path: str, rows: list[dict]) -> None:
-    """Recall@10 (of exhaustive; of the true pair) against q/s at k = 10, one line per method."""
-    fig, axes = report._subplots(1, 2, figsize=(13, 5))
-    styles = {"u0": "o-", "u1": "s--", "float": "^:"}
-    for family, method in dict.fromkeys((r["family"], r["method"]) for r in rows):
-        mine = [r for r in rows if (r["family"], r["method"]) == (family, method)]
-        for ax, key in zip(axes, ("recall10_exhaustive", "recall10_true"), strict=True):
-            x, y = [r[key] for r in mine], [r["qps10"] for r in mine]
-            ax.plot(x, y, styles[family], label=f"{family}: {method}")
-    for ax, what in zip(axes, ("its family's exhaustive top 10", "the true pair"), strict=True):
-        ax.set(yscale="log", xlabel=f"Recall@10 of {what}", ylabel="queries/s (k = 10)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    report._save(fig, path)
-
-
 def run(args, faiss) -> dict:
     """Trains, encodes, builds and sweeps every family; returns the figures."""
     faiss.omp_set_num_threads(args.threads)
@@ -313,12 +327,13 @@ def run(args, faiss) -> dict:
     # Powers of two and the midpoints 3 * 2^(i-1) between them, up to nlist / 4.
     probes = sorted({c * 2**i for i in range(nlist.bit_length()) for c in (2, 3)} | {1})
     probes = [p for p in probes if p <= max(1, nlist // 4)]
-    rows = []
+    rows, split = [], []
     for u, model in models.items():
         _log(f"u={u}: encoding the gallery and the queries")
         planes = encode(model, docs, f"encode u={u}")
         qplanes = encode(model, queries, f"queries u={u}")
-        rows += binary_family(faiss, args, u, planes, qplanes, true_ids, nlist, probes).rows
+        family = binary_family(faiss, args, u, planes, qplanes, true_ids, nlist, probes)
+        rows, split = rows + family.rows, split + family.split
         del planes
     rows += float_family(faiss, args, docs, queries, true_ids, nlist, probes).rows
     methods = dict.fromkeys((r["family"], r["method"]) for r in rows)
@@ -338,29 +353,13 @@ def run(args, faiss) -> dict:
         "ivf_vs_faiss_ivf_at_0.95": _ratio(best["u0/bebrjax IVF"], best["u0/faiss BinaryIVF"]),
         "u1_ivf_speedup_at_0.95": _ratio(best["u1/bebrjax IVF"], best[EXHAUSTIVE_U1]),
         "settings_at_0.95": {key: r and r["setting"] for key, r in best.items()},
-        "rows": [
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        ],
+        "u0_time_split": [{k: _round(v) for k, v in r.items()} for r in split],
+        "rows": [{k: _round(v) for k, v in r.items()} for r in rows],
     }
     out["plot"] = args.plot or os.path.join(root, "ivf_recall_speed.png")
-    plot(out["plot"], rows)
+    ivf_report.plot(out["plot"], rows)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
-
-
-def headlines(out: dict) -> list[str]:
-    """Per method, its smallest setting reaching Recall@10 of exhaustive >= 0.95; the ratios."""
-    lines = [
-        f"{out['cpu']}, {out['backend']}, faiss {out['faiss_version']} ({out['threads']} threads);"
-        f" n = {out['n']:,}, {out['queries']} queries, d = m = {out['dim']}, nlist {out['nlist']}"
-    ]
-    for key, setting in out["settings_at_0.95"].items():
-        lines.append(f"  {key}: " + ("never reaches" if setting is None else f"setting {setting}"))
-    for key in ("ivf_speedup_at_0.95", "ivf_vs_faiss_ivf_at_0.95", "u1_ivf_speedup_at_0.95"):
-        value = out[key]
-        lines.append(f"{key}: " + ("n/a (0.95 not reached)" if value is None else f"{value:.2f}x"))
-    lines.append(f"plot: {out['plot']}; peak RSS {out['peak_rss_mib']:,.0f} MiB")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: needs faiss-cpu: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     out = run(args, faiss)
-    print(table(out["rows"]))
-    print("\n".join(headlines(out)))
+    print(ivf_report.table(out["rows"]))
+    print(ivf_report.split_table(out["u0_time_split"]))
+    print("\n".join(ivf_report.headlines(out)))
     print(json.dumps(out))
     return 0
 

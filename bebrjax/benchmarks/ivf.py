@@ -32,7 +32,10 @@ true pair: the query's own doc among the first 10 of a k = 10 search / the
 after a warm-up, for k = 10 and k = 100 (an IVF whose probed lists hold
 fewer than 100 documents cannot answer k = 100: "-"). Bytes per doc are the
 codes plus per-doc list ids / graph links (HNSW: approximately 8 M).
-It prints a table, headlines, writes a recall-speed plot and, last, one JSON line.
+For u = 0 it also times each IVF's probe alone at its smallest nprobe
+reaching Recall@10 >= 0.95, against its whole search (where the time goes).
+It prints the tables, headlines, writes a recall-speed plot and, last, one
+JSON line.
 Needs faiss-cpu (`pip install -e ".[bench]"`).
 """
 

@@ -2,13 +2,13 @@
 
 Points and centroids are unit vectors and a point belongs to the centroid
 of largest inner product (cosine), the geometry SDC ranks by. Training
-(Lloyd's iterations, `train`) is one jit'd loop: assign every point (a
-block of points at a time, so a large sample times many lists never holds
-all its products in memory), then each centroid becomes the normalized
-sum of its points. A centroid that
-loses all its points is moved to the point its own centroid serves worst
-(the lowest cosine), one per empty centroid, so no list stays empty while
-points remain far from their centre. Initialization draws `nlist` distinct
+(Lloyd's iterations, `train`) is one jit'd loop: assign every point, then
+each centroid becomes the normalized sum of its points. Training and
+`assign` take the points a block at a time (about `_BLOCK_PRODUCTS`
+point-centroid products), so memory never holds all n x nlist products. A
+centroid that loses all its points is moved to the point its own centroid
+serves worst (the lowest cosine), one per empty centroid, so no list stays
+empty while points remain far from their centre. Initialization draws `nlist` distinct
 points with a seeded generator: the same points and seed give the same
 centroids, on any device count.
 """
@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_ASSIGN_ROWS = 16384  # points per jit'd assignment step
+_ASSIGN_ROWS = 16384  # at most this many points per jit'd assignment step
 _PROBE_GROUP = 32  # lists per group of the two-level probe
-_BLOCK_PRODUCTS = 1 << 24  # point-centroid products held at once in training (64 MiB)
+_BLOCK_PRODUCTS = 1 << 24  # point-centroid products held at once (64 MiB)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -124,12 +124,13 @@ def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
       int32 [n] list of each point.
     """
     c = jnp.asarray(centroids)
+    step = _block_rows(_ASSIGN_ROWS, len(centroids))
     out = []
     for chunk in chunks:
-        for start in range(0, len(chunk), _ASSIGN_ROWS):
-            part = normalize(chunk[start : start + _ASSIGN_ROWS])
+        for start in range(0, len(chunk), step):
+            part = normalize(chunk[start : start + step])
             rows = len(part)
-            padded = np.pad(part, ((0, _ASSIGN_ROWS - rows), (0, 0)))  # one compiled shape
+            padded = np.pad(part, ((0, step - rows), (0, 0)))  # one compiled shape
             out.append(np.asarray(_nearest(jnp.asarray(padded), c))[:rows])
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 

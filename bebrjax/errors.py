@@ -39,6 +39,10 @@ class BundleError(ValueError):
     """A bundle that cannot be used: missing, altered, truncated or foreign."""
 
 
+class PlanError(ValueError):
+    """A scoring plan that cannot be used: missing, malformed, or unfit for the index or queries."""
+
+
 # What a user can cause, each one line on stderr and exit 2 from a command (`bebrjax.cli`).
 USER_ERRORS = (
     BundleError,
@@ -49,6 +53,7 @@ USER_ERRORS = (
     LoadError,
     OutputExistsError,
     PartialIndexError,
+    PlanError,
     OSError,  # a path that cannot be read or written: permissions, a file where a directory goes
 )
 

@@ -3,6 +3,8 @@
     python -m bebrjax.search --index OUT (--workdir W | --bundle B) --queries PATH \
         [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite] \
         [--nprobe N] [--rescore DOCS.npy | --asymmetric] [--oversample 4]
+    python -m bebrjax.search --index OUT (--plan P | --bundle B) \
+        --queries MODEL=PATH [--queries MODEL=PATH ...] --k 10 --out hits.npz ...
 
 The queries (float embeddings [Q, d] in an .npy, an .npz key or a directory
 of <key>.npy) are encoded by the model of a workdir or an exported bundle:
@@ -21,6 +23,14 @@ With `--relevant` (one relevant doc id per query, an integer array)
 Recall@1/5/10 is printed as a table (Recall@j for the j <= k only: a
 smaller k cannot tell the others).
 
+With `--plan P` (`python -m bebrjax.fit_plan`, or a compatible run's
+W/plans/<policy>.json) the search is version-aware (`bebrjax.search.fusion`):
+`--queries MODEL=PATH` once per query model of the plan (old and new
+encoders take different embeddings), each encoded by its model (loaded
+from the run the plan records), every document scored by the queries of
+the models that score its version, calibrated and fused, exactly. A
+bundle exported with `--plan` does the same with `--bundle B`.
+
 On N processes (the start-up flags of `bebrjax.distributed`, e.g.
 `MODULE=bebrjax.search launch/multiprocess.sh N --index ...`) each process
 keeps its own part of the index's documents (`search.sharded`), the
@@ -31,8 +41,9 @@ prints and writes it.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -42,8 +53,13 @@ from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
 from bebrjax.encode import as_binarizer, open_embeddings, read_checked
+from bebrjax.errors import PlanError
 from bebrjax.evaluators.retrieval import recall_of
+from bebrjax.inference.plans import query_models
 from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
+from bebrjax.search import plan as plan_lib
+from bebrjax.search.fusion import search_fused
+from bebrjax.search.plan import ScoringPlan
 from bebrjax.search.rescore import rescore
 from bebrjax.serving import load_bundle
 
@@ -145,6 +161,70 @@ def search_index(
     return ids, scores
 
 
+def search_versions(
+    index: str | BinaryIndex | ShardedIndex,
+    queries: Mapping[str, str | np.ndarray],
+    *,
+    k: int,
+    plan: str | ScoringPlan | None = None,
+    bundle: str | None = None,
+    key: str | None = "query",
+    batch_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Version-aware search: each query model encodes its own queries, the index is scored fused.
+
+    Args:
+      index: a saved index directory, or an open `BinaryIndex` (or
+        `ShardedIndex`, on several processes), whose versions are the plan's.
+      queries: query model -> its float embeddings [Q, d_model] of the same
+        Q queries, or the file holding them.
+      k: results per query.
+      plan: the scoring plan (a file or a loaded one); its query models are
+        loaded from the runs it records. Or give `bundle`.
+      bundle: an exported bundle carrying a plan and its query encoders.
+      key: the queries' array name in an .npz or a directory.
+      batch_size: rows per encoded batch.
+
+    Returns:
+      (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
+
+    Raises:
+      DataError, PlanError, LoadError, BundleError, IndexFormatError: naming the input.
+    """
+    if (plan is None) == (bundle is None):
+        raise DataError("give the scoring plan as exactly one of plan and bundle")
+    if bundle is not None:
+        served = load_bundle(bundle)
+        if served.plan is None:
+            raise DataError(f"{bundle}: this bundle carries no scoring plan (export --plan)")
+        plan = served.plan
+        dims = {name: info["d"] for name, info in served.manifest["plan"]["models"].items()}
+        encoders = {name: functools.partial(served.encode, model=name) for name in dims}
+    else:
+        plan = plan_lib.load(plan) if isinstance(plan, str) else plan
+        models = query_models(plan)
+        dims = {name: model.dim for name, model in models.items()}
+        encoders = {name: model.encode for name, model in models.items()}
+    index = load_index(index) if isinstance(index, str) else index
+    plan.check_index(index.m, list(index.versions))
+    fusion = plan.fusion()
+    if set(queries) != set(fusion.models):
+        raise PlanError(
+            f"the plan's query models are {list(fusion.models)}; queries were given for "
+            f"{sorted(queries)}"
+        )
+    if not 1 <= k <= index.ntotal:
+        raise DataError(f"k={k} must be in [1, {index.ntotal}] (the documents in the index)")
+    planes = {}
+    for name, x in queries.items():
+        x = read_queries(x, key, dims[name]) if isinstance(x, str) else x
+        planes[name] = encoders[name](x, batch_size)
+    try:
+        return tuple(reversed(search_fused(index, planes, fusion, k)))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
 def load_index(path: str, ivf: bool = False) -> BinaryIndex | IVFIndex | ShardedIndex:
     """The index at `path`: whole on one process, each process's part on several.
 
@@ -170,8 +250,14 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--workdir", help="the binarizer run that encoded the index (or a compatible newer one)"
     )
-    model.add_argument("--bundle", help="its exported serving bundle")
-    p.add_argument("--queries", required=True, help=".npy, .npz, or a directory of <key>.npy")
+    model.add_argument("--bundle", help="its exported serving bundle (or one with a plan)")
+    model.add_argument("--plan", help="a scoring plan: version-aware search (fit_plan)")
+    p.add_argument(
+        "--queries",
+        action="append",
+        required=True,
+        help=".npy, .npz, or a directory of <key>.npy; with a plan: MODEL=PATH, one per model",
+    )
     p.add_argument("--key", default="query", help="the array in an .npz or directory (query)")
     p.add_argument("--k", type=int, default=100, help="results per query (100)")
     p.add_argument("--out", required=True, help="hits.npz to write (ids, scores)")
@@ -190,24 +276,58 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _per_model(values: Sequence[str]) -> dict[str, str]:
+    """--queries MODEL=PATH values as {model: path}."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path or name in out:
+            raise DataError(
+                f"--queries {value!r}: with a plan, give MODEL=PATH once for each query model"
+            )
+        out[name] = path
+    return out
+
+
 def _command(args: argparse.Namespace) -> None:
     distributed.initialize_from(args)
     wd.refuse_existing(args.out, args.overwrite)  # checked before the work, not after
+    versioned = args.plan is not None or (
+        args.bundle is not None and any("=" in q for q in args.queries)
+    )
+    if versioned and (args.nprobe is not None or args.rescore or args.asymmetric):
+        raise DataError(
+            "version-aware search scores every document of the index (an IVF index's "
+            "directory opens whole): --nprobe, --rescore and --asymmetric do not go with it"
+        )
+    if not versioned and len(args.queries) > 1:
+        raise DataError("one --queries file per search (several: MODEL=PATH, with --plan)")
     index = load_index(args.index, ivf=args.nprobe is not None)
     relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
-    ids, scores = search_index(
-        index,
-        args.queries,
-        k=args.k,
-        workdir=args.workdir,
-        bundle=args.bundle,
-        key=args.key,
-        batch_size=args.batch_size,
-        nprobe=args.nprobe,
-        rescore_docs=args.rescore,
-        asymmetric=args.asymmetric,
-        oversample=args.oversample,
-    )
+    if versioned:
+        ids, scores = search_versions(
+            index,
+            _per_model(args.queries),
+            k=args.k,
+            plan=args.plan,
+            bundle=args.bundle,
+            key=args.key,
+            batch_size=args.batch_size,
+        )
+    else:
+        ids, scores = search_index(
+            index,
+            args.queries[0],
+            k=args.k,
+            workdir=args.workdir,
+            bundle=args.bundle,
+            key=args.key,
+            batch_size=args.batch_size,
+            nprobe=args.nprobe,
+            rescore_docs=args.rescore,
+            asymmetric=args.asymmetric,
+            oversample=args.oversample,
+        )
     summary = {"hits": args.out, "queries": len(ids), "k": args.k}
     head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]
     if relevant is not None:

@@ -276,6 +276,7 @@ VERSION_CELLS = {
     "old->new": "old -> new",
     "new->psi(old)": "new -> psi(old codes) (upgraded gallery)",
     "paragon": "independent new / itself",
+    "new+old->old": "old + new queries -> old (version-aware, fused)",
 }
 CURVE_NAMES = {
     "random": "compatible, random order",
@@ -283,6 +284,10 @@ CURVE_NAMES = {
     "psi": "psi(old codes), then random",
     "independent": "independent new model",
     "keep_old": "keep old until f = 1",
+    "version_aware": "version-aware (compatible re-encode), random",
+    "version_aware_worst_first": "version-aware (compatible re-encode), worst first",
+    "version_aware_independent": "version-aware (independent re-encode), random",
+    "version_aware_independent_worst_first": "version-aware (independent re-encode), worst first",
 }
 
 
@@ -291,8 +296,16 @@ def versions_report(results: Mapping[str, Any]) -> str:
     compat, backfill = results["compatibility"], results["backfill"]
     ks = list(next(iter(compat["binary"].values())))
     rows = [
-        [label, *(f"{compat[kind][cell][k]:.3f}" for kind in ("binary", "float") for k in ks)]
+        [
+            label,
+            *(
+                f"{compat[kind][cell][k]:.3f}" if cell in compat[kind] else "-"
+                for kind in ("binary", "float")
+                for k in ks
+            ),
+        ]
         for cell, label in VERSION_CELLS.items()
+        if cell in compat["binary"]
     ]
     head = ["queries -> gallery", *(f"{kind} {k}" for kind in ("binary", "float") for k in ks)]
     lines, gains = [table(head, rows), ""], []
@@ -311,6 +324,9 @@ def versions_report(results: Mapping[str, Any]) -> str:
         for name, values in backfill["curves"].items()
     ]
     lines += ["", table(["backfilled f", *(f"{f:g}" for f in fractions), "AUC"], curve_rows)]
+    if "best" in backfill:
+        best = backfill["best"]
+        lines += ["", f"best policy by AUC: {CURVE_NAMES.get(best, best)} ({best})"]
     return "\n".join(lines)
 
 
@@ -320,6 +336,8 @@ def plot_backfill(path: str, backfill: Mapping[str, Any]) -> None:
     fractions = backfill["fractions"]
     for name, values in backfill["curves"].items():
         style = "--" if name in ("keep_old", "independent") else "-"
+        if name.startswith("version_aware"):
+            style = ":" if name.endswith("worst_first") else "-."
         label = f"{CURVE_NAMES.get(name, name)} (AUC {backfill['auc'][name]:.3f})"
         ax.plot(fractions, values, style, marker="o", markersize=3, label=label)
     psi = backfill["curves"].get("psi")

@@ -60,7 +60,7 @@ def test_few_lists_give_the_exact_answer_over_their_documents(galleries):
     for row, query in enumerate(queries):  # exact ranking of every probed document
         members = np.flatnonzero(np.isin(ivf.lists, probes[row]))
         ip, norm = index.exact_ints(codes_lib.pack(query[None])[0], members)
-        best = topk.exact_order(ip, norm, members, np.zeros_like(members))[:5]
+        best = topk.exact_order(topk.SdcScores(ip, norm), members, np.zeros_like(members))[:5]
         np.testing.assert_array_equal(ids[row], members[best])
         np.testing.assert_allclose(scores[row], ip[best] / np.sqrt(norm[best]) / 2, rtol=1e-6)
     exhaustive = index.search(queries, 5)[1]

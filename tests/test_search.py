@@ -157,9 +157,10 @@ def test_exact_order_corrects_float64_on_proportional_codes():
         if 3 * j / np.sqrt(9 * n) < j / np.sqrt(n)
     )
     ip, norm = np.array([3 * j, j, -j, 10**6]), np.array([9 * n, n, n, 1])
-    order = topk.exact_order(ip, norm, np.array([0, 1, 2, 3]), np.array([0, 0, 0, 1]))
+    scores = topk.SdcScores(ip, norm)
+    order = topk.exact_order(scores, np.array([0, 1, 2, 3]), np.array([0, 0, 0, 1]))
     assert order.tolist() == [0, 1, 2, 3]
-    order = topk.exact_order(ip, norm, np.array([9, 4, 0, 1]), np.zeros(4, np.int64))
+    order = topk.exact_order(scores, np.array([9, 4, 0, 1]), np.zeros(4, np.int64))
     assert order.tolist() == [3, 1, 0, 2]
 
 

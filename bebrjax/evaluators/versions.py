@@ -33,6 +33,20 @@ code of its own version) at each f:
     re-encoded, then the independent model's new/new (the other choice a
     user without compatible training has).
 
+With scoring plans (`bebrjax.search.plan`), the version-aware policies
+search the same mixed index with one query code per query model
+(`bebrjax.search.fusion`): each document scored by the queries of the
+models that may score its version, calibrated and fused:
+
+  * version_aware: old documents scored by the old and the compatible new
+    query (fused), re-encoded ones by the new query; random order;
+  * version_aware_independent: the same, re-encoding with the independent
+    new binarizer (its queries score what it re-encoded);
+  * *_worst_first: the same in the worst-first order.
+
+`fused_cell` is the "new+old->old" cell: the fused score over the all-old
+gallery (f = 0).
+
 Each curve's area (trapezoid rule over f in [0, 1]) sums it up.
 """
 
@@ -47,6 +61,8 @@ from bebrjax.evaluators.compatibility import criteria, fit_to
 from bebrjax.evaluators.retrieval import recall_at_k
 from bebrjax.search import BinaryIndex, FloatIndex
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.fusion import search_fused
+from bebrjax.search.plan import ScoringPlan
 
 # Cell name -> (query model, gallery model).
 CELLS = {
@@ -160,25 +176,29 @@ def ambiguity(
 
 
 def mixed_curve(
-    query_planes: np.ndarray,
+    query_planes: np.ndarray | Mapping[str, np.ndarray],
     start: tuple[str, np.ndarray],
     backfill: tuple[str, np.ndarray],
     order: np.ndarray,
     fractions: Sequence[float],
     *,
     k: int = 10,
+    plan: ScoringPlan | None = None,
     mesh: Mesh | None = None,
     kernel: str = "auto",
 ) -> list[float]:
     """Recall@k of queries against one mixed-version index as it is backfilled.
 
     Args:
-      query_planes: [Q, u_q+1, m_q] query codes; query i's relevant doc is doc i.
+      query_planes: [Q, u_q+1, m_q] query codes; query i's relevant doc is doc
+        i. With a plan: query model -> its codes of the same queries.
       start: (version, planes [N, u+1, m]) the gallery's codes before backfilling.
       backfill: (version, planes [N, u'+1, m']) the codes that replace them.
       order: the doc ids in backfill order (a permutation of N).
       fractions: ascending fractions f of the gallery backfilled at each point.
       k: the k of Recall@k.
+      plan: search version-aware (`search.fusion`) under this plan, restricted
+        to the versions the index holds at each point; None: one query code.
       mesh: optional mesh to shard the searches over.
       kernel: the SDC kernel.
 
@@ -187,12 +207,15 @@ def mixed_curve(
       shared prefix.
     """
     (start_version, start_planes), (new_version, new_planes) = start, backfill
-    width = min(query_planes.shape[-1], start_planes.shape[-1], new_planes.shape[-1])
+    if plan is None:
+        width = min(query_planes.shape[-1], start_planes.shape[-1], new_planes.shape[-1])
+        queries = np.ascontiguousarray(query_planes[..., :width])
+    else:
+        width, queries = plan.m, query_planes
     index = BinaryIndex(
         width, start_planes.shape[1] - 1, version=start_version, kernel=kernel, mesh=mesh
     )
     index.add(np.ascontiguousarray(start_planes[..., :width]))
-    queries = np.ascontiguousarray(query_planes[..., :width])
     done, curve = 0, []
     for f in fractions:
         upto = int(round(f * len(order)))
@@ -200,9 +223,42 @@ def mixed_curve(
             ids = order[done:upto]
             index.replace(ids, np.ascontiguousarray(new_planes[ids, :, :width]), new_version)
             done = upto
-        _, found = index.search(queries, min(k, index.ntotal))
+        kk = min(k, index.ntotal)
+        if plan is None:
+            _, found = index.search(queries, kk)
+        else:
+            _, found = fused_search(index, queries, plan, kk)
         curve.append(recall_at_k(found, (k,))[f"R@{k}"])
     return curve
+
+
+def fused_search(
+    index: BinaryIndex, queries: Mapping[str, np.ndarray], plan: ScoringPlan, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`search_fused` under `plan` restricted to the index's versions and their query models."""
+    fusion = plan.only(list(index.versions)).fusion()
+    return search_fused(index, {q: queries[q] for q in fusion.models}, fusion, k)
+
+
+def fused_cell(
+    queries: Mapping[str, np.ndarray],
+    old_docs: np.ndarray,
+    plan: ScoringPlan,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    mesh: Mesh | None = None,
+    kernel: str = "auto",
+) -> dict[str, float]:
+    """Recall@k of the fused score over the all-old gallery ("new+old->old").
+
+    Each old document is scored by every query model the plan lets score
+    version "old" (e.g. the old and the compatible new query), calibrated and
+    fused: what a version-aware search gives before any re-encoding.
+    """
+    index = BinaryIndex(plan.m, old_docs.shape[1] - 1, version="old", kernel=kernel, mesh=mesh)
+    index.add(np.ascontiguousarray(old_docs[..., : plan.m]))
+    _, ids = fused_search(index, queries, plan, min(max(ks), index.ntotal))
+    return recall_at_k(ids, ks)
 
 
 def area(fractions: Sequence[float], curve: Sequence[float]) -> float:
@@ -216,6 +272,7 @@ def backfill_curves(
     orders: Mapping[str, np.ndarray],
     binary: Mapping[str, Mapping[str, float]],
     *,
+    plans: Mapping[str, ScoringPlan] | None = None,
     points: int = 11,
     k: int = 10,
     mesh: Mesh | None = None,
@@ -228,6 +285,10 @@ def backfill_curves(
       docs: doc planes by model ("old", "new", "independent", "psi").
       orders: backfill orders (permutations of the docs): "random", "worst_first".
       binary: the binary matrix (for keep_old: old/old, then the paragon).
+      plans: scoring plans of the version-aware policies: "version_aware"
+        (old docs scored by the old and new queries, re-encoded ones by the
+        new) and "version_aware_independent" (the same, re-encoding with
+        the independent binarizer); `queries` then holds "old" too.
       points: fractions 0, 1/(points-1), ..., 1.
       k: the k of Recall@k.
       mesh: optional mesh to shard the searches over.
@@ -238,14 +299,15 @@ def backfill_curves(
     """
     fractions = [round(i / (points - 1), 6) for i in range(points)]
 
-    def curve(query, start, backfill, order):
+    def curve(query, start, backfill, order, plan=None):
         return mixed_curve(
-            queries[query],
+            queries if plan is not None else queries[query],
             (start, docs[start]),
             (backfill, docs[backfill]),
             orders[order],
             fractions,
             k=k,
+            plan=plan,
             mesh=mesh,
             kernel=kernel,
         )
@@ -260,9 +322,15 @@ def backfill_curves(
             binary["old/old"][key] if f < 1 else binary["paragon"][key] for f in fractions
         ],
     }
+    for name, plan in (plans or {}).items():
+        backfill = next(v.encoder for v in plan.versions if v.name != "old")
+        for order, suffix in (("random", ""), ("worst_first", "_worst_first")):
+            curves[name + suffix] = curve(None, "old", backfill, order, plan)
+    auc = {name: area(fractions, values) for name, values in curves.items()}
     return {
         "k": k,
         "fractions": fractions,
         "curves": curves,
-        "auc": {name: area(fractions, values) for name, values in curves.items()},
+        "auc": auc,
+        "best": max(auc, key=auc.get),
     }

@@ -12,7 +12,8 @@ it (`sharding.process_mesh`); a gallery split over processes is
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,15 @@ from jax.sharding import PartitionSpec as P
 
 from bebrjax.search import topk
 from bebrjax.sharding import DATA_AXIS, process_mesh
+
+
+class Scorer(NamedTuple):
+    """How a search scores its blocks: equal keys mean equal functions (one compiled search)."""
+
+    key: Hashable
+    score: topk.ScoreFn
+    rescore: topk.ScoreFn
+
 
 # (index type, score key, k, group, mesh) -> the jit'd search; see `BlockedIndex._search_fn`.
 _SEARCH_FNS: dict[tuple, Any] = {}
@@ -102,14 +112,20 @@ class BlockedIndex:
         self._device = (blocks, n)
         return self._device
 
-    def _search_fn(self, k: int):
-        """The jit'd search, shared by every index that scores alike (compiled once per shape)."""
+    def _search_fn(self, k: int, scorer: Scorer | None = None):
+        """The jit'd search, shared by every index that scores alike (compiled once per shape).
+
+        Args:
+          k: results per query.
+          scorer: scores other than the index's own (e.g. version-aware
+            fusion, `bebrjax.search.fusion`) over the same blocks.
+        """
         mesh = self.mesh if self._devices() > 1 else None
-        key = (type(self).__name__, self._score_key(), k, self.group, mesh)
+        if scorer is None:
+            scorer = Scorer(self._score_key(), self._score_fn(), self._rescore_fn())
+        key = (type(self).__name__, scorer.key, k, self.group, mesh)
         if key not in _SEARCH_FNS:
-            _SEARCH_FNS[key] = _make_search_fn(
-                self._score_fn(), self._rescore_fn(), k, self.group, mesh
-            )
+            _SEARCH_FNS[key] = _make_search_fn(scorer.score, scorer.rescore, k, self.group, mesh)
         return _SEARCH_FNS[key]
 
     def _rescore_fn(self) -> topk.ScoreFn:
@@ -123,14 +139,19 @@ class BlockedIndex:
         if not isinstance(k, int | np.integer) or not 1 <= k <= self.ntotal:
             raise ValueError(f"k={k} must be an integer in [1, {self.ntotal}] (the index size)")
 
-    def _search(self, queries: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The top k under (float score descending, id ascending): float32 and int64 [Q, k]."""
+    def _search(
+        self, queries: dict[str, np.ndarray], k: int, scorer: Scorer | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top k under (float score descending, id ascending): float32 and int64 [Q, k].
+
+        `queries` is a flat dict of arrays [Q, ...]; `scorer` as for `_search_fn`.
+        """
         self._check_k(k)
         num = len(next(iter(queries.values())))
         if num == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         blocks, count = self._layout()
-        search = self._search_fn(int(k))
+        search = self._search_fn(int(k), scorer)
         batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))  # few compiled shapes
         out_scores, out_ids = [], []
         for start in range(0, num, batch):

@@ -314,15 +314,18 @@ class BinaryIndex(BlockedIndex):
         self._check_k(k)
         width = min(self.ntotal, k + topk.SPARE)
         scores, ids = self._search(queries, width)
+        words, scale = queries["words"], 2.0**-u_q
         return topk.exact_topk(
             scores,
             ids,
             k,
-            tolerance=scoring.SCORE_TOLERANCE,
+            bound=scoring.sdc_bound(scores),
             complete=width == self.ntotal,
-            exact=lambda rows, d: self.exact_ints(queries["words"][rows], d),
-            exact_all=lambda row: (*self.exact_ints(queries["words"][row]), np.arange(self.ntotal)),
-            scale=2.0**-u_q,
+            exact=lambda rows, d: topk.SdcScores(*self.exact_ints(words[rows], d), scale),
+            exact_all=lambda row: (
+                topk.SdcScores(*self.exact_ints(words[row]), scale),
+                np.arange(self.ntotal),
+            ),
         )
 
     def _queries(self, query_planes: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
@@ -359,6 +362,8 @@ class BinaryIndex(BlockedIndex):
         loops = self._loops()
         if (loops < self.u).any():  # else every document has U loops: static weights
             arrays["loops"] = loops
+        if len(self._versions) > 1:  # for version-aware scores (`bebrjax.search.fusion`)
+            arrays["version"] = self._doc_versions
         return arrays
 
     def _kernel(self) -> str:

@@ -305,21 +305,21 @@ class IVFIndex:
         if exact_floats:
             scores, ids = self._exact_floats(scores, ids, k, complete, words, probes, u_q)
             return (-scores if self.metric == "hamming" else scores), ids
+        scale = 2.0**-u_q
         return topk.exact_topk(
             scores,
             ids,
             k,
-            tolerance=scoring.SCORE_TOLERANCE,
+            bound=scoring.sdc_bound(scores),
             complete=complete,
-            exact=lambda rows, d: self.codes.exact_ints(words[rows], d),
-            exact_all=lambda row: self._exact_probed(words[row], probes[row]),
-            scale=2.0**-u_q,
+            exact=lambda rows, d: topk.SdcScores(*self.codes.exact_ints(words[rows], d), scale),
+            exact_all=lambda row: self._exact_probed(words[row], probes[row], scale),
         )
 
-    def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray):
-        """(ip, norm, ids) of one query against every document of its probed lists."""
+    def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray, scale: float):
+        """(exact scores, ids) of one query against every document of its probed lists."""
         ids = self._placement().members(lists)
-        return (*self.codes.exact_ints(query_words, ids), ids)
+        return topk.SdcScores(*self.codes.exact_ints(query_words, ids), scale), ids
 
     def _exact_floats(self, scores, ids, k, complete, words, probes, u_q):
         """The top k under (float score desc, id asc) when the floats are exact (Hamming, u = 0).

@@ -57,6 +57,12 @@ the product rounds once more (2^-24). So f = S (1 + e) with |e| < 2^-22.9,
 and |f - S| < 2^-22.8 |f|.
 """
 
+
+def sdc_bound(scores: np.ndarray) -> np.ndarray:
+    """The bound on |f - S| of "ip" scores f (`SCORE_TOLERANCE` |f|), float64."""
+    return SCORE_TOLERANCE * np.abs(np.asarray(scores, np.float64))
+
+
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], np.uint8)
 _CHUNK = 1 << 16  # pairs per numpy pass of `exact_ints`
 
@@ -239,6 +245,19 @@ def matmul_ip(
     )
 
 
+def code_ip(
+    queries: dict[str, jax.Array], block: dict[str, jax.Array], *, m: int, kernel: str
+) -> jax.Array:
+    """2^(u_q+U) <b_q, b_d> of packed queries against one block, int32 [T, Q, b].
+
+    Args as for `code_scores` ("ints" is needed by the matmul kernel only).
+    """
+    loops = block.get("loops")
+    if kernel == "matmul":
+        return matmul_ip(queries["ints"], block["planes"], m, loops)
+    return popcount_ip(queries["words"], block["planes"], m, loops, kernel)
+
+
 def code_scores(
     queries: dict[str, jax.Array],
     block: dict[str, jax.Array],
@@ -257,11 +276,7 @@ def code_scores(
       metric: "ip" (SDC, <b_q, b_d> / ||b_d||) or "hamming" (minus the distance, u_q = U = 0).
       kernel: "popcount" or "matmul".
     """
-    loops = block.get("loops")
-    if kernel == "matmul":
-        ip = matmul_ip(queries["ints"], block["planes"], m, loops)
-    else:
-        ip = popcount_ip(queries["words"], block["planes"], m, loops, kernel)
+    ip = code_ip(queries, block, m=m, kernel=kernel)
     if metric == "hamming":
         return -((m - ip) // 2).astype(jnp.float32)
     u_q = queries["words"].shape[1] - 1

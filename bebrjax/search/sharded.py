@@ -110,29 +110,53 @@ class ShardedIndex:
             return (-scores if self.local.metric == "hamming" else scores), ids
         width = min(self.ntotal, k + topk.SPARE)
         scores, ids = self._candidates(queries, width)
-        words = queries["words"]
+        words, scale = queries["words"], 2.0**-u_q
         return topk.exact_topk(
             scores,
             ids,
             k,
-            tolerance=scoring.SCORE_TOLERANCE,
+            bound=scoring.sdc_bound(scores),
             complete=width == self.ntotal,
-            exact=lambda rows, d: self._exact(words[rows], d),
-            exact_all=lambda row: (*self._exact_all(words[row]), np.arange(self.ntotal)),
-            scale=2.0**-u_q,
+            exact=lambda rows, d: topk.SdcScores(*self._exact(words[rows], d), scale),
+            exact_all=lambda row: (
+                topk.SdcScores(*self._exact_all(words[row]), scale),
+                np.arange(self.ntotal),
+            ),
         )
 
-    def _candidates(self, queries: dict[str, np.ndarray], width: int):
-        """The global float top `width` of each query: float32 scores, int64 global ids."""
-        num = len(queries["words"])
+    def _candidates(self, queries: dict[str, np.ndarray], width: int, scorer=None):
+        """The global float top `width` of each query: float32 scores, int64 global ids.
+
+        `scorer`: as for `BinaryIndex._search` (None: the index's own scores).
+        """
+        num = len(next(iter(queries.values())))
         mine = min(width, self.local.ntotal)
         scores = np.full((num, width), -np.inf, np.float32)
         ids = np.full((num, width), _NO_ID, np.int64)
         if mine and num:
-            scores[:, :mine], local_ids = self.local._search(queries, mine)
+            scores[:, :mine], local_ids = self.local._search(queries, mine, scorer)
             ids[:, :mine] = local_ids + self.offset
         every_scores, every_ids = distributed.allgather((scores, ids))
         return _best(np.concatenate(every_scores, 1), np.concatenate(every_ids, 1), width)
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Version name -> its u (every process's shard has the same versions)."""
+        return self.local.versions
+
+    def exact_ints(
+        self, query_words: np.ndarray, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`BinaryIndex.exact_ints` over global ids (None: all); every process calls it."""
+        return self._exact_all(query_words) if ids is None else self._exact(query_words, ids)
+
+    def versions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Each global document's version (an index into `versions`), from its process."""
+        found = np.zeros(len(ids), np.int64)
+        here = (ids >= self.offset) & (ids < self.offset + self.local.ntotal)
+        if here.any():
+            found[here] = self.local.doc_versions[ids[here] - self.offset]
+        return distributed.allgather(found).sum(0)
 
     def _exact(self, query_words: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ip, norm) int64 [F] for global `ids`, each from the process that holds it."""

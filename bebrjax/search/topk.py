@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,6 @@ from jax.sharding import PartitionSpec as P
 from bebrjax.sharding import DATA_AXIS
 
 ScoreFn = Callable[[Any, Any], jax.Array]
-Exact = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 NEG_INF = -jnp.inf
 SPARE = 32  # float candidates beyond k that let `exact_topk` certify the exact top k
 _F64_TOLERANCE = 2.0**-50  # bounds float64 ip / sqrt(norm) (error < 2^-51.9) with room
@@ -193,60 +192,106 @@ def sharded_topk(
 # --- exact ranking of approximate scores, on the host -----------------------------------------
 
 
-def _key(ip: np.ndarray, norm: np.ndarray, i: int) -> Fraction:
-    """sign(ip) ip^2 / norm of document i, exactly: increasing with ip / sqrt(norm)."""
-    return Fraction(int(ip[i]) * abs(int(ip[i])), int(norm[i]))
+class ExactScores(Protocol):
+    """Exact scores S of n documents for the host's ranking: float64 estimates and exact keys.
+
+    Attributes:
+      approx: float64 [n], |approx - S| <= error.
+      error: float64 [n].
+    """
+
+    approx: np.ndarray
+    error: np.ndarray
+
+    def key(self, i: int) -> Fraction:
+        """An exact rational increasing with S_i (S_i itself, or a monotone map of it)."""
+
+    def ties(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """bool: True where S_a == S_b is known without `key` (e.g. equal integers)."""
 
 
-def exact_order(
-    ip: np.ndarray, norm: np.ndarray, ids: np.ndarray, segments: np.ndarray
-) -> np.ndarray:
-    """The permutation sorting documents by segment, exact score descending, then id.
+class SdcScores:
+    """SDC scores S = scale * ip / sqrt(norm) from the exact integers (`scoring.exact_ints`).
 
-    The score is ip / sqrt(norm) (integers, norm > 0). Its float64 quotient
-    is within 2^-51.9 of it (a correctly rounded root and division), so
-    quotients more than 2^-50 of the larger magnitude apart order their
-    documents correctly; equal (ip, norm) tie exactly and the sort leaves them
-    in id order; any other neighbours are compared in integers, as
-    sign(ip) ip^2 / norm, and a segment holding a pair out of order is sorted
-    again by those exact keys. Adjacent pairs in order make the whole order.
+    The float64 quotient is within 2^-51.9 of ip / sqrt(norm) (a correctly
+    rounded root and division); the exact key is sign(ip) ip^2 / norm.
 
     Args:
       ip: int64 [n].
       norm: int64 [n], positive.
+      scale: a positive power of two (2^-u_q).
+    """
+
+    def __init__(self, ip: np.ndarray, norm: np.ndarray, scale: float = 1.0):
+        self.ip, self.norm = ip, norm
+        self.approx = scale * ip / np.sqrt(norm)
+        self.error = _F64_TOLERANCE * np.abs(self.approx)
+
+    def key(self, i: int) -> Fraction:
+        """sign(ip) ip^2 / norm of document i, exactly."""
+        return Fraction(int(self.ip[i]) * abs(int(self.ip[i])), int(self.norm[i]))
+
+    def ties(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Equal (ip, norm): equal scores."""
+        return (self.ip[a] == self.ip[b]) & (self.norm[a] == self.norm[b])
+
+
+def exact_order(scores: ExactScores, ids: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The permutation sorting documents by segment, exact score descending, then id.
+
+    Estimates further apart than their errors order their documents
+    correctly; known ties (`ties`) are left in id order by the sort; any
+    other neighbours are compared by their exact keys, and a segment holding
+    a pair out of order is sorted again by those keys. Adjacent pairs in
+    order make the whole order.
+
+    Args:
+      scores: the documents' exact scores [n].
       ids: document ids [n], the tie-break.
       segments: [n] ints; documents are ordered within their segment.
 
     Returns:
       int [n] indices into the inputs.
     """
-    approx = ip / np.sqrt(norm)
+    approx, error = scores.approx, scores.error
     order = np.lexsort((ids, -approx, segments))
     a, b = order[:-1], order[1:]
-    near = approx[a] - approx[b] <= _F64_TOLERANCE * np.maximum(
-        np.abs(approx[a]), np.abs(approx[b])
-    )
-    unsure = (segments[a] == segments[b]) & near & ((ip[a] != ip[b]) | (norm[a] != norm[b]))
+    near = approx[a] - approx[b] <= error[a] + error[b]
+    unsure = (segments[a] == segments[b]) & near & ~scores.ties(a, b)
     wrong = {
         segments[a[p]]
         for p in np.flatnonzero(unsure)
-        if (_key(ip, norm, b[p]), -ids[b[p]]) > (_key(ip, norm, a[p]), -ids[a[p]])
+        if (scores.key(b[p]), -ids[b[p]]) > (scores.key(a[p]), -ids[a[p]])
     }
     in_order = segments[order]  # sorted: each segment is one span of `order`
     for segment in wrong:
         span = slice(in_order.searchsorted(segment), in_order.searchsorted(segment, "right"))
-        order[span] = sorted(order[span], key=lambda i: (-_key(ip, norm, i), ids[i]))
+        order[span] = sorted(order[span], key=lambda i: (-scores.key(i), ids[i]))
     return order
 
 
-def _whole_gallery_topk(ip: np.ndarray, norm: np.ndarray, k: int) -> np.ndarray:
-    """The positions of the exact top k of one query from (ip, norm) of documents in id order."""
-    approx = ip / np.sqrt(norm)
+def _whole_gallery_topk(scores: ExactScores, k: int) -> np.ndarray:
+    """The positions of the exact top k of one query from the exact scores of its documents."""
+    approx, error = scores.approx, scores.error
     kth = np.partition(approx, len(approx) - k)[len(approx) - k]
-    # k documents have approx >= kth, so exact scores >= kth - 2^-50 |kth|; the rest fall below.
-    keep = approx + _F64_TOLERANCE * np.abs(approx) >= kth - _F64_TOLERANCE * abs(kth)
-    keep = np.flatnonzero(keep)
-    return keep[exact_order(ip[keep], norm[keep], keep, np.zeros(len(keep), np.int64))][:k]
+    # k documents have approx >= kth, so exact scores >= kth - max error; the rest fall below.
+    keep = np.flatnonzero(approx + error >= kth - error.max())
+    order = exact_order(_Subset(scores, keep), keep, np.zeros(len(keep), np.int64))
+    return keep[order][:k]
+
+
+class _Subset:
+    """The exact scores of documents `keep` of `scores`, renumbered from 0."""
+
+    def __init__(self, scores: ExactScores, keep: np.ndarray):
+        self._scores, self._keep = scores, keep
+        self.approx, self.error = scores.approx[keep], scores.error[keep]
+
+    def key(self, i: int) -> Fraction:
+        return self._scores.key(int(self._keep[i]))
+
+    def ties(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._scores.ties(self._keep[a], self._keep[b])
 
 
 def exact_topk(
@@ -254,26 +299,24 @@ def exact_topk(
     ids: np.ndarray,
     k: int,
     *,
-    tolerance: float,
+    bound: np.ndarray,
     complete: bool,
-    exact: Exact,
-    exact_all: Callable[[int], tuple[np.ndarray, np.ndarray]],
-    scale: float,
+    exact: Callable[[np.ndarray, np.ndarray], ExactScores],
+    exact_all: Callable[[int], tuple[ExactScores, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact top k of each query from its float top K (K >= k), ties to the lower id.
 
     Each row of `scores` holds the first K documents in the order (float
     score f descending, then id), as `local_topk` returns them, and every
-    document's exact score S = scale * ip / sqrt(norm) lies in
-    [L(f), H(f)] = [f - tolerance |f|, f + tolerance |f|] (bounds monotone in
-    f, computed exactly in float64 from float32 f).
+    document's exact score S lies in [L(f), H(f)] = [f - B, f + B], with B
+    the document's `bound` (computed in float64 from float32 f).
 
     Why the answer is exact. Certificate: a document outside the K has
     f <= f_K, so S <= H(f_K); if H(f_K) < L(f_k), each of the first k
     documents (f >= f_k) beats every outsider strictly, so the exact top k
     lies within the K. Runs: split the K where L(f_p) > H(f_{p+1}); a document
     of an earlier run then beats every document of a later one strictly, so
-    sorting each run by exact score (`exact_order`, integers where floats
+    sorting each run by exact score (`exact_order`, exact keys where floats
     cannot tell) sorts the K exactly. Only runs of two or more that start
     within the first k need it: exact ties and near ties. A query without the
     certificate (more than K - k documents tied or near-tied with its k-th)
@@ -283,21 +326,22 @@ def exact_topk(
       scores: float32 [Q, K] as above.
       ids: int64 [Q, K] document ids.
       k: results per query.
-      tolerance: the bound on |f - S| / |f|.
+      bound: float64 [Q, K], the bound on |f - S| of each entry, with
+        f + B non-decreasing in f along a row (B proportional to |f|, or
+        constant per row), so that H(f_K) bounds every outsider.
       complete: whether the K are all the documents (no outsiders).
-      exact: (rows [F], ids [F]) -> (ip, norm) int64 [F] for those queries
-        (rows of `scores`) and documents.
-      exact_all: row -> (ip, norm, ids) int64 [n] of that query against every
-        document it may return (the whole gallery; an IVF query's probed
-        lists), ids ascending.
-      scale: the factor from ip / sqrt(norm) to the score (2^-u_q for SDC).
+      exact: (rows [F], ids [F]) -> the exact scores of those queries (rows
+        of `scores`) and documents.
+      exact_all: row -> (exact scores, ids int64 [n]) of that query against
+        every document it may return (the whole gallery; an IVF query's
+        probed lists), ids ascending.
 
     Returns:
       (scores float32 [Q, k] non-increasing, ids int64 [Q, k]): the scores are
-      float32 roundings of the exact scores (within 2^-22).
+      float32 roundings of the exact scores' float64 estimates.
     """
     f = scores.astype(np.float64)
-    low, high = f - tolerance * np.abs(f), f + tolerance * np.abs(f)
+    low, high = f - bound, f + bound
     num, width = scores.shape
     certified = np.full(num, complete) | (low[:, k - 1] > high[:, -1])
     starts = np.ones((num, width), bool)
@@ -307,12 +351,12 @@ def exact_topk(
     rows, cols = np.nonzero(mixed & certified[:, None])  # row-major: each run in place order
     out_scores, out_ids = scores.copy(), ids.copy()
     if rows.size:
-        ip, norm = exact(rows, ids[rows, cols])
-        order = exact_order(ip, norm, ids[rows, cols], run[rows, cols])
+        found = exact(rows, ids[rows, cols])
+        order = exact_order(found, ids[rows, cols], run[rows, cols])
         out_ids[rows, cols] = ids[rows, cols][order]
-        out_scores[rows, cols] = (scale * ip / np.sqrt(norm))[order]
+        out_scores[rows, cols] = found.approx[order]
     for row in np.flatnonzero(~certified):
-        ip, norm, every = exact_all(row)
-        top = _whole_gallery_topk(ip, norm, k)
-        out_ids[row, :k], out_scores[row, :k] = every[top], scale * ip[top] / np.sqrt(norm[top])
+        found, every = exact_all(row)
+        top = _whole_gallery_topk(found, k)
+        out_ids[row, :k], out_scores[row, :k] = every[top], found.approx[top]
     return np.minimum.accumulate(out_scores[:, :k], axis=1), out_ids[:, :k]

@@ -42,6 +42,15 @@ def test_the_run_reports_the_matrix_and_the_backfill_curves(compatible_run):
     assert curves["psi"][0] == binary["new->psi(old)"]["R@10"]
     assert curves["independent"][-1] == curves["keep_old"][-1] == binary["paragon"]["R@10"]
     assert curves["keep_old"][0] == binary["old/old"]["R@10"]
+    # Version-aware: f = 0 is the fused cell; f = 1 the re-encoding model's own search.
+    for name, model in (("version_aware", "new/new"), ("version_aware_independent", "paragon")):
+        for order in ("", "_worst_first"):
+            assert curves[name + order][0] == binary["new+old->old"]["R@10"]
+            assert curves[name + order][-1] == binary[model]["R@10"]
+    assert backfill["best"] == max(backfill["auc"], key=backfill["auc"].get)
+    for name in ("version_aware", "version_aware_independent"):
+        assert os.path.isfile(workdir / "plans" / f"{name}.json")
+    assert "version-aware" in (workdir / "results.md").read_text()
     for name in ("results.json", "results.md", "results.png", "backfill.png"):
         assert os.path.isfile(workdir / name)
     loaded = load(str(workdir))

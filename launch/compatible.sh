@@ -2,8 +2,9 @@
 # Compatible binary codes on FOLDOC (old = query_old/doc_old, new = query_new/doc_new):
 # the u = 0 and u = 1 runs of the README, then the serving path on the u = 1 run:
 # an index of old codes, a backfill step that re-encodes half the docs with the new
-# model, new queries searching the mixed index, and psi moving the rest of the old
-# codes to the new version from the codes alone.
+# model, new queries searching the mixed index, then old and new queries searching it
+# version-aware (the run's scoring plan), and psi moving the rest of the old codes to
+# the new version from the codes alone.
 #
 #   launch/compatible.sh [OUT_DIR] [PAIRS.npz]   # defaults /tmp/bebr_compatible,
 #                                                # ../shared/data/foldoc_minilm.npz
@@ -38,5 +39,9 @@ search() {
     --relevant "$out/new_eval.npz:relevant" --overwrite
 }
 search                                                      # new queries, old + new codes
+# Version-aware: old docs scored by the old and new queries, new docs by the new query.
+python -m bebrjax.search --index "$out/gallery.bebr" --plan "$run/plans/version_aware.json" \
+  --queries old="$out/old_eval.npz" --queries new="$out/new_eval.npz" --key query --k 10 \
+  --out "$out/hits_version_aware.npz" --relevant "$out/new_eval.npz:relevant" --overwrite
 python -m bebrjax.upgrade --workdir "$run" --index "$out/gallery.bebr"  # the rest: psi
 search                                                      # new queries, new + psi codes

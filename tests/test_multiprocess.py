@@ -20,6 +20,7 @@ from conftest import ROOT, kill_and_resume, tiny_overrides
 
 from bebrjax import distributed, encode, heldout, main, query
 from bebrjax.errors import ConfigError
+from bebrjax.inference.plans import fit_runs
 
 LAUNCHERS = ("multiprocess.sh", "slurm.sbatch", "tpu_vm.sh")
 UPGRADE = [
@@ -136,6 +137,35 @@ def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
     args = ["--index", index, "--workdir", str(run), "--queries", pairs, "--k", "40"]
     launch(2, *args, "--out", hits, module="bebrjax.search")
     ids, scores = query.search_index(index, pairs, k=40, workdir=str(run))
+    with np.load(hits) as got:
+        np.testing.assert_array_equal(got["ids"], ids)
+        np.testing.assert_array_equal(got["scores"], scores)
+    # Version-aware: the run under two names, half the index re-encoded as "new".
+    plan = str(tmp_path / "plan.json")
+    fit_runs({"old": str(run), "new": str(run)}, {"old": {"new": 0.5}}, pairs=200).save(plan)
+    mixed = str(tmp_path / "mixed.bebr")
+    encode.encode_corpus(str(run), pairs, mixed, progress=False, version="old")
+    with np.load(pairs) as held:
+        half = np.arange(0, len(held["doc"]), 2)
+        np.savez(tmp_path / "step.npz", doc=held["doc"][half])
+    step = str(tmp_path / "step.npz")
+    encode.encode_corpus(str(run), step, mixed, progress=False, version="new", ids=half)
+    queries = ["--queries", f"old={pairs}", "--queries", f"new={pairs}"]
+    launch(
+        2,
+        "--index",
+        mixed,
+        "--plan",
+        plan,
+        *queries,
+        "--k",
+        "40",
+        "--out",
+        hits,
+        "--overwrite",
+        module="bebrjax.search",
+    )
+    ids, scores = query.search_versions(mixed, {"old": pairs, "new": pairs}, k=40, plan=plan)
     with np.load(hits) as got:
         np.testing.assert_array_equal(got["ids"], ids)
         np.testing.assert_array_equal(got["scores"], scores)

@@ -2,6 +2,7 @@
 
     python -m bebrjax.export --workdir W --out B [--index OUT] [--part new|old|psi] \
         [--platforms cpu,cuda,tpu] [--overwrite]
+    python -m bebrjax.export --plan PLAN.json --out B [--index OUT] [--platforms ...]
 
 The function is the part's `forward` (input handling included: a binarizer
 bundle takes raw float32 [N, d] and L2-normalizes it itself) with the trained
@@ -21,6 +22,16 @@ hold codes this binarizer's queries can search: no wider than its m, of any
 loops and versions, e.g. the old codes a compatible binarizer searches)
 into B/index. B is written aside and
 renamed into place, so an interrupted export leaves no half bundle.
+
+`--plan` (instead of `--workdir`) writes a plan bundle for version-aware
+search (see `bebrjax.serving`): every query model of the scoring plan
+(`bebrjax.search.plan`), loaded from the workdir the plan records and
+serialized as above into `encoders/<model>.jax`, and the plan as
+`plan.json`. A model is refused (one `LoadError`) when its workdir does not
+load or is no binarizer run, or when its checkpoint step, m or u is not the
+plan's record: the plan was fitted on the codes of that very checkpoint.
+An `--index` must be one the plan searches (`ScoringPlan.check_index`: its
+width m and exactly its versions).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -40,14 +52,16 @@ import numpy as np
 from bebrjax import cli, report
 from bebrjax import workdir as wd
 from bebrjax.config import to_dict
-from bebrjax.errors import ConfigError
+from bebrjax.errors import CheckpointError, ConfigError, PlanError
 from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, Upgrade, Versions, load
+from bebrjax.search import plan as plan_lib
 from bebrjax.search.index import BinaryIndex, move_into_place, staging_dir
-from bebrjax.serving import ENCODER, FORMAT, INDEX, MANIFEST, VERSION, sha256
+from bebrjax.serving import ENCODER, ENCODERS, FORMAT, INDEX, MANIFEST, PLAN, VERSION, sha256
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 PACKAGES = ("bebrjax", "jax", "jaxlib", "flax", "numpy", "orbax-checkpoint")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a model's name, as its file's name
 
 
 def serialize(encoder: Encoder, platforms: Sequence[str] = PLATFORMS) -> tuple[bytes, list[str]]:
@@ -131,35 +145,50 @@ def _describe(loaded: Loaded, encoder: Encoder, platforms: list[str]) -> dict:
     return manifest
 
 
+def _spec(shape, dtype) -> dict:
+    return {"shape": ["N", *shape], "dtype": np.dtype(dtype).name}
+
+
 def export_bundle(
-    model: Loaded | str,
+    model: Loaded | str | None,
     out: str,
     *,
     index: str | None = None,
     part: str | None = None,
     platforms: Sequence[str] = PLATFORMS,
     overwrite: bool = False,
+    plan: str | plan_lib.ScoringPlan | None = None,
 ) -> dict:
-    """Writes the serving bundle of one part of a trained run to directory `out`.
+    """Writes the serving bundle of one part of a trained run, or of a scoring plan, to `out`.
 
     Args:
-      model: a loaded run, or its workdir.
+      model: a loaded run, or its workdir (None with `plan`).
       out: the bundle directory to create.
-      index: a saved `BinaryIndex` to ship with a binarizer's encoder.
+      index: a saved `BinaryIndex` to ship with a binarizer's encoder (or
+        with a plan's encoders: one the plan searches).
       part: which part ("binarizer"; "new", "old" or "psi" of an upgrade;
         "new", "old", "independent" or "psi" of a compatible-codes run, whose
         binarizers export as binarizer bundles, with an index if given);
         default the run's main part (the binarizer, or the new model).
       platforms: the platforms to lower for.
       overwrite: replace an existing `out`.
+      plan: a scoring plan (or its JSON file) instead of `model`: a plan
+        bundle of every query model of the plan, loaded from the workdirs
+        it records (see the module docstring).
 
     Returns:
       The manifest written.
 
     Raises:
-      ConfigError, LoadError, IndexFormatError, OutputExistsError: before
-      anything is written.
+      ConfigError, LoadError, IndexFormatError, OutputExistsError, PlanError:
+      before anything is written.
     """
+    if (model is None) == (plan is None):
+        raise ConfigError("give exactly one of a run (--workdir) and a scoring plan (--plan)")
+    if plan is not None:
+        if part is not None:
+            raise ConfigError(f"--part {part}: a plan bundle holds every query model of the plan")
+        return _export_plan(plan, out, index, platforms, overwrite)
     loaded = load(model) if isinstance(model, str) else model
     if not isinstance(loaded, Loaded):
         raise LoadError(f"{model}: a comparison holds several runs; export one of them")
@@ -168,6 +197,7 @@ def export_bundle(
     encoder = loaded.part(part or ("binarizer" if isinstance(loaded, Binarizer) else "new"))
     out = os.path.normpath(out)
     wd.refuse_existing(out, overwrite, directory=True)
+    saved = None
     if index is not None:
         if not isinstance(loaded, Binarizer):
             raise LoadError(f"{loaded.workdir}: an index goes with a binarizer's bundle")
@@ -178,11 +208,106 @@ def export_bundle(
                 f"{loaded.workdir} makes narrower ones (m={loaded.code_dim})"
             )
     blob, lowered = serialize(encoder, platforms)
-    manifest = _describe(loaded, encoder, lowered)
+    return _write(out, {ENCODER: blob}, _describe(loaded, encoder, lowered), index, saved)
+
+
+def _plan_model(name: str, info: dict, runs: dict[str, Binarizer]) -> Binarizer:
+    """The binarizer run of the plan's query model `name`, checked against the plan's record.
+
+    Raises:
+      LoadError: one line naming the model and its workdir.
+    """
+    where = info.get("workdir")
+    if not isinstance(where, str):
+        raise LoadError(f"query model {name!r} of the plan: it records no workdir")
+    key = os.path.abspath(where)
+    if key not in runs:
+        try:
+            run = load(where)
+        except (LoadError, CheckpointError, OSError) as e:
+            raise LoadError(f"query model {name!r} of the plan: {e}") from None
+        if not isinstance(run, Binarizer):
+            raise LoadError(f"query model {name!r} of the plan: {where} is not a binarizer run")
+        runs[key] = run
+    run = runs[key]
+    found = {"step": run.encoder.step, "m": run.code_dim, "u": run.loops}
+    for field, value in found.items():
+        if info.get(field) != value:
+            raise LoadError(
+                f"query model {name!r} of the plan: {where} has {field}={value}; the plan "
+                f"records {field}={info.get(field)} (it was fitted on that run's codes)"
+            )
+    return run
+
+
+def _export_plan(
+    plan: str | plan_lib.ScoringPlan,
+    out: str,
+    index: str | None,
+    platforms: Sequence[str],
+    overwrite: bool,
+) -> dict:
+    """`export_bundle` of a scoring plan: its query models' encoders and the plan."""
+    plan = plan_lib.load(plan) if isinstance(plan, str) else plan
+    names = plan.fusion().models
+    odd = [name for name in names if not _FILE_NAME.fullmatch(name)]
+    if odd:
+        raise PlanError(f"query model name(s) {odd}: a bundle names a file after each model")
+    out = os.path.normpath(out)
+    wd.refuse_existing(out, overwrite, directory=True)
+    saved = None
+    if index is not None:
+        saved = BinaryIndex.load(index)
+        try:
+            plan.check_index(saved.m, list(saved.versions))
+        except PlanError as e:
+            raise PlanError(f"{index}: {e}") from None
+    runs: dict[str, Binarizer] = {}
+    loaded = {name: _plan_model(name, plan.models[name], runs) for name in names}
+    blobs, described, serialized = {}, {}, {}
+    for name, run in loaded.items():
+        encoder = run.part("binarizer")
+        key = os.path.abspath(run.workdir)
+        if key not in serialized:  # one run under two names is serialized once
+            serialized[key] = serialize(encoder, platforms)
+        blob, lowered = serialized[key]
+        out_spec = encoder.output_spec()
+        blobs[f"{ENCODERS}/{name}.jax"] = blob
+        described[name] = {
+            "file": f"{ENCODERS}/{name}.jax",
+            "d": encoder.input_shape[-1],
+            "m": run.code_dim,
+            "u": run.loops,
+            "step": encoder.step,
+            "workdir": key,
+            "normalization": encoder.normalization,
+            "input": _spec(encoder.input_shape, encoder.input_dtype),
+            "output": _spec(out_spec.shape, out_spec.dtype),
+            "platforms": lowered,
+        }
+    blobs[PLAN] = (json.dumps(plan.to_dict(), indent=2) + "\n").encode()
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "plan",
+        "m": plan.m,
+        "calibration": plan.calibration,
+        "document_versions": [v.name for v in plan.versions],
+        "plan": {"file": PLAN, "models": described},
+        "versions": _versions(),
+    }
+    return _write(out, blobs, manifest, index, saved)
+
+
+def _write(out: str, blobs: dict[str, bytes], manifest: dict, index: str | None, saved) -> dict:
+    """Writes `blobs` (relative name -> bytes), the index and the manifest as bundle `out`."""
     tmp = staging_dir(out, ".tmp-bundle-")
     try:
-        with open(os.path.join(tmp, ENCODER), "wb") as f:
-            f.write(blob)
+        for name, blob in blobs.items():
+            target = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(blob)
         if index is not None:
             shutil.copytree(index, os.path.join(tmp, INDEX))
             manifest["index"] = {"path": INDEX, "count": saved.ntotal, "metric": saved.metric}
@@ -206,9 +331,12 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m bebrjax.export",
         description="Export a trained encoder (and an index) as a jax-and-numpy serving bundle.",
     )
-    p.add_argument("--workdir", required=True, help="a finished run")
+    p.add_argument("--workdir", help="a finished run (or --plan)")
+    p.add_argument(
+        "--plan", help="a scoring plan (JSON) instead: bundle every query model of the plan"
+    )
     p.add_argument("--out", required=True, help="the bundle directory to write")
-    p.add_argument("--index", help="a BinaryIndex to ship with a binarizer's encoder")
+    p.add_argument("--index", help="a BinaryIndex to ship with the encoder(s)")
     p.add_argument(
         "--part", help="binarizer; or new, old, psi of an upgrade or compatible run (default: main)"
     )
@@ -222,6 +350,8 @@ def _shape(spec: dict) -> str:
 
 
 def _command(args: argparse.Namespace) -> None:
+    if (args.workdir is None) == (args.plan is None):
+        raise ConfigError("pass exactly one of --workdir and --plan")
     manifest = export_bundle(
         args.workdir,
         args.out,
@@ -229,7 +359,27 @@ def _command(args: argparse.Namespace) -> None:
         part=args.part,
         platforms=[p for p in args.platforms.split(",") if p],
         overwrite=args.overwrite,
+        plan=args.plan,
     )
+    docs = manifest.get("index", {}).get("count", "-")
+    if "plan" in manifest:
+        models = manifest["plan"]["models"]
+        rows = [
+            [
+                args.out,
+                name,
+                _shape(info["input"]),
+                _shape(info["output"]),
+                ",".join(info["platforms"]),
+                info["step"],
+                docs,
+            ]
+            for name, info in models.items()
+        ]
+        head = ["bundle", "model", "input", "output", "platforms", "step", "index docs"]
+        summary = {"kind": "plan", "plan": manifest["plan"]}
+        cli.print_summary(report.table(head, rows), summary)
+        return
     fn = manifest["function"]
     rows = [
         [
@@ -239,7 +389,7 @@ def _command(args: argparse.Namespace) -> None:
             _shape(fn["output"]),
             ",".join(fn["platforms"]),
             manifest["checkpoint"]["step"],
-            manifest.get("index", {}).get("count", "-"),
+            docs,
         ]
     ]
     head = ["bundle", "part", "input", "output", "platforms", "step", "index docs"]

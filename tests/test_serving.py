@@ -18,6 +18,8 @@ from bebrjax.evaluators.compatibility import compatibility_matrix
 from bebrjax.export import export_bundle
 from bebrjax.export import main as export_main
 from bebrjax.search import BinaryIndex, IndexFormatError
+from bebrjax.search import plan as plan_lib
+from bebrjax.search.fusion import search_fused
 from bebrjax.search.writer import IndexWriter
 from bebrjax.serving import BundleError, load_bundle
 from bebrjax.trainers.binarizer import build_model
@@ -409,3 +411,171 @@ def test_upgrade_runs_load_and_give_their_results_back(compare_run, tmp_path):
     )
     with pytest.raises(inference.LoadError, match="has no part 'psi'"):
         runs["bct"].upgrade(stored)
+
+
+@pytest.fixture(scope="module")
+def plan_bundle(binarizer_run, tmp_path_factory):
+    """(bundle path, manifest, plan path, index path) of a two-version plan bundle.
+
+    The plan's query models "old" and "new" are the one tiny binarizer run
+    under two names; the index holds old documents, a third of them
+    replaced by "new" codes of other vectors.
+    """
+    workdir, _ = binarizer_run
+    tmp = tmp_path_factory.mktemp("plan")
+    model = inference.load(str(workdir))
+    queries = _inputs(200, seed=5)
+    docs = queries + 0.5 * _inputs(200, seed=6)
+    codes = (model.encode(queries), model.encode(docs))
+    info = {"workdir": str(workdir), "step": model.encoder.step, "m": 16, "u": 1}
+    plan = plan_lib.fit(
+        {"old": codes, "new": codes},
+        {"old": ("old", {"old": 1.0, "new": 0.5}), "new": ("new", {"new": 1.0})},
+        {"old": info, "new": info},
+    )
+    plan.save(str(tmp / "plan.json"))
+    index = BinaryIndex(16, 1, version="old")
+    index.add(model.encode(_inputs(300, seed=3)))
+    ids = np.arange(0, 300, 3)
+    index.replace(ids, model.encode(_inputs(len(ids), seed=7)), "new")
+    index.save(str(tmp / "index"))
+    manifest = export_bundle(
+        None, str(tmp / "bundle"), plan=str(tmp / "plan.json"), index=str(tmp / "index")
+    )
+    return tmp / "bundle", manifest, tmp / "plan.json", tmp / "index"
+
+
+PLAN_SERVE = """
+import builtins, json, sys
+import numpy as np
+BLOCKED = ("flax", "optax", "orbax", "ml_collections")
+real_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name.split(".")[0] in BLOCKED:
+        raise ImportError(f"blocked: {name}")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded
+from bebrjax.serving import load_bundle
+bundle = load_bundle(sys.argv[1])
+with np.load(sys.argv[2]) as queries:
+    scores, ids = bundle.search_versions({name: queries[name] for name in queries.files}, k=7)
+np.savez(sys.argv[3], scores=scores, ids=ids)
+print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+"""
+
+
+def test_a_plan_bundle_searches_versions_as_the_library_does(binarizer_run, plan_bundle, tmp_path):
+    workdir, _ = binarizer_run
+    path, manifest, plan_path, index_path = plan_bundle
+    model = inference.load(str(workdir))
+    assert manifest["kind"] == "plan" and set(manifest["plan"]["models"]) == {"old", "new"}
+    described = manifest["plan"]["models"]["new"]
+    assert described["file"] == "encoders/new.jax" and described["step"] == model.encoder.step
+    assert (described["d"], described["m"], described["u"]) == (16, 16, 1)
+    assert described["output"] == {"shape": ["N", 2, 16], "dtype": "int8"}
+    assert {"plan.json", "encoders/old.jax", "encoders/new.jax", "index/codes.npy"} <= set(
+        manifest["files"]
+    )
+    plan = plan_lib.load(str(plan_path))
+    bundle = load_bundle(str(path))
+    assert bundle.models == ("old", "new") and bundle.plan.to_dict() == plan.to_dict()
+    queries = {"old": _inputs(40, seed=8), "new": _inputs(40, seed=9)}
+    np.testing.assert_array_equal(
+        bundle.encode(queries["new"], model="new"), model.encode(queries["new"])
+    )
+    # the library: the index, the run's own codes, the plan restricted to the index's versions
+    index = BinaryIndex.load(str(index_path))
+    planes = {name: model.encode(x) for name, x in queries.items()}
+    fusion = plan.only(list(index.versions)).fusion()
+    scores, ids = search_fused(index, planes, fusion, 7)
+    # a process with the bundle alone, the training stack unimportable
+    np.savez(tmp_path / "queries.npz", **queries)
+    script = tmp_path / "serve.py"
+    script.write_text(PLAN_SERVE)
+    args = [str(path), str(tmp_path / "queries.npz"), str(tmp_path / "out.npz")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _last_json(proc.stdout) == {"loaded": []}
+    with np.load(tmp_path / "out.npz") as served:
+        np.testing.assert_array_equal(served["ids"], ids)
+        np.testing.assert_array_equal(served["scores"], scores)
+    got_scores, got_ids = bundle.search_versions(queries, 7)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_scores, scores)
+
+
+def test_a_plan_bundle_refuses_requests_it_cannot_answer(plan_bundle, tmp_path):
+    path, _, _, _ = plan_bundle
+    bundle = load_bundle(str(path))
+    x = _inputs(4)
+    with pytest.raises(ValueError, match="name a model.*'old', 'new'"):
+        bundle.encode(x)
+    with pytest.raises(ValueError, match="no query model 'mystery'.*'old', 'new'"):
+        bundle.encode(x, model="mystery")
+    with pytest.raises(BundleError, match="search_versions"):
+        bundle.search(x, 5)
+    with pytest.raises(BundleError, match="a plan bundle"):
+        bundle.input_shape  # noqa: B018 - the property raises
+    with pytest.raises(ValueError, match=r"\['mystery'\] that the plan does not know"):
+        bundle.search_versions({"old": x, "new": x, "mystery": x}, 5)
+    with pytest.raises(ValueError, match=r"no queries of model\(s\) \['new'\]"):
+        bundle.search_versions({"old": x}, 5)
+    copy = tmp_path / "bundle"
+    shutil.copytree(path, copy)
+    target = copy / "encoders" / "old.jax"
+    target.write_bytes(target.read_bytes()[:-1])
+    with pytest.raises(BundleError, match="encoders/old.jax does not match its sha256"):
+        load_bundle(str(copy))
+    (copy / "plan.json").unlink()
+    with pytest.raises(BundleError, match="missing: plan.json"):
+        load_bundle(str(copy))
+
+
+def test_export_refuses_bad_plans_in_one_line(binarizer_run, plan_bundle, tmp_path, capsys):
+    workdir, _ = binarizer_run
+    _, _, plan_path, index_path = plan_bundle
+    plan = json.loads(plan_path.read_text())
+    step = plan["models"][0]["step"]
+
+    def edited(name, **changes):
+        models = [{**m, **changes} if m["name"] == name else m for m in plan["models"]]
+        out = tmp_path / f"{name}-{'-'.join(changes)}.json"
+        out.write_text(json.dumps({**plan, "models": models}))
+        return str(out)
+
+    old_only = BinaryIndex(16, 1, version="old")
+    old_only.add(np.ones((3, 2, 16), np.int8))
+    old_only.save(str(tmp_path / "old_only"))
+    gone = str(tmp_path / "gone")
+    out = str(tmp_path / "new_bundle")
+    for args, message in [
+        (
+            ["--plan", edited("new", workdir=gone)],
+            f"query model 'new' of the plan: {gone}: no such",
+        ),
+        (["--plan", edited("old", step=3)], f"has step={step}; the plan records step=3"),
+        (["--plan", edited("new", u=2)], "has u=1; the plan records u=2"),
+        (
+            ["--plan", str(plan_path), "--index", str(tmp_path / "old_only")],
+            "the plan names version(s) ['new'] that the index lacks",
+        ),
+        (["--plan", str(plan_path), "--workdir", str(workdir)], "exactly one of"),
+        ([], "exactly one of"),
+        (["--plan", str(plan_path), "--part", "new"], "--part new: a plan bundle"),
+        (["--plan", str(tmp_path / "nope.json")], "no such scoring plan"),
+    ]:
+        assert export_main(["--out", out, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+        assert not os.path.exists(out)
+    assert export_main(["--out", out, "--plan", str(plan_path), "--platforms", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert _last_json(printed)["kind"] == "plan" and "encoders/new.jax" in printed
+    assert load_bundle(out).models == ("old", "new")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bebrjax import fit_plan, query, sharding
+from bebrjax import export, fit_plan, query, sharding
 from bebrjax.errors import PlanError
 from bebrjax.evaluators.retrieval import recall_at_k
 from bebrjax.heldout import held_out
@@ -206,6 +206,11 @@ def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path
         index, {"old": old_pairs.query, "new": new_pairs.query}, k=10, plan=plan_path
     )
     np.testing.assert_array_equal(library, ids)
+    # The plan's bundle answers the same from the command line.
+    bundle = str(tmp_path / "bundle")
+    assert export.main(["--plan", plan_path, "--out", bundle, "--platforms", "cpu"]) == 0
+    assert query.main([*search, "--bundle", bundle, *models]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "hits.npz")["ids"], ids)
     # Refusals, one line each: a query model missing, a plan of another width.
     for extra, message in [
         (models[:2], "queries were given for ['old']"),

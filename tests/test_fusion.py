@@ -118,6 +118,11 @@ def test_fused_search_refuses_what_does_not_fit(mixed):
     lacking = Fusion(("new",), ("new", "psi"), [[1.0, 1.0]], [0.0, 0.0])
     with pytest.raises(ValueError, match="lacks"):
         search_fused(index, {"new": queries["new"]}, lacking, 5)
+    from bebrjax.search import IVFIndex
+
+    ivf = IVFIndex.from_index(index, nlist=4)
+    with pytest.raises(ValueError, match="got IVFIndex"):
+        search_fused(ivf, queries, fusion, 5)
     unscored = Fusion(("old", "new"), ("old", "new"), [[1.0, 0.0], [1.0, 0.0]], [0.0, 0.0])
     with pytest.raises(ValueError, match=r"\['new'\] are scored by no query model"):
         search_fused(index, queries, unscored, 5)

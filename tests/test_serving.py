@@ -229,21 +229,44 @@ def test_load_refuses_what_it_cannot_load(binarizer_run, tmp_path):
         inference.load(str(unfinished))
 
 
-SERVE = """
-import builtins, json, sys
-import jax, numpy as np
-x = np.load(sys.argv[2])
-# 1. plain jax, before bebrjax is imported
-plain = np.asarray(jax.export.deserialize(open(sys.argv[1] + "/encoder.jax", "rb").read()).call(x))
-# 2. bebrjax's serving loader, with the training stack unimportable
-BLOCKED = ("flax", "optax", "orbax", "ml_collections")
+def _serve(tmp_path, source: str, args: list[str]) -> dict:
+    """Runs a serving script in a fresh one-device process; its last JSON line."""
+    script = tmp_path / "serve.py"
+    script.write_text(source)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return _last_json(proc.stdout)
+
+
+# Makes the training stack unimportable in a serving script (BLOCKED stays defined).
+BLOCK_TRAINING_STACK = """BLOCKED = ("flax", "optax", "orbax", "ml_collections")
 real_import = builtins.__import__
 def guarded(name, *args, **kwargs):
     if name.split(".")[0] in BLOCKED:
         raise ImportError(f"blocked: {name}")
     return real_import(name, *args, **kwargs)
 builtins.__import__ = guarded
-from bebrjax.serving import load_bundle
+"""
+
+
+SERVE = (
+    """
+import builtins, json, sys
+import jax, numpy as np
+x = np.load(sys.argv[2])
+# 1. plain jax, before bebrjax is imported
+plain = np.asarray(jax.export.deserialize(open(sys.argv[1] + "/encoder.jax", "rb").read()).call(x))
+# 2. bebrjax's serving loader, with the training stack unimportable
+"""
+    + BLOCK_TRAINING_STACK
+    + """from bebrjax.serving import load_bundle
 bundle = load_bundle(sys.argv[1])
 served = bundle.encode(x)
 scores, ids = bundle.search(x[:50], k=5)
@@ -256,6 +279,7 @@ direct = model.encode(x)
 np.savez(sys.argv[4], plain=plain, served=served, direct=direct, ids=ids, scores=scores)
 print(json.dumps({"devices": jax.device_count(), "loaded": loaded}))
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -284,19 +308,8 @@ def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_p
     }
     x = _inputs(1000, seed=4)
     np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "serve.py"
-    script.write_text(SERVE)
     args = [str(path), str(tmp_path / "x.npy"), str(workdir), str(tmp_path / "out.npz")]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": ""},
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert _last_json(proc.stdout) == {"devices": 1, "loaded": []}
+    assert _serve(tmp_path, SERVE, args) == {"devices": 1, "loaded": []}
     model = inference.load(str(workdir))  # on the 8 devices that trained it
     expected = model.encode(x)
     out = np.load(tmp_path / "out.npz")
@@ -445,23 +458,20 @@ def plan_bundle(binarizer_run, tmp_path_factory):
     return tmp / "bundle", manifest, tmp / "plan.json", tmp / "index"
 
 
-PLAN_SERVE = """
+PLAN_SERVE = (
+    """
 import builtins, json, sys
 import numpy as np
-BLOCKED = ("flax", "optax", "orbax", "ml_collections")
-real_import = builtins.__import__
-def guarded(name, *args, **kwargs):
-    if name.split(".")[0] in BLOCKED:
-        raise ImportError(f"blocked: {name}")
-    return real_import(name, *args, **kwargs)
-builtins.__import__ = guarded
-from bebrjax.serving import load_bundle
+"""
+    + BLOCK_TRAINING_STACK
+    + """from bebrjax.serving import load_bundle
 bundle = load_bundle(sys.argv[1])
 with np.load(sys.argv[2]) as queries:
     scores, ids = bundle.search_versions({name: queries[name] for name in queries.files}, k=7)
 np.savez(sys.argv[3], scores=scores, ids=ids)
 print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
 """
+)
 
 
 def test_a_plan_bundle_searches_versions_as_the_library_does(binarizer_run, plan_bundle, tmp_path):
@@ -490,19 +500,8 @@ def test_a_plan_bundle_searches_versions_as_the_library_does(binarizer_run, plan
     scores, ids = search_fused(index, planes, fusion, 7)
     # a process with the bundle alone, the training stack unimportable
     np.savez(tmp_path / "queries.npz", **queries)
-    script = tmp_path / "serve.py"
-    script.write_text(PLAN_SERVE)
     args = [str(path), str(tmp_path / "queries.npz"), str(tmp_path / "out.npz")]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": ""},
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert _last_json(proc.stdout) == {"loaded": []}
+    assert _serve(tmp_path, PLAN_SERVE, args) == {"loaded": []}
     with np.load(tmp_path / "out.npz") as served:
         np.testing.assert_array_equal(served["ids"], ids)
         np.testing.assert_array_equal(served["scores"], scores)

@@ -206,16 +206,7 @@ def save_psi(
     `directory`/config.json records the old codes psi reads, the new codes
     it writes and the runs it was fitted on.
     """
-
-    def codes(run: Binarizer) -> dict:
-        return {
-            "workdir": os.path.abspath(run.workdir),
-            "step": run.encoder.step,
-            "m": run.code_dim,
-            "u": run.loops,
-        }
-
-    wd.prepare(directory, {"alpha": alpha, "old": codes(old), "new": codes(new)})
+    wd.prepare(directory, {"alpha": alpha, "old": old.provenance(), "new": new.provenance()})
     mngr = checkpoint.manager(os.path.join(directory, "checkpoints"), every=1, keep=1)
     # Replicated over every device (of every process: orbax writes global arrays).
     on_devices = jax.device_put(params, sharding.replicated(sharding.make_mesh()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -163,6 +164,15 @@ class Binarizer(Loaded):
     def loops(self) -> int:
         """u: every code has u+1 bit planes."""
         return int(self.config.model.loops)
+
+    def provenance(self) -> dict[str, Any]:
+        """Where its codes come from: {"workdir" (absolute), "step", "m", "u"}."""
+        return {
+            "workdir": os.path.abspath(self.workdir),
+            "step": self.encoder.step,
+            "m": self.code_dim,
+            "u": self.loops,
+        }
 
     def encode(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """int8 bit planes [N, u+1, m] of +-1 of float embeddings [N, d] (any scale)."""

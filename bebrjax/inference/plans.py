@@ -35,16 +35,6 @@ def _binarizer(name: str, workdir: str, mesh: Mesh | None) -> Binarizer:
     return loaded
 
 
-def model_info(model: Binarizer) -> dict:
-    """What a plan records of a query model's run: workdir, checkpoint step, m, u."""
-    return {
-        "workdir": os.path.abspath(model.workdir),
-        "step": model.encoder.step,
-        "m": model.code_dim,
-        "u": model.loops,
-    }
-
-
 def fit_runs(
     runs: Mapping[str, str],
     scores: Mapping[str, Mapping[str, float]] | None = None,
@@ -116,7 +106,7 @@ def fit_runs(
         "pairs": len(rows),
         "seed": seed,
     }
-    info = {name: model_info(model) for name, model in models.items()}
+    info = {name: model.provenance() for name, model in models.items()}
     return plan_lib.fit(codes, versions, info, calibration=calibration, fitted_on=fitted_on)
 
 

@@ -1,4 +1,4 @@
-"""BEBR's pair contrastive loss with hard negatives (DESIGN.md §4).
+"""BEBR's pair contrastive loss with hard negatives.
 
 Logits l_jk = cos(z1_j, z2_k) / tau over a batch of positive pairs (z1_j, z2_j).
 Off-diagonal entries of pairs that show the same item as pair j (`groups`,
@@ -135,7 +135,7 @@ def cross_version_loss(
     mixed_negatives: bool = True,
     labels: jax.Array | None = None,
 ) -> jax.Array:
-    """The pair loss between a new binarizer's codes and a frozen old one's (DESIGN.md §4).
+    """The pair loss between a new binarizer's codes and a frozen old one's.
 
     "new->old" is `pair_contrastive_loss(new_query, old_doc)` (new query codes
     rank the old doc codes, and the old docs rank the new queries);

@@ -199,6 +199,12 @@ def _gallery(index: BinaryIndex | ShardedIndex):
     """(local BinaryIndex, candidates(queries, width, scorer), exact_ints, versions_of)."""
     if isinstance(index, ShardedIndex):
         return index.local, index._candidates, index.exact_ints, index.versions_of
+    if not isinstance(index, BinaryIndex):
+        raise ValueError(
+            f"version-aware search takes a BinaryIndex or ShardedIndex; got "
+            f"{type(index).__name__} (an IVF index's lists are probed by one query code; "
+            "open its directory with BinaryIndex.load for an exhaustive search)"
+        )
     doc_versions = index.doc_versions
     return index, index._search, index.exact_ints, lambda ids: doc_versions[ids]
 

@@ -41,15 +41,7 @@ def fit_plans(
         )
         for name, model in models.items()
     }
-    info = {
-        name: {
-            "workdir": os.path.abspath(model.workdir),
-            "step": model.encoder.step,
-            "m": model.code_dim,
-            "u": model.loops,
-        }
-        for name, model in models.items()
-    }
+    info = {name: model.provenance() for name, model in models.items()}
     old = ("old", {"old": 1.0, "new": va.cross_weight})
     specs = {
         "version_aware": {"old": old, "new": ("new", {"new": 1.0})},

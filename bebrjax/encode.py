@@ -170,6 +170,7 @@ def encode_corpus(
                 job=job,
                 restart=overwrite,
                 version=version,
+                query_bits=model.query_bits,
             )
         start_rows, clock = distributed.broadcast(writer.rows if writer else 0), time.perf_counter()
         try:

@@ -37,6 +37,7 @@ width m and exactly its versions).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -54,9 +55,11 @@ from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.errors import CheckpointError, ConfigError, PlanError
 from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, Upgrade, Versions, load
+from bebrjax.models.binarizer import query_planes
 from bebrjax.search import plan as plan_lib
-from bebrjax.search.index import BinaryIndex, move_into_place, staging_dir
-from bebrjax.serving import ENCODER, ENCODERS, FORMAT, INDEX, MANIFEST, PLAN, VERSION, sha256
+from bebrjax.search.index import BinaryIndex
+from bebrjax.search.storage import move_into_place, staging_dir
+from bebrjax.serving import ENCODER, ENCODERS, FORMAT, INDEX, MANIFEST, PLAN, QUERY, VERSION, sha256
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -194,7 +197,8 @@ def export_bundle(
         raise LoadError(f"{model}: a comparison holds several runs; export one of them")
     if isinstance(loaded, Versions) and (part or "new") in loaded.binarizers:
         loaded, part = loaded.binarizer(part or "new"), "binarizer"  # a binarizer run of its own
-    encoder = loaded.part(part or ("binarizer" if isinstance(loaded, Binarizer) else "new"))
+    part = part or ("binarizer" if isinstance(loaded, Binarizer) else "new")
+    encoder = loaded.part(part)
     out = os.path.normpath(out)
     wd.refuse_existing(out, overwrite, directory=True)
     saved = None
@@ -208,7 +212,31 @@ def export_bundle(
                 f"{loaded.workdir} makes narrower ones (m={loaded.code_dim})"
             )
     blob, lowered = serialize(encoder, platforms)
-    return _write(out, {ENCODER: blob}, _describe(loaded, encoder, lowered), index, saved)
+    blobs, manifest = {ENCODER: blob}, _describe(loaded, encoder, lowered)
+    bits = loaded.query_bits if isinstance(loaded, Binarizer) and part == "binarizer" else 0
+    if isinstance(loaded, Binarizer) and bits:
+        queries = query_encoder(loaded, bits)
+        blobs[QUERY], _ = serialize(queries, platforms)
+        made = queries.output_spec()
+        manifest["query"] = {
+            "bits": bits,
+            "file": QUERY,
+            "input": _spec(queries.input_shape, queries.input_dtype),
+            "output": _spec(made.shape, made.dtype),
+        }
+    return _write(out, blobs, manifest, index, saved)
+
+
+def query_encoder(model: Binarizer, bits: int) -> Encoder:
+    """The binarizer's asymmetric query function: float rows -> `bits` query planes."""
+    logits = model.parts["logits"]
+    forward = logits.forward
+    return dataclasses.replace(
+        logits,
+        name="query",
+        kind="binarizer",
+        forward=lambda v, x: query_planes(forward(v, x), bits),
+    )
 
 
 def _plan_model(name: str, info: dict, runs: dict[str, Binarizer]) -> Binarizer:

@@ -58,6 +58,7 @@ from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.inference.plans import query_models
 from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
 from bebrjax.search import plan as plan_lib
+from bebrjax.search.codes import MAX_QUERY_PLANES
 from bebrjax.search.fusion import search_fused
 from bebrjax.search.plan import ScoringPlan
 from bebrjax.search.rescore import rescore
@@ -98,6 +99,7 @@ def search_index(
     rescore_docs: str | None = None,
     asymmetric: bool = False,
     oversample: int = 4,
+    query_bits: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
 
@@ -117,6 +119,8 @@ def search_index(
       asymmetric: rank that shortlist by the float query against the decoded
         codes instead (queries of the codes' width m).
       oversample: the shortlist's size over k when rescoring.
+      query_bits: the query precision (0: codes; B: the model's pre-sign
+        output at B bits); None: the index's, as it was evaluated.
 
     Returns:
       (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
@@ -130,10 +134,10 @@ def search_index(
         raise DataError(f"batch size {batch_size}: must be > 0")
     if bundle is not None:
         model = load_bundle(bundle)
-        dim, encode, model_shape = model.input_shape[0], model.encode, model.output_shape
+        dim, model_shape = model.input_shape[0], model.output_shape
     else:
         model = as_binarizer(workdir)
-        dim, encode = model.dim, model.encode
+        dim = model.dim
         model_shape = (model.loops + 1, model.code_dim)
     if rescore_docs is not None and asymmetric:
         raise DataError("rescore with the float documents or asymmetrically, not both")
@@ -147,7 +151,10 @@ def search_index(
         raise DataError(f"k={k} must be in [1, {index.ntotal}] (the documents in the index)")
     if isinstance(queries, str):
         queries = read_queries(queries, key, dim)
-    planes = encode(queries, batch_size)
+    bits = served_bits(index) if query_bits is None else query_bits
+    if not 0 <= bits <= MAX_QUERY_PLANES:
+        raise DataError(f"query bits {bits}: must be in [0, {MAX_QUERY_PLANES}] (0: codes)")
+    planes = model.encode_query(queries, batch_size, bits=bits)
     probing = {} if nprobe is None else {"nprobe": nprobe}
     try:
         if rescore_docs is None and not asymmetric:
@@ -225,6 +232,13 @@ def search_versions(
         raise DataError(str(e)) from None
 
 
+def served_bits(index: BinaryIndex | IVFIndex | ShardedIndex) -> int:
+    """The query precision an index records (`BinaryIndex.query_bits`)."""
+    if isinstance(index, IVFIndex):
+        return index.codes.query_bits
+    return index.local.query_bits if isinstance(index, ShardedIndex) else index.query_bits
+
+
 def load_index(path: str, ivf: bool = False) -> BinaryIndex | IVFIndex | ShardedIndex:
     """The index at `path`: whole on one process, each process's part on several.
 
@@ -272,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
         "--asymmetric", action="store_true", help="rank the shortlist by float query vs codes"
     )
     p.add_argument("--oversample", type=int, default=4, help="shortlist = k x this (4)")
+    p.add_argument(
+        "--query-bits", type=int, help="query precision: 0 codes, B bits (default: the index's)"
+    )
     distributed.add_arguments(p)
     return p
 
@@ -327,6 +344,7 @@ def _command(args: argparse.Namespace) -> None:
             rescore_docs=args.rescore,
             asymmetric=args.asymmetric,
             oversample=args.oversample,
+            query_bits=args.query_bits,
         )
     summary = {"hits": args.out, "queries": len(ids), "k": args.k}
     head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]

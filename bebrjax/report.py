@@ -63,6 +63,7 @@ def undefined_notes(values: Iterable[tuple[str, float | None]]) -> list[str]:
 METHOD_NAMES = {
     "float": "float (raw embeddings, cosine)",
     "binary": "binary (recurrent codes)",
+    "binary_symmetric": "binary, queries as codes (symmetric)",
     "hash": "hash (random projection, same bits)",
     "trained_hash": "hash (sign MLP trained with the same loss, same bits)",
     "float_ft": "float fine-tuned (binarizer without sign)",
@@ -92,6 +93,22 @@ def retrieval_table(retrieval: Mapping[str, Mapping[str, Any]], reference: str =
             cells.append(f"{row[ks[-1]] / ref:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def budgets_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of a run's stored budgets (`evaluators.retrieval.budgets`)."""
+    ks = [key for key in rows[0] if key.startswith("R@")]
+    head = ["stored bits/dim", "queries", "bytes/vector", *ks]
+    body = [
+        [
+            row["stored_bits"],
+            f"{row['query_bits']}-bit" if row["query_bits"] else "codes",
+            f"{row['bytes_per_vector']:g}",
+            *(f"{row[k]:.3f}" for k in ks),
+        ]
+        for row in rows
+    ]
+    return table(head, body)
 
 
 def plot_run(

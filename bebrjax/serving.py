@@ -54,6 +54,7 @@ FORMAT = "bebrjax.bundle"
 VERSION = 1
 MANIFEST, ENCODER, INDEX = "manifest.json", "encoder.jax", "index"
 PLAN, ENCODERS = "plan.json", "encoders"  # a plan bundle's plan and its models' functions
+QUERY = "query.jax"  # a binarizer trained for asymmetric queries: float rows -> query planes
 
 
 def sha256(path: str) -> str:
@@ -143,6 +144,7 @@ class Bundle:
             }
         self.models: tuple[str, ...] = () if plan is None else tuple(self._functions)
         self._index: BinaryIndex | None = None
+        self._query: Function | None = None
 
     def function(self, model: str | None = None) -> Function:
         """The exported function of `model` (None: the single-model bundle's one).
@@ -240,7 +242,35 @@ class Bundle:
                 f"{self.path}: a plan bundle is searched with one query per model: "
                 f"search_versions({{model: queries}}, k) with models {', '.join(self.models)}"
             )
-        return self.index.search(self.encode(queries), k)
+        return self.index.search(self.encode_query(queries, bits=self.index.query_bits), k)
+
+    def encode_query(
+        self, x: np.ndarray, batch_size: int = 65536, bits: int | None = None
+    ) -> np.ndarray:
+        """Query planes at a query precision, as `Binarizer.encode_query` gives them.
+
+        Args:
+          x: float queries [N, d].
+          batch_size: rows per call.
+          bits: 0: the codes (`encode`); B: the exported query function, which
+            a bundle of a binarizer trained for B-bit queries carries
+            (`query.jax`); None: that B, or 0 without one.
+
+        Raises:
+          BundleError: for a precision the bundle has no function for.
+        """
+        served = self.manifest.get("query", {}).get("bits", 0)
+        bits = served if bits is None else bits
+        if bits == 0:
+            return self.encode(x, batch_size)
+        if bits != served:
+            raise BundleError(
+                f"{self.path}: queries at {bits} bits asked; this bundle encodes codes and "
+                + (f"{served}-bit queries" if served else "no other query precision")
+            )
+        if self._query is None:
+            self._query = Function(f"{self.path} (queries)", _deserialize(self.path, QUERY), "l2")
+        return self._query.encode(x, batch_size)
 
     def search_versions(
         self, queries: Mapping[str, np.ndarray], k: int, batch_size: int = 65536
@@ -353,6 +383,8 @@ def load_bundle(path: str, verify: bool = True) -> Bundle:
     files = manifest.get("files")
     if not isinstance(files, dict) or ("plan" not in manifest and ENCODER not in files):
         raise BundleError(f"{path}: {MANIFEST} lists no files (or not {ENCODER})")
+    if "query" in manifest and QUERY not in files:
+        raise BundleError(f"{path}: {MANIFEST} announces a query function but lists no {QUERY}")
     named = _plan_files(path, manifest, files) if "plan" in manifest else None
     on_disk = {
         os.path.relpath(os.path.join(root, name), path)

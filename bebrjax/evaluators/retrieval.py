@@ -18,10 +18,13 @@ figures are deterministic.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from bebrjax.models.binarizer import query_planes
 from bebrjax.search import BinaryIndex, FloatIndex
 
 
@@ -117,3 +120,54 @@ def storage(bits: int, bytes_per_vector: float, float_bytes: int) -> dict[str, f
         "bytes_per_vector": float(bytes_per_vector),
         "compression": float(float_bytes / bytes_per_vector),
     }
+
+
+def served_queries(queries: Any, query_bits: int, loops: int | None = None) -> np.ndarray:
+    """The query planes a served index meets, from the binarizer's output on the queries.
+
+    Args:
+      queries: the binarizer's output (`planes` [N, u+1, m], `logits` [N, m]).
+      query_bits: 0: the codes themselves (symmetric), cut to `loops` + 1
+        planes; B >= 1: the pre-sign logits quantized to B bits (asymmetric).
+      loops: the stored budget's loops, for symmetric queries (None: all).
+    """
+    if query_bits:
+        return np.asarray(query_planes(jnp.asarray(queries.logits), query_bits))
+    planes = queries.planes
+    return planes if loops is None else np.ascontiguousarray(planes[:, : loops + 1])
+
+
+def budgets(
+    queries: Any,
+    docs: Any,
+    query_bits: int,
+    ks: Sequence[int],
+    *,
+    mesh: Mesh | None = None,
+    kernel: str = "auto",
+    items: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Recall of every stored budget of one model: docs cut to their first u_d + 1 planes.
+
+    One row per stored budget u_d = 0..u and query precision (the codes
+    themselves at u_d loops, and `query_bits` when set): "stored_bits",
+    "query_bits" (0 for codes), R@k and "bytes_per_vector" (the packed planes
+    and the 4-byte 1/||b||).
+    """
+    rows = []
+    _, loops, m = docs.planes.shape
+    for u in range(loops):
+        stored = np.ascontiguousarray(docs.planes[:, : u + 1])
+        for bits in sorted({0, query_bits}):
+            found = code_recall(
+                served_queries(queries, bits, u), stored, ks, mesh=mesh, kernel=kernel, items=items
+            )
+            rows.append(
+                {
+                    "stored_bits": u + 1,
+                    "query_bits": bits,
+                    **found,
+                    "bytes_per_vector": m * (u + 1) / 8 + 4,
+                }
+            )
+    return rows

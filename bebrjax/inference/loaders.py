@@ -81,10 +81,17 @@ def _load_binarizer(workdir, config, step, mesh, finished) -> Binarizer:
     def forward(v, x):
         return model.apply(v, l2_normalize_rows(x), train=False).planes
 
-    encoder = Encoder(
-        "binarizer", "binarizer", forward, variables, (dim,), np.dtype(np.float32), "l2", step, mesh
-    )
-    return Binarizer(workdir, "binarizer", config, {"binarizer": encoder})
+    def logits(v, x):
+        return model.apply(v, l2_normalize_rows(x), train=False).logits
+
+    def part(name, kind, fn):
+        return Encoder(name, kind, fn, variables, (dim,), np.dtype(np.float32), "l2", step, mesh)
+
+    parts = {
+        "binarizer": part("binarizer", "binarizer", forward),
+        "logits": part("logits", "embedder", logits),
+    }
+    return Binarizer(workdir, "binarizer", config, parts)
 
 
 def _embedder(name, model: nn.Module, variables, example: np.ndarray, step, mesh) -> Encoder:

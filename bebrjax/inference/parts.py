@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from bebrjax import sharding
 from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.errors import LoadError
+from bebrjax.models.binarizer import query_planes
 from bebrjax.search import codes as codes_lib
 
 
@@ -177,6 +178,29 @@ class Binarizer(Loaded):
     def encode(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """int8 bit planes [N, u+1, m] of +-1 of float embeddings [N, d] (any scale)."""
         return self.encoder(x, batch_size)
+
+    @property
+    def query_bits(self) -> int:
+        """The query precision it was trained and evaluated for (0: queries as stored codes)."""
+        return int(self.config.get("query_bits", 0))
+
+    def encode_query(
+        self, x: np.ndarray, batch_size: int = 4096, bits: int | None = None
+    ) -> np.ndarray:
+        """Query planes [N, planes, m] of float embeddings at a query precision.
+
+        Args:
+          x: float embeddings [N, d].
+          batch_size: rows per batch.
+          bits: 0 encodes the queries as stored codes (`encode`: u+1 planes);
+            B >= 1 quantizes block W's pre-sign output to B bits per dimension
+            (`models.binarizer.query_planes`: B planes, searched by cross-u
+            SDC); None is `query_bits`.
+        """
+        bits = self.query_bits if bits is None else bits
+        if bits == 0:
+            return self.encode(x, batch_size)
+        return np.asarray(query_planes(jnp.asarray(self.parts["logits"](x, batch_size)), bits))
 
     def vectors(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """The recurrent codes b = sum_i 2^-i s_i, float32 [N, m] (exact)."""

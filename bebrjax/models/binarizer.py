@@ -114,10 +114,48 @@ class BinarizerOutput(NamedTuple):
       code: the recurrent vector b, [N, m] float32.
       planes: its bit planes s_0..s_u, [N, u+1, m] int8 of +-1 (None when
         `binarize=False`); code == sum_i 2^-i planes[:, i].
+      logits: block W's output before the sign, [N, m] float32: the
+        continuous first plane, which an asymmetric query uses
+        (`query_planes`).
+      prefixes: the codes of every budget, [N, u+1, m] float32: prefix j is
+        sum_{i<=j} 2^-i s_i, the code a document stored at j loops has
+        (the last is `code`); what a loss over every budget scores.
     """
 
     code: jax.Array
     planes: jax.Array | None
+    logits: jax.Array | None = None
+    prefixes: jax.Array | None = None
+
+
+def query_planes(logits: jax.Array, bits: int) -> jax.Array:
+    """A float query quantized to `bits` bits per dimension, as a recurrent code of `bits` planes.
+
+    Each row is scaled so that its largest |coordinate| maps to L = 2^bits - 1
+    and rounded to the nearest odd integer in [-L, L]. Those are exactly the
+    values of 2^(bits-1) b for a recurrent code b = sum_i 2^-i s_i of `bits`
+    planes (s_0 = the sign, each next plane the sign of what is left), so
+    the quantized query is searched by cross-u SDC against any stored code,
+    exactly; the row's scale does not change its ranking. `bits` = 1 is the
+    sign alone.
+
+    Args:
+      logits: float [N, m].
+      bits: 1..8 planes.
+
+    Returns:
+      int8 [N, bits, m] of +-1.
+    """
+    top = jnp.max(jnp.abs(logits), axis=-1, keepdims=True)
+    level = 2**bits - 1
+    scaled = logits / jnp.where(top > 0, top, 1.0) * level
+    odd = jnp.clip(2 * jnp.round((scaled - 1) / 2) + 1, -level, level)
+    planes, rest = [], odd
+    for i in range(bits):
+        sign = jnp.where(rest >= 0, 1.0, -1.0)
+        planes.append(sign)
+        rest = rest - sign * 2.0 ** (bits - 1 - i)
+    return jnp.stack(planes, axis=1).astype(jnp.int8)
 
 
 class Model(nn.Module):
@@ -153,14 +191,19 @@ class Model(nn.Module):
         def block(features, name):
             return MLPBlock(features, hidden, self.depth, self.skip, name=name)
 
-        plane = quantize(block(self.code_dim, "w")(x, train))
+        logits = block(self.code_dim, "w")(x, train)
+        plane = quantize(logits)
         planes = [plane]
         code = plane
+        prefixes = [code]
         for i in range(1, self.loops + 1):
             recon = l2_normalize(block(dim, f"b{i}")(code, train))
             plane = quantize(block(self.code_dim, f"r{i}")(x - recon, train))
             planes.append(plane)
             code = code + 2.0**-i * plane
+            prefixes.append(code)
+        prefixes = jnp.stack(prefixes, axis=1)
         if not self.binarize:
-            return BinarizerOutput(code, None)
-        return BinarizerOutput(code, jnp.stack(planes, axis=1).astype(jnp.int8))
+            return BinarizerOutput(code, None, logits, prefixes)
+        planes = jnp.stack(planes, axis=1).astype(jnp.int8)
+        return BinarizerOutput(code, planes, logits, prefixes)

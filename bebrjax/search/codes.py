@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 WORD_BITS = 32
+MAX_QUERY_PLANES = 4  # a query of u_q <= 3 loops: exact integer scores in float32 (`scoring`)
 
 
 def num_words(m: int) -> int:
@@ -100,7 +101,7 @@ def query_codes(query_planes: np.ndarray, m: int, metric: str) -> tuple[dict[str
     planes = np.asarray(query_planes)
     if planes.ndim == 2:
         planes = planes[:, None, :]
-    if planes.ndim != 3 or not 1 <= planes.shape[1] <= 4:
+    if planes.ndim != 3 or not 1 <= planes.shape[1] <= MAX_QUERY_PLANES:
         raise ValueError(
             f"query_planes must have shape [Q, u+1, m] with u in 0..3; "
             f"got {list(np.shape(query_planes))}"

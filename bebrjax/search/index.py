@@ -21,9 +21,7 @@ version a slice at a time while it serves:
     index.replace(ids, new_planes, "v2")       # re-encoded docs; "v2" registered, u from the planes
 
 `bebrjax.search.backfill` does a replace on a saved index, crash-safely.
-
-The on-disk format (and the crash-safe save) is in `bebrjax.search.storage`;
-its names are importable from here too.
+The on-disk format is in `bebrjax.search.storage`.
 """
 
 from __future__ import annotations
@@ -36,30 +34,9 @@ from jax.sharding import Mesh
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import kernels, scoring, storage, topk
 from bebrjax.search.blocked import BlockedIndex
-from bebrjax.search.storage import (
-    CODES,
-    HEADER,
-    NORMS,
-    PARTIAL,
-    VERSIONS,
-    IndexFormatError,
-    move_into_place,
-    staging_dir,
-    write_header,
-)
+from bebrjax.search.storage import CODES, NORMS, VERSIONS, IndexFormatError
 
-__all__ = [
-    "CODES",
-    "HEADER",
-    "NORMS",
-    "PARTIAL",
-    "VERSIONS",
-    "BinaryIndex",
-    "IndexFormatError",
-    "move_into_place",
-    "staging_dir",
-    "write_header",
-]
+__all__ = ["BinaryIndex", "IndexFormatError"]
 
 
 class BinaryIndex(BlockedIndex):
@@ -81,6 +58,10 @@ class BinaryIndex(BlockedIndex):
         `bebrjax.search.kernels`) or one of `scoring.KERNELS`; all give
         identical scores. The few documents of each query's best groups are
         scored again by popcount.
+      query_bits: how its queries are served (0: as codes; B >= 1: a model's
+        pre-sign output at B bits, `Binarizer.encode_query`): recorded with
+        the index so that it is searched as it was evaluated; `search` takes
+        whatever query planes it is given.
       **layout: block_size, tile, group, query_batch, mesh (see `BlockedIndex`).
     """
 
@@ -92,6 +73,7 @@ class BinaryIndex(BlockedIndex):
         *,
         version: str = "default",
         kernel: str = "auto",
+        query_bits: int = 0,
         block_size: int = 65536,
         tile: int = 128,
         group: int = 32,
@@ -105,7 +87,7 @@ class BinaryIndex(BlockedIndex):
             raise ValueError(f"m={m} must be an integer in [1, 65535]")
         if metric not in ("ip", "hamming"):
             raise ValueError(f"metric={metric!r}: expected 'ip' or 'hamming'")
-        self.m, self.metric = int(m), metric
+        self.m, self.metric, self.query_bits = int(m), metric, int(query_bits)
         self.kernel = kernels.check(kernel)
         self._versions: dict[str, int] = {}
         self._words = np.zeros((0, 0, codes_lib.num_words(self.m)), np.uint32)
@@ -258,6 +240,7 @@ class BinaryIndex(BlockedIndex):
             self.metric,
             version=first,
             kernel=self.kernel,
+            query_bits=self.query_bits,
             block_size=self.block_size,
             tile=self.tile,
             group=self.group,
@@ -405,6 +388,7 @@ class BinaryIndex(BlockedIndex):
             "metric": self.metric,
             "count": self.ntotal,
             "versions": versions,
+            "query_bits": self.query_bits,
         }
         return arrays, header
 
@@ -435,6 +419,7 @@ class BinaryIndex(BlockedIndex):
         stored = storage.read_index(path)
         (first, u), *rest = stored.versions
         try:
+            kwargs.setdefault("query_bits", stored.query_bits)
             index = cls(stored.m, u, stored.metric, version=first, **kwargs)
             for name, u in rest:
                 index._check_version(name, u)

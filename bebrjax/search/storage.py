@@ -4,7 +4,9 @@
   * `header.json`: {"format": "bebrjax.BinaryIndex", "version": 2, "m", "u",
     "metric", "count", "words_per_plane", "versions": [{"name", "u"}, ...]},
     where "versions" lists the code versions in order and "u" is their
-    largest u (the stored planes - 1);
+    largest u (the stored planes - 1), and an optional "query_bits" says how
+    queries are served (absent: as codes; B: a model's pre-sign output at
+    B bits per dimension, `Binarizer.encode_query`);
   * `codes.npy`: uint32 [count, u+1, words_per_plane], bit c % 32 of word
     c // 32 of plane i set where s_i[c] = -1 (see `bebrjax.search.codes`);
     a document of a version with fewer loops has zero words in the planes
@@ -50,7 +52,13 @@ _RENAME_EXCHANGE = 2  # renameat2 flag (Linux): swap two paths atomically
 
 
 def write_header(
-    directory: str, m: int, u: int, metric: str, count: int, versions: list[dict] | None = None
+    directory: str,
+    m: int,
+    u: int,
+    metric: str,
+    count: int,
+    versions: list[dict] | None = None,
+    query_bits: int = 0,
 ) -> None:
     """Writes (and syncs) an index directory's header.json, the last file of a save.
 
@@ -62,6 +70,8 @@ def write_header(
       count: documents.
       versions: [{"name": str, "u": int}, ...] in order; None is one version
         named "default" of loops `u`.
+      query_bits: how its queries are served (0: as codes, omitted from the
+        header; B >= 1: a model's pre-sign output at B bits per dimension).
     """
     if versions is None:
         versions = [{"name": "default", "u": int(u)}]
@@ -75,6 +85,8 @@ def write_header(
         "words_per_plane": codes_lib.num_words(m),
         "versions": [{"name": str(v["name"]), "u": int(v["u"])} for v in versions],
     }
+    if query_bits:
+        header["query_bits"] = int(query_bits)
     with open(os.path.join(directory, HEADER), "w") as f:
         json.dump(header, f, indent=2)
         f.flush()
@@ -207,6 +219,7 @@ class StoredIndex:
     words: np.ndarray
     inv_norms: np.ndarray
     doc_versions: np.ndarray | None  # None: one version
+    query_bits: int = 0
 
 
 def _read_header(path: str) -> dict:
@@ -239,6 +252,13 @@ def _read_header(path: str) -> dict:
     for key in ("m", "u", "count", "words_per_plane"):
         if not isinstance(header[key], int) or isinstance(header[key], bool) or header[key] < 0:
             raise IndexFormatError(f"{path}: header.json: {key}={header[key]!r} is not a count")
+    bits = header.get("query_bits", 0)
+    if not isinstance(bits, int) or isinstance(bits, bool):
+        raise IndexFormatError(f"{path}: header.json: query_bits={bits!r} is not an integer")
+    if not 0 <= bits <= codes_lib.MAX_QUERY_PLANES:
+        raise IndexFormatError(
+            f"{path}: header.json: query_bits={bits} is outside [0, {codes_lib.MAX_QUERY_PLANES}]"
+        )
     return header
 
 
@@ -318,6 +338,7 @@ def read_index(path: str) -> StoredIndex:
         words=load_array(path, CODES, (count, u + 1, words), "<u4"),
         inv_norms=load_array(path, NORMS, (count,), "<f4"),
         doc_versions=doc_versions,
+        query_bits=header.get("query_bits", 0),
     )
 
 

@@ -62,6 +62,7 @@ class IndexWriter:
         partial directory is continued only by the same job.
       restart: discard a partial directory of another job instead of refusing.
       version: the name of the codes' version, recorded in the header.
+      query_bits: how the index's queries are served, recorded in the header.
 
     Raises:
       PartialIndexError: when `<path>.partial` holds another job's rows and
@@ -80,11 +81,13 @@ class IndexWriter:
         metric: str = "ip",
         restart: bool = False,
         version: str = "default",
+        query_bits: int = 0,
     ):
         if not isinstance(version, str) or not version:
             raise ValueError(f"version={version!r} must be a non-empty string")
         self.path, self.staging = path, f"{os.path.normpath(path)}.partial"
         self.m, self.u, self.count, self.metric, self.version = m, u, count, metric, version
+        self.query_bits = query_bits
         self._record = json.loads(
             json.dumps(
                 {"m": m, "u": u, "metric": metric, "count": count, "job": job, "version": version}
@@ -174,6 +177,7 @@ class IndexWriter:
             self.metric,
             self.count,
             versions=[{"name": self.version, "u": self.u}],
+            query_bits=self.query_bits,
         )
         move_into_place(self.staging, self.path)
         # Last: a kill before this leaves a complete, loadable index (header.json

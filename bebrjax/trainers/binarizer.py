@@ -36,7 +36,9 @@ from bebrjax.data.splits import train_eval_split
 from bebrjax.distributed import local_rows
 from bebrjax.evaluators import retrieval
 from bebrjax.optim import make_optimizer, optim_config
+from bebrjax.search import codes as codes_lib
 from bebrjax.search import scoring
+from bebrjax.trainers.baselines import BASELINES, float_baseline_config, trained_hash_config
 from bebrjax.trainers.binarizer_step import CrossTerm, make_batch, make_train_step
 from bebrjax.trainers.loop import (
     State,
@@ -76,7 +78,12 @@ def default_config(
         distill_weight=1.0,
         teacher_temperature=0.05,
         student_temperature=0.05,
+        budgets=False,  # also score every stored budget u_d < u (`binarizer_step.served_pairs`)
     )
+    # How queries are served: 0 encodes them as codes (symmetric SDC); B >= 1 quantizes
+    # block W's pre-sign output to B bits per dimension (asymmetric, `query_planes`),
+    # and the loss scores that query against the stored codes.
+    c.query_bits = 0
     # The reference optimizer (SGD, Nesterov 0.9, weight decay 1e-3 off biases and
     # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
     # code, which the reference lr of 0.08 (tuned for random init) wrecks in the
@@ -142,7 +149,7 @@ def fit(
 
     return train_loop(
         state,
-        make_train_step(model, tx, config.loss, mesh, cross),
+        make_train_step(model, tx, config.loss, mesh, cross, config.get("query_bits", 0)),
         batch,
         workdir=workdir,
         total=config.train.steps,
@@ -177,32 +184,6 @@ def resolve(config: ml_collections.ConfigDict, data: PairedEmbeddings) -> ml_col
     return config
 
 
-def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The same model and recipe with the sign removed (the fine-tuned float baseline)."""
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        config.model.binarize = False
-    return config
-
-
-def trained_hash_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The trained hash baseline: the same recipe, but a sign MLP (`hash_model`'s blocks).
-
-    One bit plane (u = 0) as wide as the binarizer's code has bits, m(u+1),
-    trained with the same loss: the BEBR paper's hashing baseline. Needs a
-    resolved config (`model.code_dim` set).
-    """
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        bits = config.model.code_dim * (config.model.loops + 1)
-        config.model.update(code_dim=bits, loops=0, binarize=True, **config.hash_model)
-    return config
-
-
-# The optional baselines trained beside the binarizer: eval key -> their config.
-BASELINES = {"float_baseline": float_baseline_config, "trained_hash": trained_hash_config}
-
-
 _RULES = (
     ("model.code_dim", lambda v: 0 < v <= 65535, "in [1, 65535] (the search index's range)"),
     ("model.loops", lambda v: 0 <= v <= 3, "in [0, 3] (bits per dimension 1..4)"),
@@ -214,6 +195,11 @@ _RULES = (
     ("loss.teacher_temperature", lambda v: v > 0, "> 0"),
     ("loss.student_temperature", lambda v: v > 0, "> 0"),
     ("loss.hard_negatives", lambda v: v >= 0, ">= 0 (0: all)"),
+    (
+        "query_bits",
+        lambda v: 0 <= v <= codes_lib.MAX_QUERY_PLANES,
+        f"in [0, {codes_lib.MAX_QUERY_PLANES}] (0: queries as codes)",
+    ),
     ("hash_model.hidden", lambda v: v >= 0, ">= 0 (0: max(d, bits))"),
     ("hash_model.depth", lambda v: v >= 0, ">= 0"),
     (
@@ -282,10 +268,18 @@ def evaluate(
     }
     queries, docs = encode_pairs(config, state)
     # A stored doc is its packed planes plus the 4-byte 1/||b|| that SDC search ranks with.
+    # "binary" is the served mode: queries at `query_bits` (`retrieval.served_queries`).
+    query_bits = config.get("query_bits", 0)
     results["binary"] = {
-        **code_search(queries.planes, docs.planes),
+        **code_search(retrieval.served_queries(queries, query_bits), docs.planes),
         **store(bits, bits / 8 + 4),
     }
+    if query_bits:
+        results["binary_symmetric"] = {
+            **code_search(queries.planes, docs.planes),
+            **store(bits, bits / 8 + 4),
+        }
+
     if config.eval.hash:
         hashes = [retrieval.random_hash(x, bits, config.seed) for x in (data.query, data.doc)]
         results["hash"] = {**code_search(*hashes, metric="hamming"), **store(bits, bits / 8)}
@@ -299,6 +293,29 @@ def evaluate(
         queries, docs = encode_pairs(float_baseline_config(config), float_state)
         results["float_ft"] = {**float_search(queries.code, docs.code), **store(32 * m, 4 * m)}
     return results
+
+
+def budgets(
+    config: ml_collections.ConfigDict, state: State, data: PairedEmbeddings, mesh
+) -> list[dict[str, Any]]:
+    """Recall of every stored budget u_d <= u, queries as codes and at `query_bits`.
+
+    See `retrieval.budgets`: one model serves each budget by storing the
+    first u_d + 1 planes of its codes.
+    """
+    model = build_model(config)
+    queries, docs = (
+        encode(model, state, x, mesh, config.eval.batch_size) for x in (data.query, data.doc)
+    )
+    return retrieval.budgets(
+        queries,
+        docs,
+        config.get("query_bits", 0),
+        tuple(config.eval.ks),
+        mesh=mesh,
+        kernel=config.eval.kernel,
+        items=data.item_ids(),
+    )
 
 
 def split_pairs(
@@ -405,7 +422,10 @@ def write_results(
       hash_state: the trained hash's state, when trained.
     """
     train_data, eval_data = split
-    results = {"retrieval": evaluate(config, state, eval_data, mesh, float_state, hash_state)}
+    results = {
+        "retrieval": evaluate(config, state, eval_data, mesh, float_state, hash_state),
+        "budgets": budgets(config, state, eval_data, mesh),
+    }
     results["data"] = {
         "source": eval_data.source,
         "dim": eval_data.dim,
@@ -419,6 +439,7 @@ def write_results(
         "devices": int(mesh.devices.size),
     }
     table = report.retrieval_table(results["retrieval"])
+    table += "\n\n" + report.budgets_table(results["budgets"])
     wd.write_atomic(os.path.join(workdir, "results.md"), table + "\n")
     wd.write_json(os.path.join(workdir, "results.json"), results)
     metrics = wd.read_metrics(workdir)

@@ -18,13 +18,42 @@ import optax
 from bebrjax.data import PairedEmbeddings
 from bebrjax.losses.pair_contrastive import pair_contrastive_loss
 from bebrjax.losses.similarity_distill import similarity_distillation_loss
+from bebrjax.models.binarizer import BinarizerOutput
 from bebrjax.trainers.loop import State, jit_train_step, optimizer_step
+
+
+def served_pairs(
+    out: BinarizerOutput, n: int, *, query_bits: int, budgets: bool
+) -> list[tuple[jax.Array, jax.Array]]:
+    """The (query, stored doc) representations a served model meets, for the pair loss.
+
+    Args:
+      out: the model's output on the queries [:n] then the docs [n:].
+      n: the number of pairs.
+      query_bits: 0: queries are codes (symmetric); B >= 1: queries are the
+        pre-sign `logits` (quantized to B bits when served, continuous here).
+      budgets: score every stored budget (the doc's prefixes u_d = 0..u, the
+        query at as many loops or at `query_bits`), so that one run serves
+        each; else only the full code.
+
+    Returns:
+      [(query representation [n, m], doc code [n, m]), ...]: the full code's
+      pairs first.
+    """
+    loops = out.prefixes.shape[1]
+    stored = range(loops - 1, -1, -1) if budgets else [loops - 1]
+    pairs = []
+    for u in stored:
+        doc = out.prefixes[n:, u]
+        if query_bits:
+            pairs.append((out.logits[:n], doc))
+        pairs.append((out.prefixes[:n, u], doc))
+    return pairs
 
 
 def compute_loss(
     loss: ml_collections.ConfigDict,
-    z1: jax.Array,
-    z2: jax.Array,
+    pairs: list[tuple[jax.Array, jax.Array]],
     x1: jax.Array,
     x2: jax.Array,
     labels: jax.Array,
@@ -34,8 +63,9 @@ def compute_loss(
 
     Args:
       loss: the `loss` section of the config (weights, temperatures, K).
-      z1: [n, m] codes of the queries.
-      z2: [n, m] codes of their docs.
+      pairs: (query representations, doc codes) [n, m] each, as served
+        (`served_pairs`); the pair term is their mean pair loss, the
+        distillation term is on the first pair.
       x1: [n, d] the float queries (with x2, the distillation teacher).
       x2: [n, d] the float docs.
       labels: [n] int labels, negative for unlabelled.
@@ -45,15 +75,19 @@ def compute_loss(
       (total, {term: value}) where total = pair_weight * pair + distill_weight * distill.
     """
     terms = {}
+    z1, z2 = pairs[0]
     if loss.pair_weight:
-        terms["pair"] = pair_contrastive_loss(
-            z1,
-            z2,
-            temperature=loss.temperature,
-            hard_negatives=loss.hard_negatives,
-            labels=labels if loss.mask_same_label else None,
-            groups=groups if loss.mask_same_group else None,
-        )
+        terms["pair"] = sum(
+            pair_contrastive_loss(
+                zq,
+                zd,
+                temperature=loss.temperature,
+                hard_negatives=loss.hard_negatives,
+                labels=labels if loss.mask_same_label else None,
+                groups=groups if loss.mask_same_group else None,
+            )
+            for zq, zd in pairs
+        ) / len(pairs)
     if loss.distill_weight:
         terms["distill"] = similarity_distillation_loss(
             jnp.concatenate([z1, z2]),
@@ -76,6 +110,7 @@ def make_train_step(
     loss: ml_collections.ConfigDict,
     mesh,
     cross: CrossTerm | None = None,
+    query_bits: int = 0,
 ):
     """The jit'd step: batch sharded on `data`, state replicated and donated.
 
@@ -91,6 +126,7 @@ def make_train_step(
       cross: an extra term `cross(query codes, doc codes, batch) -> (value,
         {term: value})` added to the loss (the compatible trainer's
         cross-version term, which reads the old codes from the batch).
+      query_bits: the query precision served (`served_pairs`).
     """
 
     def step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
@@ -104,10 +140,10 @@ def make_train_step(
                 train=True,
                 mutable=["batch_stats"],
             )
+            pairs = served_pairs(out, n, query_bits=query_bits, budgets=loss.budgets)
             total, terms = compute_loss(
                 loss,
-                out.code[:n],
-                out.code[n:],
+                pairs,
                 batch["query"],
                 batch["doc"],
                 batch["labels"],

@@ -58,7 +58,9 @@ def get_config(arg=None):
         distill_weight=0.0,
         teacher_temperature=0.05,
         student_temperature=0.05,
+        budgets=False,
     )
+    c.query_bits = 0  # queries as codes (symmetric SDC), as in the paper
     c.optim = optim_config(
         name="sgd",
         lr=0.08,

@@ -31,6 +31,7 @@ any point, OUT holds either the old index or the new one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -45,7 +46,7 @@ from bebrjax import cli, distributed, report, sharding
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.data.rows import RowSource, open_rows, read_ids
-from bebrjax.inference import Binarizer, LoadError, load
+from bebrjax.inference import Binarizer, Encoder, LoadError, load
 from bebrjax.search import BinaryIndex, IndexFormatError, backfill
 from bebrjax.search.writer import IndexWriter
 
@@ -103,6 +104,7 @@ def encode_corpus(
     progress: bool = True,
     ids: np.ndarray | str | None = None,
     version: str | None = None,
+    stored_bits: int | None = None,
 ) -> dict:
     """Encodes the embeddings at `input_path` into a `BinaryIndex` written to `index_path`.
 
@@ -121,6 +123,9 @@ def encode_corpus(
         codes are replaced by this model's, crash-safely (`search.backfill`).
       version: the name of the codes' version in the index (default: the
         model's workdir name, e.g. "new" for `<run>/new`).
+      stored_bits: store the first this many planes of each code (a smaller
+        budget of the same model: a run trained over every budget serves
+        each, docs/quantizers.md); None: all u+1.
 
     Returns:
       A summary: rows, rows resumed from, seconds, rows/s, code shape, bytes
@@ -138,7 +143,16 @@ def encode_corpus(
     if read == out or read.startswith(out + os.sep):
         raise DataError(f"{index_path}: the index would replace its own input {input_path}")
     model = as_binarizer(model)
+    planes = model.loops + 1 if stored_bits is None else stored_bits
+    if not 1 <= planes <= model.loops + 1:
+        raise DataError(
+            f"stored bits {stored_bits}: the model's codes have {model.loops + 1} planes "
+            f"(1..{model.loops + 1})"
+        )
     encoder = model.encoder
+    if planes < model.loops + 1:  # the code's first planes: a smaller budget
+        forward = encoder.forward
+        encoder = dataclasses.replace(encoder, forward=lambda v, x: forward(v, x)[:, :planes])
     version = version or os.path.basename(os.path.normpath(model.workdir))
     if ids is not None:
         if jax.process_count() > 1:
@@ -147,7 +161,7 @@ def encode_corpus(
             raise DataError(
                 "--overwrite does not go with --ids: a backfill step replaces those ids"
             )
-        return _backfill(model, input_path, key, index_path, ids, version, batch_size)
+        return _backfill(encoder, model.dim, input_path, key, index_path, ids, version, batch_size)
     source = open_embeddings(input_path, key, model.dim)
     try:
         wd.refuse_existing(index_path, overwrite, directory=True)
@@ -157,6 +171,7 @@ def encode_corpus(
             "input": source.fingerprint,
             "batch_size": batch_size,
             "devices": int(encoder.mesh.devices.size),  # the batch's split can round differently
+            "planes": planes,
         }
         made = _missing_parent(out)
         writer = None
@@ -165,7 +180,7 @@ def encode_corpus(
             writer = IndexWriter(
                 index_path,
                 m=model.code_dim,
-                u=model.loops,
+                u=planes - 1,
                 count=n,
                 job=job,
                 restart=overwrite,
@@ -200,13 +215,14 @@ def encode_corpus(
         "seconds": round(seconds, 2),
         "rows_per_sec": round((n - start_rows) / max(seconds, 1e-9), 1),
         "m": model.code_dim,
-        "u": model.loops,
+        "u": planes - 1,
         "bytes": sum(os.path.getsize(os.path.join(index_path, f)) for f in os.listdir(index_path)),
     }
 
 
 def _backfill(
-    model: Binarizer,
+    encoder: Encoder,
+    dim: int,
     input_path: str,
     key: str | None,
     index_path: str,
@@ -220,13 +236,13 @@ def _backfill(
     if isinstance(ids, str):
         ids = read_ids(ids, index.ntotal, key="ids", what="one per input row")
     ids = np.asarray(ids)
-    source = open_embeddings(input_path, key, model.dim)
+    source = open_embeddings(input_path, key, dim)
     try:
         if len(source) != len(ids):
             raise DataError(
                 f"{source.name} has {len(source)} rows for {len(ids)} ids: row r is document ids[r]"
             )
-        planes = model.encode(read_checked(source, 0, len(source)), batch_size)
+        planes = encoder(read_checked(source, 0, len(source)), batch_size)
     finally:
         source.close()
     return backfill_step(index, index_path, ids, planes, version, clock)
@@ -353,6 +369,7 @@ def parser() -> argparse.ArgumentParser:
         help="PATH[:key]: a backfill step: the input's rows replace these docs of --index",
     )
     p.add_argument("--version", help="the codes' version name (default: the workdir's name)")
+    p.add_argument("--stored-bits", type=int, help="store the codes' first N planes (default: all)")
     distributed.add_arguments(p)
     return p
 
@@ -368,6 +385,7 @@ def _command(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         ids=args.ids,
         version=args.version,
+        stored_bits=args.stored_bits,
     )
     if not distributed.is_primary():
         return

@@ -75,6 +75,19 @@ def test_index_command_and_bundle_serve_queries_as_evaluated(asymmetric_run, tmp
         assert query.main(args) == 0
         recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
         assert recall == {k: results["retrieval"][row][k] for k in ("R@1", "R@5", "R@10")}
+    # A smaller budget of the same model: its first plane, searched with 4-bit queries.
+    small = str(tmp_path / "small.bebr")
+    argv = ["--workdir", str(workdir), "--input", pairs, "--index", small, "--stored-bits", "1"]
+    assert encode.main(argv) == 0
+    assert BinaryIndex.load(small).u == 0
+    capsys.readouterr()
+    args = ["--index", small, "--queries", pairs, "--k", "10", "--out", hits, "--overwrite"]
+    assert query.main([*args, "--workdir", str(workdir), "--relevant", f"{pairs}:relevant"]) == 0
+    recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
+    (row,) = [r for r in results["budgets"] if (r["stored_bits"], r["query_bits"]) == (1, BITS)]
+    assert recall == {k: row[k] for k in ("R@1", "R@5", "R@10")}
+    assert encode.main([*argv[:-1], "3", "--overwrite"]) == 2
+    assert "stored bits 3: the model's codes have 2 planes" in capsys.readouterr().err
     ids, _ = query.search_index(index, pairs, k=10, workdir=str(workdir))
     bundle = str(tmp_path / "bundle")
     args = ["--workdir", str(workdir), "--out", bundle, "--index", index, "--platforms", "cpu"]

@@ -302,6 +302,7 @@ def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_p
     assert (manifest["m"], manifest["u"], manifest["normalization"]) == (16, 1, "l2")
     assert set(manifest["files"]) == {
         "encoder.jax",
+        "query.jax",  # the demo's queries are served at 4 bits
         "index/header.json",
         "index/codes.npy",
         "index/inv_norms.npy",
@@ -316,7 +317,7 @@ def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_p
     for name in ("plain", "served", "direct"):
         np.testing.assert_array_equal(out[name], expected, err_msg=name)
     index = BinaryIndex.load(str(path / "index"))
-    scores, ids = index.search(expected[:50], 5)
+    scores, ids = index.search(model.encode_query(x[:50]), 5)  # queries served at 4 bits
     np.testing.assert_array_equal(out["ids"], ids)
     np.testing.assert_array_equal(out["scores"], scores)
 

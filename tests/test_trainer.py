@@ -23,7 +23,9 @@ def _losses(workdir):
 def test_training_lowers_the_loss(tiny_config, tmp_path):
     _fit(tiny_config("optim.lr=0.05", "train.checkpoint_every=40", steps=40), tmp_path)
     losses = _losses(tmp_path)
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    # 0.9: part of the recipe's earlier drop (to 0.6) was the pull of its hard-negative loss
+    # towards identical codes, which centred signs (`models.binarizer.Center`) no longer allow.
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
 
 
 def test_one_and_eight_devices_agree(tiny_config, tmp_path):
@@ -72,7 +74,7 @@ def test_float_baseline_and_results(tiny_config, tmp_path):
         tiny_config("eval.float_baseline=true", steps=4), str(tmp_path)
     )
     rows = results["retrieval"]
-    assert set(rows) == {"float", "binary", "hash", "float_ft"}
+    assert set(rows) == {"float", "binary", "binary_symmetric", "hash", "float_ft"}
     assert rows["binary"]["bits"] == 32 and rows["binary"]["bytes_per_vector"] == 8.0
     assert rows["float_ft"]["bits"] == 32 * 16
     assert (tmp_path / "float_baseline" / "checkpoints").is_dir()

@@ -18,6 +18,15 @@ Choices where the paper leaves room:
     authors' code: the gradient passes where |input| <= 1 and is zero elsewhere.
   * `binarize=False` replaces sign by the identity: the same architecture as a
     float transform, the reference's fine-tuned "float" baseline.
+  * With `center` (`default_config`'s choice), each plane is the sign of its
+    block's output less that output's per-coordinate mean (`Center`: the
+    batch's in training, a running average in eval): every bit's threshold
+    sits at its coordinate's mean, and no gradient can move it. Without it,
+    one common offset per coordinate (which the MLP branch moves with a very
+    large gain, its BatchNorm-ReLU features sharing a mean) makes bits
+    constant over the whole set, and on weak pairs the top-K hard-negative
+    loss pulls every code there: identical codes score log(K+1) per
+    direction, below a code whose positives lose to their hard negatives.
 """
 
 from __future__ import annotations
@@ -158,6 +167,30 @@ def query_planes(logits: jax.Array, bits: int) -> jax.Array:
     return jnp.stack(planes, axis=1).astype(jnp.int8)
 
 
+class Center(nn.Module):
+    """Subtracts the per-coordinate mean of [N, m] (in eval a running average of it).
+
+    The batch's mean in training; in eval its running average, updated as
+    `MLPBlock`'s BatchNorm updates its own (momentum 0.9). In training,
+    adding a constant to every row changes neither the output nor the loss,
+    so no gradient moves a bit's threshold.
+    """
+
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """X less its (batch or running) mean per coordinate."""
+        mean = self.variable("batch_stats", "mean", jnp.zeros, x.shape[-1:], jnp.float32)
+        if not train:
+            return x - mean.value
+        batch_mean = jnp.mean(x, axis=0)
+        if not self.is_initializing():
+            step = (1.0 - self.momentum) * (jax.lax.stop_gradient(batch_mean) - mean.value)
+            mean.value = mean.value + step
+        return x - batch_mean
+
+
 class Model(nn.Module):
     """The recurrent binarizer (BEBR).
 
@@ -170,6 +203,8 @@ class Model(nn.Module):
       skip: give every block a linear skip path (see `MLPBlock`); the
         untrained binarizer is then the recurrent scalar quantizer of a fixed
         isometry of its input, which already keeps most of the float ranking.
+      center: threshold every sign at its coordinate's mean (`Center`);
+        False, the models saved before it, thresholds at 0.
     """
 
     code_dim: int
@@ -178,6 +213,7 @@ class Model(nn.Module):
     depth: int = 1
     binarize: bool = True
     skip: bool = True
+    center: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> BinarizerOutput:
@@ -191,14 +227,18 @@ class Model(nn.Module):
         def block(features, name):
             return MLPBlock(features, hidden, self.depth, self.skip, name=name)
 
-        logits = block(self.code_dim, "w")(x, train)
+        def presign(features, name, v):
+            h = block(features, name)(v, train)
+            return Center(name=f"{name}_center")(h, train) if self.center and self.binarize else h
+
+        logits = presign(self.code_dim, "w", x)
         plane = quantize(logits)
         planes = [plane]
         code = plane
         prefixes = [code]
         for i in range(1, self.loops + 1):
             recon = l2_normalize(block(dim, f"b{i}")(code, train))
-            plane = quantize(block(self.code_dim, f"r{i}")(x - recon, train))
+            plane = quantize(presign(self.code_dim, f"r{i}", x - recon))
             planes.append(plane)
             code = code + 2.0**-i * plane
             prefixes.append(code)

@@ -19,7 +19,7 @@ def float_baseline_config(config: ml_collections.ConfigDict) -> ml_collections.C
     config = copy.deepcopy(config)
     with config.unlocked():
         config.model.binarize = False
-        config.query_bits, config.loss.budgets = 0, False
+        config.query_bits, config.loss.budgets, config.loss.asymmetric = 0, False, False
     return config
 
 
@@ -34,7 +34,7 @@ def trained_hash_config(config: ml_collections.ConfigDict) -> ml_collections.Con
     with config.unlocked():
         bits = config.model.code_dim * (config.model.loops + 1)
         config.model.update(code_dim=bits, loops=0, binarize=True, **config.hash_model)
-        config.query_bits, config.loss.budgets = 0, False
+        config.query_bits, config.loss.budgets, config.loss.asymmetric = 0, False, False
     return config
 
 

@@ -68,7 +68,11 @@ def default_config(
     c.trainer = "binarizer"
     c.split = dict(eval_fraction=0.2, eval_indices="")
     c.model_name = "binarizer"
-    c.model = dict(code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True, skip=True)
+    # center: every bit thresholded at its coordinate's mean (`models.binarizer.Center`);
+    # at 0 (False) the hard-negative loss can make bits constant on weak pairs.
+    c.model = dict(
+        code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True, skip=True, center=True
+    )
     c.loss = dict(
         pair_weight=1.0,
         temperature=0.05,
@@ -78,12 +82,19 @@ def default_config(
         distill_weight=1.0,
         teacher_temperature=0.05,
         student_temperature=0.05,
-        budgets=False,  # also score every stored budget u_d < u (`binarizer_step.served_pairs`)
+        # budgets: the pair loss also scores every stored budget u_d < u, so that one run serves
+        # each (FOLDOC bits=3: 0.545/0.564/0.564 R@10 at 1/2/3 stored bits, dedicated runs
+        # 0.549/0.563/0.557). Off by default: a second run on several processes sharing a JAX
+        # persistent compilation cache hung at its first step with it (docs/quantizers.md).
+        # asymmetric: also score the asymmetric query; it lowered bits=1 from 0.549 to 0.511.
+        budgets=False,
+        asymmetric=False,
     )
     # How queries are served: 0 encodes them as codes (symmetric SDC); B >= 1 quantizes
-    # block W's pre-sign output to B bits per dimension (asymmetric, `query_planes`),
-    # and the loss scores that query against the stored codes.
-    c.query_bits = 0
+    # block W's pre-sign output to B bits per dimension (`models.binarizer.query_planes`),
+    # searched by cross-u SDC against the stored codes. 4 by measurement (FOLDOC bits=1:
+    # R@10 0.549 against 0.522 as codes; faiss RaBitQ 1-bit 0.519).
+    c.query_bits = 4
     # The reference optimizer (SGD, Nesterov 0.9, weight decay 1e-3 off biases and
     # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
     # code, which the reference lr of 0.08 (tuned for random init) wrecks in the
@@ -149,7 +160,7 @@ def fit(
 
     return train_loop(
         state,
-        make_train_step(model, tx, config.loss, mesh, cross, config.get("query_bits", 0)),
+        make_train_step(model, tx, config.loss, mesh, cross),
         batch,
         workdir=workdir,
         total=config.train.steps,

@@ -23,31 +23,31 @@ from bebrjax.trainers.loop import State, jit_train_step, optimizer_step
 
 
 def served_pairs(
-    out: BinarizerOutput, n: int, *, query_bits: int, budgets: bool
+    out: BinarizerOutput, n: int, *, asymmetric: bool, budgets: bool
 ) -> list[tuple[jax.Array, jax.Array]]:
-    """The (query, stored doc) representations a served model meets, for the pair loss.
+    """The (query, stored doc) representations the pair loss scores.
 
     Args:
       out: the model's output on the queries [:n] then the docs [n:].
       n: the number of pairs.
-      query_bits: 0: queries are codes (symmetric); B >= 1: queries are the
-        pre-sign `logits` (quantized to B bits when served, continuous here).
-      budgets: score every stored budget (the doc's prefixes u_d = 0..u, the
-        query at as many loops or at `query_bits`), so that one run serves
-        each; else only the full code.
+      asymmetric: also score the asymmetric query, the pre-sign `logits`
+        (served quantized to `query_bits` bits; continuous here), against
+        each stored code.
+      budgets: score every stored budget (the doc's prefixes u_d = 0..u,
+        the query at as many loops), so that one run serves each; else only
+        the full code.
 
     Returns:
-      [(query representation [n, m], doc code [n, m]), ...]: the full code's
-      pairs first.
+      [(query representation [n, m], doc code [n, m]), ...]: the full
+      code's symmetric pair first.
     """
     loops = out.prefixes.shape[1]
-    stored = range(loops - 1, -1, -1) if budgets else [loops - 1]
     pairs = []
-    for u in stored:
+    for u in range(loops - 1, -1, -1) if budgets else [loops - 1]:
         doc = out.prefixes[n:, u]
-        if query_bits:
-            pairs.append((out.logits[:n], doc))
         pairs.append((out.prefixes[:n, u], doc))
+        if asymmetric:
+            pairs.append((out.logits[:n], doc))
     return pairs
 
 
@@ -110,7 +110,6 @@ def make_train_step(
     loss: ml_collections.ConfigDict,
     mesh,
     cross: CrossTerm | None = None,
-    query_bits: int = 0,
 ):
     """The jit'd step: batch sharded on `data`, state replicated and donated.
 
@@ -126,7 +125,6 @@ def make_train_step(
       cross: an extra term `cross(query codes, doc codes, batch) -> (value,
         {term: value})` added to the loss (the compatible trainer's
         cross-version term, which reads the old codes from the batch).
-      query_bits: the query precision served (`served_pairs`).
     """
 
     def step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
@@ -140,7 +138,7 @@ def make_train_step(
                 train=True,
                 mutable=["batch_stats"],
             )
-            pairs = served_pairs(out, n, query_bits=query_bits, budgets=loss.budgets)
+            pairs = served_pairs(out, n, asymmetric=loss.asymmetric, budgets=loss.budgets)
             total, terms = compute_loss(
                 loss,
                 pairs,

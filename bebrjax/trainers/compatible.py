@@ -133,6 +133,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
         c.data = copy.deepcopy(config.data["old" if stage == "old" else "new"])
         c.eval.update(hash=False, ks=config.eval.ks, batch_size=config.eval.batch_size)
         c.eval.kernel = config.eval.kernel
+        c.query_bits = 0  # compatible codes are trained, compared and served as codes
         if stage == "new":
             c.compat = copy.deepcopy(config.compat)
     return c

@@ -3,7 +3,9 @@ r"""BEBR on the embedded synthetic pairs: the quick demo.
     python -m bebrjax.main --config configs/bebr/demo.py --workdir /tmp/bebr_demo
 
 Arguments after ':' (e.g. `configs/bebr/demo.py:bits=3,steps=500`):
-  bits: bits per dimension, u + 1 (default 2, i.e. u = 1).
+  bits: stored bits per dimension, u + 1 (default 2, i.e. u = 1).
+  query_bits: query precision served (default 4: the binarizer's pre-sign
+    output at 4 bits per dimension; 0: queries as codes).
   m: code width (default 0 = the embedding width, 128).
   steps: training steps (default 0 = `train.epochs` epochs).
   devices: devices of the mesh (default 0 = all).
@@ -19,8 +21,9 @@ from bebrjax.trainers.binarizer import default_config
 
 def get_config(arg=None):
     """The demo config."""
-    arg = parse_arg(arg, bits=2, m=0, steps=0, devices=0)
+    arg = parse_arg(arg, bits=2, query_bits=4, m=0, steps=0, devices=0)
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
+    c.query_bits = arg.query_bits
     c.data = dict(
         name="synthetic",
         num_pairs=20000,

@@ -13,7 +13,10 @@ seed, are held out for evaluation.
 
 Arguments after ':':
   path: the embeddings file (required).
-  bits: bits per dimension, u + 1 (default 2).
+  bits: stored bits per dimension, u + 1 (default 2).
+  query_bits: query precision served (default 4): each query is the
+    binarizer's pre-sign output quantized to this many bits per dimension,
+    searched exactly against the stored codes; 0 encodes queries as codes.
   m: code width (default 0 = d).
   steps: training steps (default 0 = `train.epochs` epochs).
   devices: devices of the mesh (default 0 = all).
@@ -30,8 +33,19 @@ from bebrjax.trainers.binarizer import default_config
 
 def get_config(arg=None):
     """The config for a user's .npz of paired embeddings."""
-    arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query", doc_key="doc")
+    arg = parse_arg(
+        arg,
+        path="",
+        bits=2,
+        query_bits=4,
+        m=0,
+        steps=0,
+        devices=0,
+        query_key="query",
+        doc_key="doc",
+    )
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
+    c.query_bits = arg.query_bits
     c.data = dict(
         name="npz",
         path=arg.path,

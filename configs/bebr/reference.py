@@ -47,7 +47,13 @@ def get_config(arg=None):
     arg = parse_arg(arg, path="", bits=2, m=0, steps=0, devices=0, query_key="query", doc_key="doc")
     c = default_config(bits=arg.bits, code_dim=arg.m, steps=arg.steps, devices=arg.devices)
     c.model = dict(
-        code_dim=arg.m, loops=arg.bits - 1, hidden=2048, depth=1, binarize=True, skip=False
+        code_dim=arg.m,
+        loops=arg.bits - 1,
+        hidden=2048,
+        depth=1,
+        binarize=True,
+        skip=False,
+        center=False,  # the authors threshold at 0
     )
     c.loss = dict(
         pair_weight=1.0,
@@ -59,6 +65,7 @@ def get_config(arg=None):
         teacher_temperature=0.05,
         student_temperature=0.05,
         budgets=False,
+        asymmetric=False,
     )
     c.query_bits = 0  # queries as codes (symmetric SDC), as in the paper
     c.optim = optim_config(

@@ -11,8 +11,9 @@ Arguments after ':' (e.g. `configs/bebr/demo.py:bits=3,steps=500`):
   devices: devices of the mesh (default 0 = all).
 
 It prints a table of Recall@1/5/10 for the raw float embeddings, the binary
-codes and a same-bits random hash; the binary codes keep float Recall@10 to
-within a few points at 16x compression.
+codes (queries at 4 bits, and as codes) and a same-bits random hash, then
+every stored budget; the binary codes, trained on the pairs, pass the raw
+float Recall@10 at 14x compression (0.754 against 0.663).
 """
 
 from bebrjax.config import parse_arg

@@ -68,8 +68,7 @@ def default_config(
     c.trainer = "binarizer"
     c.split = dict(eval_fraction=0.2, eval_indices="")
     c.model_name = "binarizer"
-    # center: every bit thresholded at its coordinate's mean (`models.binarizer.Center`);
-    # at 0 (False) the hard-negative loss can make bits constant on weak pairs.
+    # center: each bit thresholded at its coordinate's mean (`models.binarizer.Center`).
     c.model = dict(
         code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True, skip=True, center=True
     )
@@ -82,18 +81,13 @@ def default_config(
         distill_weight=1.0,
         teacher_temperature=0.05,
         student_temperature=0.05,
-        # budgets: the pair loss also scores every stored budget u_d < u, so that one run serves
-        # each (FOLDOC bits=3: 0.545/0.564/0.564 R@10 at 1/2/3 stored bits, dedicated runs
-        # 0.549/0.563/0.557). Off by default: a second run on several processes sharing a JAX
-        # persistent compilation cache hung at its first step with it (docs/quantizers.md).
-        # asymmetric: also score the asymmetric query; it lowered bits=1 from 0.549 to 0.511.
+        # Also score every stored budget u_d < u (one run serves each), or the asymmetric query
+        # (`binarizer_step.served_pairs`); both off, by measurement (docs/quantizers.md).
         budgets=False,
         asymmetric=False,
     )
-    # How queries are served: 0 encodes them as codes (symmetric SDC); B >= 1 quantizes
-    # block W's pre-sign output to B bits per dimension (`models.binarizer.query_planes`),
-    # searched by cross-u SDC against the stored codes. 4 by measurement (FOLDOC bits=1:
-    # R@10 0.549 against 0.522 as codes; faiss RaBitQ 1-bit 0.519).
+    # Queries served as block W's pre-sign output at B bits per dimension (0: as codes);
+    # 4 by measurement (FOLDOC bits=1: R@10 0.549, 0.522 as codes; docs/quantizers.md).
     c.query_bits = 4
     # The reference optimizer (SGD, Nesterov 0.9, weight decay 1e-3 off biases and
     # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
@@ -309,11 +303,7 @@ def evaluate(
 def budgets(
     config: ml_collections.ConfigDict, state: State, data: PairedEmbeddings, mesh
 ) -> list[dict[str, Any]]:
-    """Recall of every stored budget u_d <= u, queries as codes and at `query_bits`.
-
-    See `retrieval.budgets`: one model serves each budget by storing the
-    first u_d + 1 planes of its codes.
-    """
+    """Recall of every stored budget u_d <= u (`retrieval.budgets`), queries as codes and served."""
     model = build_model(config)
     queries, docs = (
         encode(model, state, x, mesh, config.eval.batch_size) for x in (data.query, data.doc)

@@ -156,7 +156,7 @@ def test_rescoring_ranks_the_shortlist_by_exact_float_products(galleries, tmp_pa
     for kwargs, message in [
         ({"docs": floats, "oversample": 0}, "oversample=0 must be a positive integer"),
         ({"docs": floats[:, :20]}, "float documents have width 20, the queries 24"),
-        ({"docs": floats[:2000]}, "the float documents have only 2000 rows"),
+        ({"docs": floats[:2000]}, "the float documents: 2000 rows, but the index holds"),
         ({"docs": str(tmp_path / "none.npy")}, "none.npy: not a readable .npy"),
         ({}, "asymmetric rescoring .* m=40; the queries have width 24"),
     ]:

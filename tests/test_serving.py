@@ -92,10 +92,14 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
         np.testing.assert_array_equal(probed["ids"][:, :1], exhaustive["ids"])
     with np.load(tmp_path / "rescored.npz") as rescored:
         assert rescored["ids"].shape == (128, 10)
+    longer = str(tmp_path / "longer.npy")  # a file longer than the index: not its documents
+    np.save(longer, np.concatenate([np.load(docs), np.load(docs)[:1]]))
     for args, message in [
         (["--index", ivf_index, "--nprobe", "5"], "nprobe=5 must be an integer in [1, 4]"),
         (["--index", index, "--nprobe", "1"], "without inverted lists"),
         (["--index", index, "--rescore", docs, "--asymmetric"], "not both"),
+        (["--index", index, "--rescore", longer], "129 rows, but the index holds 128"),
+        (["--index", index, "--rescore", pairs], "an .npz archive"),
     ]:
         assert query.main([*argv, *args, "--out", str(tmp_path / "no.npz")]) == 2
         err = capsys.readouterr().err.strip()

@@ -30,27 +30,37 @@ from typing import Any
 import numpy as np
 
 
-def read_rows(docs: str | np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def read_rows(docs: str | np.ndarray, ids: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows `ids` of `docs` (path of an .npy file or an array [N, d]), read once each.
+
+    Args:
+      docs: the documents' float vectors, row i of document i.
+      ids: the document ids wanted.
+      count: the documents in the index: `docs` must have exactly this many
+        rows (a longer file is another corpus, or misaligned with the index).
 
     Returns:
       (unique ids ascending, their rows as float64 [U, d]).
     """
+    name = docs if isinstance(docs, str) else "the float documents"
     if isinstance(docs, str):
         try:
             docs = np.load(docs, mmap_mode="r")
         except (OSError, ValueError) as e:
-            raise ValueError(f"{docs}: not a readable .npy file of float vectors ({e})") from None
+            raise ValueError(f"{name}: not a readable .npy file of float vectors ({e})") from None
+        if not isinstance(docs, np.ndarray):  # an .npz archive
+            docs.close()
+            raise ValueError(f"{name}: an .npz archive; give the documents as one .npy file")
     if docs.ndim != 2 or not np.issubdtype(docs.dtype, np.floating):
         raise ValueError(
-            f"float documents must be a 2-D float array [N, d]; got {docs.dtype} {list(docs.shape)}"
+            f"{name} must be a 2-D float array [N, d]; got {docs.dtype} {list(docs.shape)}"
+        )
+    if len(docs) != count:
+        raise ValueError(
+            f"{name}: {len(docs)} rows, but the index holds {count} documents "
+            "(row i must be document i)"
         )
     unique = np.unique(ids)
-    if unique.size and unique[-1] >= len(docs):
-        raise ValueError(
-            f"the index holds document {unique[-1]}, but the float documents have only "
-            f"{len(docs)} rows"
-        )
     return unique, np.asarray(docs[unique], np.float64)
 
 
@@ -83,7 +93,8 @@ def rescore(
 
     Raises:
       ValueError: naming the problem (oversample < 1, queries or docs of the
-        wrong shape, docs shorter than the index), or as `index.search`.
+        wrong shape, docs of another length than the index, an .npz), or as
+        `index.search`.
     """
     if not isinstance(oversample, int | np.integer) or oversample < 1:
         raise ValueError(f"oversample={oversample} must be a positive integer")
@@ -107,7 +118,7 @@ def rescore(
         rows = codes.decoded(unique).astype(np.float64)
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     else:
-        unique, rows = read_rows(docs, shortlist)
+        unique, rows = read_rows(docs, shortlist, codes.ntotal)
         if rows.shape[1] != queries.shape[1]:
             raise ValueError(
                 f"float documents have width {rows.shape[1]}, the queries {queries.shape[1]}"

@@ -19,7 +19,7 @@ import numpy as np
 
 from bebrjax import distributed
 from bebrjax.config import ConfigError, diff_keys
-from bebrjax.errors import OutputExistsError
+from bebrjax.errors import LoadError, OutputExistsError
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -208,12 +208,30 @@ class MetricsLog:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of `workdir`'s metrics.jsonl (empty when there is none)."""
+    """All records of `workdir`'s metrics.jsonl (empty when there is none).
+
+    A last line without its newline is an append cut short (a kill during
+    the write) and is left out; the resumed run logs that step again.
+
+    Raises:
+      LoadError: naming the file and line when another line is not JSON.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+        lines = f.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # torn by a kill mid-append
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise LoadError(f"{path}: line {number} is not JSON ({e})") from None
+    return records
 
 
 TRAIN_TIME = "train_time.json"

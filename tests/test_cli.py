@@ -146,6 +146,26 @@ def _files(directory):
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def test_a_torn_metrics_line_does_not_stop_a_resume(demo_run, tmp_path):
+    from bebrjax.workdir import read_metrics
+
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run[0], workdir)
+    straight = read_metrics(str(workdir))
+    shutil.rmtree(workdir / "checkpoints" / "6")  # killed after step 4's checkpoint ...
+    for name in ("results.json", "results.md"):
+        (workdir / name).unlink()
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 1.2')  # ... in the middle of an append
+    assert run_in_process(*DEMO, "--workdir", str(workdir)) == (0, "")
+    assert [r["step"] for r in read_metrics(str(workdir))] == [r["step"] for r in straight]
+    assert (workdir / "metrics.jsonl").read_text().endswith("\n")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write("not json\n")  # a whole line that is not a record: named, not skipped
+    status, err = run_in_process(*DEMO, "--workdir", str(workdir))
+    assert status == 2 and "metrics.jsonl: line 7 is not JSON" in err, err
+
+
 def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_run, tmp_path):
     from bebrjax import checkpoint
     from bebrjax.workdir import read_metrics

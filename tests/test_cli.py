@@ -72,6 +72,18 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
         assert proc.returncode == 2 and proc.stderr == stderr
 
 
+@pytest.mark.parametrize("key", ["groups_key=group", "labels_key=label"])
+def test_a_named_array_the_file_lacks_is_refused(tmp_path, key):
+    path = _pairs(tmp_path, query=ONES, doc=ONES, labels=np.arange(40))
+    workdir = tmp_path / "run"
+    spec = f"configs/bebr/npz.py:path={path}"
+    status, stderr = run_in_process(
+        "--config", spec, f"--config.data.{key}", "--workdir", str(workdir)
+    )
+    assert status == 2 and f"no array '{key.split('=')[1]}'" in stderr, stderr
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

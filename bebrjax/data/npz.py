@@ -6,9 +6,11 @@ through files larger than memory). Arrays: `query` [N, d] and `doc` [N, d]
 (row i of one pairs with row i of the other) and, optionally, `labels` [N]
 and `groups` [N] (integer ids of the item each pair shows, e.g. the image of
 an image/caption pair: see `bebrjax.data.pairs`); the key names are
-arguments. An empty `labels_key` or `groups_key` ignores that array; a key
-absent from the file means the data has none. `groups_key="labels"` reads
-labels that are item ids as the groups.
+arguments. An empty `labels_key` or `groups_key` ignores that array; the
+default names ("labels", "groups") absent from the file mean the data has
+none, and any other name must name an array of the file (else a DataError:
+a misspelled key would silently split and score without groups).
+`groups_key="labels"` reads labels that are item ids as the groups.
 """
 
 from __future__ import annotations
@@ -80,9 +82,14 @@ def get_data(
     """
     arrays = NamedArrays(path)
     query, doc = arrays.get(query_key), arrays.get(doc_key)
-    labels, groups = (
-        arrays.get(key) if key and key in arrays.keys else None for key in (labels_key, groups_key)
-    )
+
+    def optional(key: str, default: str) -> np.ndarray | None:
+        # The default names are looked for; any other name was asked for and must be there.
+        if not key or (key == default and key not in arrays.keys):
+            return None
+        return arrays.get(key)
+
+    labels, groups = optional(labels_key, "labels"), optional(groups_key, "groups")
     return make_pairs(
         query,
         doc,

@@ -1,5 +1,8 @@
 """What every `python -m bebrjax.<verb>` command shares: its errors end in one line and exit 2.
 
+Ctrl-C ends a command with one line and exit status 130: what it wrote
+(checkpoints, a partial index) is kept, and the same command resumes.
+
 A command's `main(argv)` parses its flags with argparse (which itself exits
 2 with a usage line on a bad flag) and calls a library function; `run`
 turns the errors a user can cause (a bad file, a bad workdir, an output in
@@ -42,13 +45,22 @@ def attempt(work: Callable[[], T]) -> tuple[int, T | None]:
     """`work()`, with an error a user can cause as one line on stderr and status 2.
 
     Returns:
-      (0, what `work` returned), or (2, None) after a user error. On N
+      (0, what `work` returned), (2, None) after a user error, or (130,
+      None) after Ctrl-C (one line: re-run to resume). On N
       processes a failing process exits at once (`distributed.exit_now`,
       status 2, or 1 with the traceback for any other error), so the
       launcher can stop the others.
     """
     try:
         return 0, work()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: what was written is kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        if jax.process_count() > 1:
+            distributed.exit_now(130)
+        return 130, None
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         if jax.process_count() > 1:

@@ -158,6 +158,39 @@ def _files(directory):
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    args = [*DEMO, "--workdir", str(workdir), "--config.train.steps=120"]
+    args += ["--config.train.checkpoint_every=10", "--config.mesh.num_devices=1"]
+    command = [sys.executable, "-m", "bebrjax.main", *args]
+
+    def default_sigint():  # a shell's background job would start with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    run = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+    metrics = workdir / "metrics.jsonl"
+    for _ in range(600):
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:
+            break
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    said = [line for line in err.split("\n") if "interrupted" in line]  # beside progress bars
+    assert "Traceback" not in err and len(said) == 1, err
+    assert "interrupted: what was written is kept; run the same command again to resume" in said[0]
+    assert not (workdir / "results.json").exists()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((workdir / "train_time.json").read_text())["parts"][0]["start"] == 0
+    assert len(json.loads((workdir / "results.json").read_text())["train"]["parts"]) == 2
+
+
 def test_a_torn_metrics_line_does_not_stop_a_resume(demo_run, tmp_path):
     from bebrjax.workdir import read_metrics
 

@@ -11,10 +11,13 @@ time in train_time.json (`workdir.train_time` reads the total and the parts).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -141,6 +144,32 @@ class Laps:
         self.seconds[name], self._clock = round(now - self._clock, 1), now
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (SIGINT) as a flag to check at a safe point, rather than an exception anywhere.
+
+    Yields a function telling whether Ctrl-C was pressed; a second Ctrl-C
+    interrupts at once, as usual. Off the main thread (where no handler can
+    be set), and on N processes (which must all stop at the same step), it
+    never reports one and Ctrl-C interrupts at once.
+    """
+    pressed = []
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train_loop(
     state: State,
     train_step: Callable[[State, Any], tuple[State, dict[str, jax.Array]]],
@@ -201,23 +230,28 @@ def train_loop(
         disable=not distributed.is_primary(),
     )
     tick, tick_step = time.perf_counter(), start
-    for step in range(start, end):
-        if hook is not None:
-            state = hook(step, state)
-        state, metrics = train_step(state, put(batch_fn(step)))
-        done = step + 1
-        if checkpoint.save(mngr, done, state, force=done in (end, total)):
-            clock.update(done)
-        if done % log_every == 0 or done == total:  # a stop mid-interval logs nothing extra
-            record = {k: float(v) for k, v in metrics.items()}
-            now = time.perf_counter()
-            record.update(
-                step=done, lr=float(schedule(step)), steps_per_sec=(done - tick_step) / (now - tick)
-            )
-            tick, tick_step = now, done
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        bar.update(1)
+    with deferred_interrupt() as interrupted:
+        for step in range(start, end):
+            if hook is not None:
+                state = hook(step, state)
+            state, metrics = train_step(state, put(batch_fn(step)))
+            done = step + 1
+            if checkpoint.save(mngr, done, state, force=done in (end, total)):
+                clock.update(done)
+            if done % log_every == 0 or done == total:  # a stop mid-interval logs nothing extra
+                record = {k: float(v) for k, v in metrics.items()}
+                now = time.perf_counter()
+                rate = (done - tick_step) / (now - tick)
+                record.update(step=done, lr=float(schedule(step)), steps_per_sec=rate)
+                tick, tick_step = now, done
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
+            if interrupted():  # Ctrl-C, at a step's end: a checkpoint being written finishes
+                bar.close()
+                mngr.wait_until_finished()
+                mngr.close()
+                raise KeyboardInterrupt
     bar.close()
     mngr.wait_until_finished()
     mngr.close()

@@ -166,12 +166,12 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     args = [*DEMO, "--workdir", str(workdir), "--config.train.steps=120"]
     args += ["--config.train.checkpoint_every=10", "--config.mesh.num_devices=1"]
     command = [sys.executable, "-m", "bebrjax.main", *args]
-
-    def default_sigint():  # a shell's background job would start with SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
+    # Ctrl-C as a terminal delivers it, even when this runs as a shell's background job
+    # (which starts its children with SIGINT ignored): restore it, then exec the command.
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    restore += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     run = subprocess.Popen(
-        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+        [sys.executable, "-c", restore, *command[1:]], cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
     metrics = workdir / "metrics.jsonl"
     for _ in range(600):

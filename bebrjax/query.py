@@ -142,6 +142,11 @@ def search_index(
     if rescore_docs is not None and asymmetric:
         raise DataError("rescore with the float documents or asymmetrically, not both")
     index = load_index(index, ivf=nprobe is not None) if isinstance(index, str) else index
+    if asymmetric and isinstance(index, ShardedIndex):
+        raise DataError(
+            "--asymmetric decodes the shortlist's codes, which lie on several processes; "
+            "rescore with --rescore DOCS.npy, or search on one process"
+        )
     if model_shape[1] < index.m:
         raise DataError(
             f"the index holds codes of width m={index.m}; the model makes narrower ones "

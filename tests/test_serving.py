@@ -583,3 +583,16 @@ def test_export_refuses_bad_plans_in_one_line(binarizer_run, plan_bundle, tmp_pa
     printed = capsys.readouterr().out
     assert _last_json(printed)["kind"] == "plan" and "encoders/new.jax" in printed
     assert load_bundle(out).models == ("old", "new")
+
+
+def test_asymmetric_rescoring_of_a_sharded_index_is_refused_in_one_line(binarizer_run):
+    from bebrjax.errors import DataError
+    from bebrjax.search import ShardedIndex
+
+    workdir, _ = binarizer_run
+    model = inference.load(str(workdir))
+    x = np.random.default_rng(0).standard_normal((40, model.dim)).astype(np.float32)
+    local = BinaryIndex(model.code_dim, model.loops)
+    local.add(model.encode(x))
+    with pytest.raises(DataError, match="--asymmetric decodes the shortlist's codes"):
+        query.search_index(ShardedIndex(local), x, k=5, workdir=str(workdir), asymmetric=True)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bebrjax.search import topk
+from bebrjax.search.compiled import CompiledCache
 from bebrjax.sharding import DATA_AXIS, process_mesh
 
 
@@ -34,7 +35,7 @@ class Scorer(NamedTuple):
 
 
 # (index type, score key, k, group, mesh) -> the jit'd search; see `BlockedIndex._search_fn`.
-_SEARCH_FNS: dict[tuple, Any] = {}
+_SEARCH_FNS = CompiledCache()
 
 
 def _make_search_fn(
@@ -124,9 +125,9 @@ class BlockedIndex:
         if scorer is None:
             scorer = Scorer(self._score_key(), self._score_fn(), self._rescore_fn())
         key = (type(self).__name__, scorer.key, k, self.group, mesh)
-        if key not in _SEARCH_FNS:
-            _SEARCH_FNS[key] = _make_search_fn(scorer.score, scorer.rescore, k, self.group, mesh)
-        return _SEARCH_FNS[key]
+        return _SEARCH_FNS.get(
+            key, lambda: _make_search_fn(scorer.score, scorer.rescore, k, self.group, mesh)
+        )
 
     def _rescore_fn(self) -> topk.ScoreFn:
         """What scores the few best groups again (`topk.local_topk`): the scan's `_score_fn`."""

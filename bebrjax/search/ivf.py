@@ -52,13 +52,14 @@ from jax.sharding import PartitionSpec as P
 from bebrjax.errors import IndexFormatError
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import kmeans, probed, scoring, storage, topk
+from bebrjax.search.compiled import CompiledCache
 from bebrjax.search.index import BinaryIndex
 from bebrjax.search.ivf_layout import ListLayout
 from bebrjax.sharding import DATA_AXIS
 
 _DECODE_ROWS = 65536  # documents decoded at a time
 _PADDING = np.float32(-3.0e38)  # below every score: the host's stand-in for -inf
-_SEARCH_FNS: dict[tuple, Any] = {}
+_SEARCH_FNS = CompiledCache()  # (score key, width, group, chunk, mesh) -> the jit'd search
 
 
 class IVFIndex:
@@ -375,16 +376,17 @@ class IVFIndex:
     def _search_fn(self, width: int, chunk: int):
         mesh = self.codes.mesh if self._num_devices() > 1 else None
         key = (self.codes._score_key(), width, self.group, chunk, mesh)
-        if key not in _SEARCH_FNS:
-            _SEARCH_FNS[key] = probed.make_search_fn(
+        return _SEARCH_FNS.get(
+            key,
+            lambda: probed.make_search_fn(
                 self.codes._score_fn(),
                 self.codes._rescore_fn(),
                 k=width,
                 group=self.group,
                 chunk=chunk,
                 mesh=mesh,
-            )
-        return _SEARCH_FNS[key]
+            ),
+        )
 
     def _num_devices(self) -> int:
         return self.codes._devices()

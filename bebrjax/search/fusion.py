@@ -103,24 +103,26 @@ class Fusion:
         if not (np.isfinite(alpha).all() and np.isfinite(beta).all()):
             raise ValueError("alpha and beta must be finite")
 
-    def aligned(self, index_versions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def aligned(
+        self, index_versions: Sequence[str], who: str = "the scoring"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(alpha [models, V], beta [V]) in the order of an index's versions.
 
         Raises:
-          ValueError: when the fusion names a version the index lacks, or an
-            index version is scored by no query model.
+          ValueError: when the fusion (`who`, for the message) names a version
+            the index lacks, or an index version is scored by no query model.
         """
         missing = [v for v in self.versions if v not in index_versions]
         if missing:
             raise ValueError(
-                f"the scoring names version(s) {missing} that the index lacks "
+                f"{who} names version(s) {missing} that the index lacks "
                 f"(it holds {list(index_versions)})"
             )
         unscored = [v for v in index_versions if v not in self.versions]
         unscored += [v for v in self.versions if not self.alpha[:, self.versions.index(v)].any()]
         if unscored:
             raise ValueError(
-                f"index version(s) {unscored} are scored by no query model of the scoring "
+                f"index version(s) {unscored} are scored by no query model of {who} "
                 f"(it scores {[v for v in self.versions if v not in unscored]})"
             )
         cols = [self.versions.index(v) for v in index_versions]

@@ -146,17 +146,10 @@ class ScoringPlan:
             raise PlanError(
                 f"the plan was fitted on codes of width m={self.m}; the index holds m={m}"
             )
-        missing = [v.name for v in self.versions if v.name not in versions]
-        if missing:
-            raise PlanError(
-                f"the plan names version(s) {missing} that the index lacks (it holds {versions})"
-            )
-        unplanned = [v for v in versions if v not in {p.name for p in self.versions}]
-        if unplanned:
-            raise PlanError(
-                f"index version(s) {unplanned} are not in the plan (it scores "
-                f"{[v.name for v in self.versions]}): no query model would score them"
-            )
+        try:
+            self.fusion().aligned(versions, who="the plan")
+        except ValueError as e:
+            raise PlanError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (see the module docstring)."""

@@ -38,6 +38,17 @@ from bebrjax import checkpoint  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def interruptible(command: list[str], **kwargs) -> subprocess.Popen:
+    """Starts `command` (a Python command line) so that SIGINT reaches it as Ctrl-C would.
+
+    A shell's background job starts its children with SIGINT ignored; the
+    command is exec'd from a process that restores the default first.
+    """
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    restore += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    return subprocess.Popen([sys.executable, "-c", restore, *command[1:]], cwd=ROOT, **kwargs)
+
+
 def run_main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     """`python -m bebrjax.main ARGS` in a fresh process on one CPU device."""
     return subprocess.run(

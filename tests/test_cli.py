@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_in_process, run_main, tiny_overrides
+from conftest import ROOT, interruptible, run_in_process, run_main, tiny_overrides
 
 # The demo on tiny shapes: checkpoints at steps 4 and 6 (train.checkpoint_every=4).
 DEMO = (
@@ -166,13 +166,7 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     args = [*DEMO, "--workdir", str(workdir), "--config.train.steps=120"]
     args += ["--config.train.checkpoint_every=10", "--config.mesh.num_devices=1"]
     command = [sys.executable, "-m", "bebrjax.main", *args]
-    # Ctrl-C as a terminal delivers it, even when this runs as a shell's background job
-    # (which starts its children with SIGINT ignored): restore it, then exec the command.
-    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    restore += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-    run = subprocess.Popen(
-        [sys.executable, "-c", restore, *command[1:]], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
+    run = interruptible(command, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     for _ in range(600):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:

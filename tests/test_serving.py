@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, interruptible
 
 from bebrjax import encode, heldout, inference, ivf, query
 from bebrjax.data.upgrade_splits import load_labelled
@@ -122,7 +122,8 @@ def test_the_index_writer_matches_a_save(tmp_path):
     assert not (tmp_path / "written.partial").exists()
 
 
-def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl_c"])
+def test_encode_stopped_and_resumed_gives_the_identical_index(binarizer_run, tmp_path, sig):
     workdir, _ = binarizer_run
     corpus = tmp_path / "corpus.npy"
     np.save(corpus, _inputs(60_000, seed=2).astype(np.float16))
@@ -130,7 +131,7 @@ def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_
     command = [sys.executable, "-m", "bebrjax.encode", "--workdir", str(workdir)]
     command += ["--input", str(corpus), "--index", str(out), "--batch-size", "256"]
     progress = tmp_path / "index.partial" / "progress.json"
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interruptible(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -139,9 +140,15 @@ def test_encode_killed_and_resumed_gives_the_identical_index(binarizer_run, tmp_
         except (OSError, ValueError):
             pass
         time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:  # Ctrl-C: one line naming what to do, exit 130
+        assert proc.returncode == 130, err
+        said = [ln for ln in err.replace("\r", "\n").split("\n") if "interrupted" in ln]
+        assert "Traceback" not in err and len(said) == 1, err
+        assert "run the same command again to resume" in said[0]
+    else:
+        assert proc.returncode == -signal.SIGKILL, err
     assert not out.exists()
     with pytest.raises(IndexFormatError, match="unfinished index"):
         BinaryIndex.load(str(tmp_path / "index.partial"))

@@ -1,12 +1,17 @@
+import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bebrjax import sharding
-from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, kmeans, topk
+from bebrjax import encode, sharding
+from bebrjax import ivf as ivf_command
+from bebrjax import query as query_command
+from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, ivf_train, kmeans, topk
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.compiled import CompiledCache
 from bebrjax.search.rescore import rescore
 
 M, NLIST = 40, 12
@@ -162,3 +167,114 @@ def test_rescoring_ranks_the_shortlist_by_exact_float_products(galleries, tmp_pa
     ]:
         with pytest.raises(ValueError, match=message):
             rescore(index, queries, vectors, 5, **kwargs)
+
+
+def assert_same_search(a, b, queries, k, nprobes):
+    for nprobe in nprobes:
+        for x, y in zip(a.search(queries, k, nprobe), b.search(queries, k, nprobe), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=f"nprobe={nprobe}")
+
+
+def test_replaced_codes_are_searched_in_the_lists_of_their_new_codes():
+    planes = clustered_planes(600, 1)
+    new = clustered_planes(200, 2, seed=7)
+    ids = np.arange(1, 600, 3)
+    queries = np.concatenate([planes[:4, :1], new[:4, :1]])
+    codes = BinaryIndex(M, 1)
+    codes.add(planes)
+    index = IVFIndex.from_index(codes, NLIST, sample=300)
+    index.search(queries, 5, NLIST)  # the device tiles of the old codes
+    index.replace(ids, new, "v2")
+    fresh_codes = BinaryIndex(M, 1)
+    fresh_codes.add(planes)
+    fresh_codes.replace(ids, new, "v2")
+    fresh = IVFIndex.from_index(fresh_codes, NLIST, centroids=index.centroids)
+    moved = kmeans.assign(iter([codes_lib.decode(new)]), index.centroids)
+    np.testing.assert_array_equal(index.lists[ids], moved)
+    np.testing.assert_array_equal(index.lists, fresh.lists)
+    assert_same_search(index, fresh, queries, 5, (2, NLIST))
+    # A change made to the shared codes directly reaches the lists and the tiles too.
+    codes.replace(ids[:50], planes[:50], "default")
+    fresh_codes.replace(ids[:50], planes[:50], "default")
+    fresh = IVFIndex.from_index(fresh_codes, NLIST, centroids=index.centroids)
+    np.testing.assert_array_equal(index.lists, fresh.lists)
+    assert_same_search(index, fresh, queries, 5, (2, NLIST))
+
+
+def test_a_backfill_step_on_a_saved_ivf_index_keeps_its_lists(binarizer_run, tmp_path):
+    workdir = str(binarizer_run[0])
+    rng = np.random.default_rng(3)
+    docs, step, queries = (tmp_path / name for name in ("docs.npy", "step.npz", "queries.npz"))
+    np.save(docs, rng.standard_normal((300, 16)).astype(np.float32))
+    replaced = np.arange(0, 300, 3)
+    np.savez(step, doc=rng.standard_normal((100, 16)).astype(np.float32), ids=replaced)
+    np.savez(queries, query=rng.standard_normal((20, 16)).astype(np.float32))
+    plain, path = str(tmp_path / "docs.bebr"), str(tmp_path / "docs.ivf")
+    assert encode.main(["--workdir", workdir, "--input", str(docs), "--index", plain]) == 0
+    assert ivf_command.main(["--index", plain, "--out", path, "--nlist", "4"]) == 0
+    before = IVFIndex.load(path)
+    argv = ["--workdir", workdir, "--input", str(step), "--index", path, "--ids", str(step)]
+    assert encode.main([*argv, "--version", "new"]) == 0
+    after = IVFIndex.load(path)
+    assert after.counts()["new"] == 100
+    np.testing.assert_array_equal(after.centroids, before.centroids)
+    fresh = IVFIndex.from_index(BinaryIndex.load(path), 4, centroids=before.centroids)
+    np.testing.assert_array_equal(after.lists, fresh.lists)
+    assert (after.lists[replaced] != before.lists[replaced]).any()  # replaced docs moved
+    hits = str(tmp_path / "hits.npz")
+    argv = ["--index", path, "--workdir", workdir, "--queries", str(queries), "--k", "10"]
+    assert query_command.main([*argv, "--nprobe", "4", "--out", hits]) == 0
+    expected, _ = query_command.search_index(fresh, str(queries), k=10, workdir=workdir, nprobe=4)
+    with np.load(hits) as found:
+        np.testing.assert_array_equal(found["ids"], expected)
+
+
+def test_any_number_of_queries_probes_with_a_few_compiled_programs(galleries, monkeypatch):
+    _, queries, _, index = galleries[(1, "ip")]
+    monkeypatch.setattr(kmeans, "_PROBE_FNS", CompiledCache())
+    scores, ids = index.search(queries[:9], 5, nprobe=2)
+    for num in range(1, 9):
+        part = index.search(queries[:num], 5, nprobe=2)
+        np.testing.assert_array_equal(part[0], scores[:num])
+        np.testing.assert_array_equal(part[1], ids[:num])
+    assert len(kmeans._PROBE_FNS) == 2  # 8 and 16 queries
+    monkeypatch.setattr(kmeans, "_BLOCK_PRODUCTS", 4 * 32)  # chunks of 4 queries
+    for num in (1, 7):
+        np.testing.assert_array_equal(index.search(queries[:num], 5, nprobe=2)[1], ids[:num])
+    assert len(kmeans._PROBE_FNS) == 3  # and one of 4
+
+
+def test_training_decodes_only_the_sample_and_assignment_decodes_in_chunks(monkeypatch):
+    planes = clustered_planes(3000, 1)
+    decode, decoded = codes_lib.decode, []
+    monkeypatch.setattr(codes_lib, "decode", lambda p: decoded.append(len(p)) or decode(p))
+    index = IVFIndex(M, 1, nlist=4)
+    index.train(planes, sample=64, seed=3)
+    assert decoded == [64]
+    chosen = np.sort(np.random.default_rng(3).choice(3000, 64, replace=False))
+    trained = kmeans.train(decode(planes[chosen]), 4, seed=3)  # the draw of the whole's rows
+    np.testing.assert_array_equal(index.centroids, kmeans.normalize(trained))
+    rows, decoded_rows = BinaryIndex.decoded, []
+    monkeypatch.setattr(ivf_train, "_DECODE_BYTES", 4 * 2 * M * 100)  # 100 documents a chunk
+    monkeypatch.setattr(
+        BinaryIndex, "decoded", lambda self, i: decoded_rows.append(len(i)) or rows(self, i)
+    )
+    index.add(planes)
+    assert max(decoded_rows) == 100 and sum(decoded_rows) == 3000
+    np.testing.assert_array_equal(
+        index.lists, kmeans.assign(iter([decode(planes)]), index.centroids)
+    )
+
+
+def test_kmeans_products_run_at_the_highest_precision():
+    points, centroids = jnp.ones((8, 4)), jnp.ones((32, 4))
+    jaxprs = [
+        jax.make_jaxpr(kmeans._nearest)(points, centroids),
+        jax.make_jaxpr(kmeans._lloyd, static_argnums=3)(
+            points[None], jnp.ones((1, 8)), centroids, 2
+        ),
+        jax.make_jaxpr(functools.partial(kmeans._probe, nprobe=2, nlist=30))(points, centroids),
+    ]
+    for jaxpr in map(str, jaxprs):
+        highest = jaxpr.count("precision=(Precision.HIGHEST, Precision.HIGHEST)")
+        assert jaxpr.count("dot_general") == highest > 0, jaxpr

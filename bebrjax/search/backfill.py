@@ -9,38 +9,47 @@ the same path (built beside it, then swapped in; see
 the path, loadable and unchanged. Which ids to backfill first is the
 caller's choice (FastFill: the worst-served old items first beats a random
 order).
+
+A directory holding inverted lists (`ivf.json`) is opened and saved as an
+`IVFIndex`, so the step keeps its lists: each replaced document moves to
+the list of its new code's nearest centroid, and the centroids stay (see
+`bebrjax.search.ivf`). Any other directory is a `BinaryIndex`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
+from bebrjax.search import storage
 from bebrjax.search.index import BinaryIndex
+from bebrjax.search.ivf import IVFIndex
 
 
 def backfill(
     path: str, ids: np.ndarray, planes: np.ndarray, version: str, **kwargs: Any
-) -> BinaryIndex:
+) -> BinaryIndex | IVFIndex:
     """Replaces the codes of documents `ids` of the saved index at `path`.
 
     Args:
-      path: a saved `BinaryIndex` directory.
+      path: a saved `BinaryIndex` or `IVFIndex` directory.
       ids: unique document ids in [0, ntotal), int [n].
       planes: int8 [n, u+1, m] of +-1, row i the new code of ids[i].
       version: the codes' version; a new name registers a version with
         u = planes.shape[1] - 1.
-      **kwargs: as for `BinaryIndex.load` (kernel, layout).
+      **kwargs: as for the `load` of the index's kind (kernel, layout).
 
     Returns:
-      The updated index, loaded from `path`.
+      The updated index, loaded from `path`, of the kind saved there.
 
     Raises:
       IndexFormatError: when `path` is not a readable index.
       ValueError: as `BinaryIndex.replace`, before anything is written.
     """
-    index = BinaryIndex.load(path, **kwargs)
+    kind = IVFIndex if os.path.isfile(os.path.join(path, storage.IVF_FILE)) else BinaryIndex
+    index = kind.load(path, **kwargs)
     index.replace(ids, planes, version)
     index.save(path)
-    return BinaryIndex.load(path, **kwargs)
+    return kind.load(path, **kwargs)

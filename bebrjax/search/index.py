@@ -93,6 +93,7 @@ class BinaryIndex(BlockedIndex):
         self._words = np.zeros((0, 0, codes_lib.num_words(self.m)), np.uint32)
         self._inv_norms = np.zeros((0,), np.float32)
         self._doc_versions = np.zeros((0,), np.uint8)
+        self.revision = 0  # counts the changes, for what is derived from the codes (IVF lists)
         self._check_version(version, u)
         self._register(version, int(u))
 
@@ -218,6 +219,10 @@ class BinaryIndex(BlockedIndex):
         self._words[ids], self._inv_norms[ids] = self._stored(planes)
         self._doc_versions[ids] = list(self._versions).index(name)
         self._invalidate()
+
+    def _invalidate(self) -> None:
+        super()._invalidate()
+        self.revision += 1
 
     def planes(self, ids: np.ndarray) -> np.ndarray:
         """The stored codes of documents `ids` (ints in [0, ntotal)) as int8 planes [n, U+1, m].

@@ -4,13 +4,24 @@
     scores, ids = ivf.search(query_planes, k=10, nprobe=16)
     ivf.save("gallery.ivf"); ivf = IVFIndex.load("gallery.ivf")
 
-or from scratch: `IVFIndex(m, u, nlist=...)`, `train(planes)`, `add(planes)`.
+or from scratch: `IVFIndex(m, u, nlist=...)`, `train(planes)`, `add(planes)`;
+`replace(ids, planes, version)` as `BinaryIndex.replace`.
 
 Coarse quantizer: `nlist` unit centroids from spherical k-means
 (`bebrjax.search.kmeans`) over decoded codes b = sum_i 2^-i s_i (or any
-float vectors of width m given to `train`). Each document lives in the list
-of its nearest centroid by cosine, and a query scans the `nprobe` lists
-whose centroids are nearest its own decoded code.
+float vectors of width m given to `train`; `bebrjax.search.ivf_train`
+samples and assigns in bounded memory). Each document lives in the list of
+its nearest centroid by cosine, and a query scans the `nprobe` lists whose
+centroids are nearest its own decoded code.
+
+Versions and backfill: a replaced document (`replace`, or a backfill step
+on a saved IVF index, `bebrjax.search.backfill`) moves to the list of its
+new code's nearest centroid; the centroids stay. The codes may be shared
+with a `BinaryIndex` (`from_index`): a change made to them directly is seen
+by the codes' revision at the next use, and then every document is
+assigned again. Either way the next search builds the device tiles anew
+from the codes and lists of the moment, so it equals a fresh IVF index of
+the same codes and centroids.
 
 Within the probed lists the answer is exact, as `BinaryIndex.search` is
 over the whole gallery: SDC scores (Hamming for metric "hamming") on the
@@ -18,15 +29,10 @@ packed codes, by either kernel, each document in its own version, ranked
 by the exact score with ties to the lower id. With nprobe = nlist every
 list is probed and the answer equals `BinaryIndex.search` bit for bit.
 
-Layout for XLA (static shapes). The documents are sorted by (list, id) and
-each list occupies whole tiles of `tile` documents (its last tile padded
-with empty slots), all in one device array; with a mesh the tiles are split
-over the `data` axis in contiguous runs, each device holding one extra
-empty tile. A query scans the tiles of its lists, named by index and padded
-with the empty tile to S tiles, S rounded up to 2^j or 3 2^(j-2): a
-handful of compiled shapes whatever the list sizes. The queries of a call
-are batched by how many tiles they scan, so that a batch's longest scan,
-which sets its S, is close to the others. The device returns each query's
+Search: the queries' nearest lists are found a chunk of queries at a time
+(`kmeans.probe`) and their documents scanned on the device in tiles
+(`bebrjax.search.ivf_scan`), both in a few compiled shapes whatever the
+number of queries and the list sizes. The device returns each query's
 float top k + `topk.SPARE` (k + max(SPARE, k) for Hamming and u = 0, whose
 integer scores tie often; `bebrjax.search.probed`); the host ranks them
 exactly (`topk.exact_topk`, or an exact-float sort for Hamming and u = 0),
@@ -44,22 +50,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from bebrjax.errors import IndexFormatError
-from bebrjax.search import codes as codes_lib
-from bebrjax.search import kmeans, probed, scoring, storage, topk
-from bebrjax.search.compiled import CompiledCache
+from bebrjax.search import ivf_train, kmeans, scoring, storage, topk
 from bebrjax.search.index import BinaryIndex
-from bebrjax.search.ivf_layout import ListLayout
-from bebrjax.sharding import DATA_AXIS
-
-_DECODE_ROWS = 65536  # documents decoded at a time
-_PADDING = np.float32(-3.0e38)  # below every score: the host's stand-in for -inf
-_SEARCH_FNS = CompiledCache()  # (score key, width, group, chunk, mesh) -> the jit'd search
+from bebrjax.search.ivf_scan import PADDING, ListScan
 
 
 class IVFIndex:
@@ -105,8 +102,7 @@ class IVFIndex:
         self.nlist, self.tile, self.group = int(nlist), tile, group
         self.chunk, self.query_batch = chunk, query_batch
         self.centroids: np.ndarray | None = None
-        self._lists = np.zeros(0, np.int32)
-        self._invalidate()
+        self._set_lists(np.zeros(0, np.int32))
 
     @property
     def m(self) -> int:
@@ -128,46 +124,41 @@ class IVFIndex:
         """Documents in the index."""
         return self.codes.ntotal
 
+    def counts(self) -> dict[str, int]:
+        """Version name -> how many documents hold a code of that version."""
+        return self.codes.counts()
+
     @property
     def lists(self) -> np.ndarray:
         """Each document's list, int32 [ntotal]."""
-        return np.array(self._lists)
+        return np.array(self._current_lists())
 
     def list_sizes(self) -> np.ndarray:
         """Documents per list, int64 [nlist]."""
-        return np.bincount(self._lists, minlength=self.nlist)
+        return np.bincount(self._current_lists(), minlength=self.nlist)
 
     # --- building ----------------------------------------------------------------------------
 
-    def train(self, x: np.ndarray, *, iters: int = 20, seed: int = 0, sample: int = 0) -> None:
+    def train(
+        self, x: np.ndarray | BinaryIndex, *, iters: int = 20, seed: int = 0, sample: int = 0
+    ) -> None:
         """Trains the coarse quantizer (spherical k-means) on codes or float vectors.
 
         Args:
-          x: int8 planes [N, u'+1, m] of +-1 (any u', decoded), or float
+          x: int8 planes [N, u'+1, m] of +-1 (any u', decoded), float
             vectors [N, m] in the codes' space (e.g. decoded codes of
-            another version).
+            another version), or a `BinaryIndex` of width m (its codes,
+            each decoded in its own version).
           iters: Lloyd iterations.
           seed: the initial centroids' draw and the sample's.
-          sample: train on this many points drawn from x (0: 256 per list,
-            as faiss's default; all of x when it has fewer).
+          sample: train on this many points drawn from x, the only rows read
+            and decoded (0: 256 per list, as faiss's default; all of x when
+            it has fewer; `ivf_train.training_points`).
 
         Raises:
           ValueError: for x of another width or values, or fewer points than lists.
         """
-        x = np.asarray(x)
-        if x.ndim == 3 and x.dtype == np.int8 and x.shape[2] == self.m:
-            x = codes_lib.decode(
-                codes_lib.check_planes(x, self.m, x.shape[1] - 1, "training planes")
-            )
-        if x.ndim != 2 or x.shape[1] != self.m or not np.issubdtype(x.dtype, np.number):
-            raise ValueError(
-                f"training points must be int8 planes [N, u+1, {self.m}] or float vectors "
-                f"[N, {self.m}] (the index's m={self.m}); got {x.dtype} {list(x.shape)}"
-            )
-        count = min(len(x), sample or 256 * self.nlist)
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(len(x), count, replace=False)) if count < len(x) else None
-        points = x if chosen is None else x[chosen]
+        points = ivf_train.training_points(x, self.m, sample or 256 * self.nlist, seed)
         self._set_centroids(kmeans.train(points, self.nlist, iters=iters, seed=seed))
 
     def _set_centroids(self, centroids: np.ndarray) -> None:
@@ -179,20 +170,21 @@ class IVFIndex:
                 f"got {list(centroids.shape)}"
             )
         self.centroids = kmeans.normalize(centroids)
-        self._lists = self._assign(0, self.ntotal)
-        self._invalidate()
+        self._set_lists(self._assign(np.arange(self.ntotal)))
 
-    def _assign(self, start: int, stop: int) -> np.ndarray:
-        """The nearest list of documents [start, stop)."""
-        chunks = (
-            self.codes.decoded(np.arange(a, min(stop, a + _DECODE_ROWS)))
-            for a in range(start, stop, _DECODE_ROWS)
-        )
-        return kmeans.assign(chunks, self.centroids).astype(np.int32)
+    def _assign(self, ids: np.ndarray) -> np.ndarray:
+        """The nearest list of documents `ids`."""
+        return ivf_train.assign(self.codes, self.centroids, ids)
 
-    def _invalidate(self) -> None:
-        self._device = None
-        self._lists_layout = None
+    def _set_lists(self, lists: np.ndarray) -> None:
+        """Takes `lists` as the lists of the codes as they are now; drops the device copy."""
+        self._lists, self._revision, self._scan = lists, self.codes.revision, None
+
+    def _current_lists(self) -> np.ndarray:
+        """Each document's list, every one reassigned if the codes changed behind the index."""
+        if self.centroids is not None and self._revision != self.codes.revision:
+            self._set_lists(self._assign(np.arange(self.ntotal)))
+        return self._lists
 
     def add(self, planes: np.ndarray, version: str | None = None) -> None:
         """Appends documents (as `BinaryIndex.add`) to the lists of their nearest centroids.
@@ -201,10 +193,25 @@ class IVFIndex:
           ValueError: before training, or as `BinaryIndex.add`.
         """
         self._check_trained()
-        start = self.ntotal
+        lists, start = self._current_lists(), self.ntotal
         self.codes.add(planes, version)
-        self._lists = np.concatenate([self._lists, self._assign(start, self.ntotal)])
-        self._invalidate()
+        self._set_lists(np.concatenate([lists, self._assign(np.arange(start, self.ntotal))]))
+
+    def replace(self, ids: np.ndarray, planes: np.ndarray, version: str) -> None:
+        """Replaces the codes of documents `ids` (as `BinaryIndex.replace`); they change lists.
+
+        Each replaced document moves to the list of its new code's nearest
+        centroid; the centroids and the other documents' lists stay.
+
+        Raises:
+          ValueError: before training, or as `BinaryIndex.replace` (nothing is changed then).
+        """
+        self._check_trained()
+        lists = self._current_lists()
+        self.codes.replace(ids, planes, version)
+        ids = np.asarray(ids, np.int64)
+        lists[ids] = self._assign(ids)
+        self._set_lists(lists)
 
     @classmethod
     def from_index(
@@ -237,11 +244,7 @@ class IVFIndex:
         if centroids is not None:
             ivf._set_centroids(centroids)
             return ivf
-        if train_on is None:
-            count = min(codes.ntotal, sample or 256 * ivf.nlist)
-            chosen = np.random.default_rng(seed).choice(codes.ntotal, count, replace=False)
-            train_on = codes.decoded(np.sort(chosen))
-        ivf.train(train_on, iters=iters, seed=seed, sample=sample)
+        ivf.train(codes if train_on is None else train_on, iters=iters, seed=seed, sample=sample)
         return ivf
 
     @classmethod
@@ -283,12 +286,12 @@ class IVFIndex:
             raise ValueError(f"nprobe={nprobe} must be an integer in [1, {self.nlist}] (nlist)")
         if not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k={k} must be a positive integer")
+        sizes = self.list_sizes()
         queries, u_q = self.codes._queries(query_planes)
         if nprobe == self.nlist:  # every list: no need to rank them
             probes = np.broadcast_to(np.arange(self.nlist), (len(queries["ints"]), self.nlist))
         else:
             probes = kmeans.probe(queries["ints"].astype(np.float32), self.centroids, int(nprobe))
-        sizes = self.list_sizes()
         available = sizes[probes].sum(1)
         if len(probes) and available.min() < k:
             row = int(available.argmin())
@@ -300,7 +303,7 @@ class IVFIndex:
         # Integer scores tie often (k + SPARE candidates left many queries to the host's
         # exact ranking over their lists at k = 100): ask for more where they tie.
         width = min(self.ntotal, k + max(topk.SPARE, k if exact_floats else 0))
-        scores, ids = self._candidates(queries, probes, width)
+        scores, ids = self._list_scan().candidates(queries, probes, width)
         complete = available <= width
         words = queries["words"]
         if exact_floats:
@@ -319,7 +322,7 @@ class IVFIndex:
 
     def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray, scale: float):
         """(exact scores, ids) of one query against every document of its probed lists."""
-        ids = self._placement().members(lists)
+        ids = self._list_scan().placement.members(lists)
         return topk.SdcScores(*self.codes.exact_ints(query_words, ids), scale), ids
 
     def _exact_floats(self, scores, ids, k, complete, words, probes, u_q):
@@ -331,7 +334,7 @@ class IVFIndex:
         """
         certified = complete | (scores[:, k - 1] > scores[:, -1])
         for row in np.flatnonzero(~certified):
-            every = self._placement().members(probes[row])
+            every = self._list_scan().placement.members(probes[row])
             ip, _ = self.codes.exact_ints(words[row], every)
             if self.metric == "hamming":
                 floats = -((self.m - ip) // 2).astype(np.float32)
@@ -339,77 +342,24 @@ class IVFIndex:
                 scale = self.codes._inv_norms[every] * np.float32(2.0 ** -(self.u + u_q))
                 floats = ip.astype(np.float32) * scale.astype(np.float32)
             best = np.lexsort((every, -floats))[: scores.shape[1]]
-            scores[row], ids[row] = _PADDING, -1
+            scores[row], ids[row] = PADDING, -1
             scores[row, : len(best)], ids[row, : len(best)] = floats[best], every[best]
         return scores[:, :k], ids[:, :k]
 
-    def _candidates(self, queries: dict[str, np.ndarray], probes: np.ndarray, width: int):
-        """Each query's float top `width` of its probed lists, sorted by (score desc, id asc).
-
-        Returns float32 scores (`_PADDING` past the probed documents) and int64 ids.
-        """
-        num = len(probes)
-        if num == 0:
-            return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
-        tiles, doc_ids = self._layout()
-        batch = min(self.query_batch, 1 << max(3, (num - 1).bit_length()))
-        # Queries of similar scan lengths share a batch, whose longest sets its padding.
-        by_need = np.argsort(self._placement().scan_lengths(probes), kind="stable")
-        scores = np.empty((num, width), np.float32)
-        ids = np.empty((num, width), np.int64)
-        for start in range(0, num, batch):
-            rows = by_need[start : start + batch]
-            chunk = {
-                key: np.pad(x[rows], [(0, batch - len(rows))] + [(0, 0)] * (x.ndim - 1))
-                for key, x in queries.items()
-            }
-            lists = self._placement().tile_lists(probes[rows], batch)
-            found = self._search_fn(width, min(self.chunk, lists.shape[-1] & -lists.shape[-1]))(
-                chunk, tiles, doc_ids, lists
-            )
-            scores[rows] = np.asarray(found[0])[: len(rows)]
-            ids[rows] = np.asarray(found[1])[: len(rows)]
-        scores[ids < 0] = _PADDING
-        order = np.lexsort((ids, -scores))
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-
-    def _search_fn(self, width: int, chunk: int):
-        mesh = self.codes.mesh if self._num_devices() > 1 else None
-        key = (self.codes._score_key(), width, self.group, chunk, mesh)
-        return _SEARCH_FNS.get(
-            key,
-            lambda: probed.make_search_fn(
-                self.codes._score_fn(),
-                self.codes._rescore_fn(),
-                k=width,
+    def _list_scan(self) -> ListScan:
+        """The documents in the tiles of their lists on the device(s), built after each change."""
+        lists = self._current_lists()
+        if self._scan is None:
+            self._scan = ListScan(
+                self.codes,
+                lists,
+                self.nlist,
+                tile=self.tile,
                 group=self.group,
-                chunk=chunk,
-                mesh=mesh,
-            ),
-        )
-
-    def _num_devices(self) -> int:
-        return self.codes._devices()
-
-    def _placement(self) -> ListLayout:
-        """Where each document sits in the tiles (cached until a change)."""
-        if self._lists_layout is None:
-            self._lists_layout = ListLayout(self._lists, self.nlist, self.tile, self._num_devices())
-        return self._lists_layout
-
-    def _layout(self):
-        """(tiles pytree, doc ids) on the device(s), cached until a change."""
-        if self._device is None:
-            placement = self._placement()
-            host = jax.tree.map(lambda x: placement.tiled(np.asarray(x)), self.codes._host_arrays())
-            doc_ids = placement.doc_ids()
-            if self._num_devices() > 1:
-                sharding = NamedSharding(self.codes.mesh, P(DATA_AXIS))
-                placed = jax.device_put((host, doc_ids), sharding)
-            else:
-                placed = jax.device_put((host, doc_ids))
-            self._device = placed
-        return self._device
+                chunk=self.chunk,
+                query_batch=self.query_batch,
+            )
+        return self._scan
 
     # --- storage -----------------------------------------------------------------------------
 
@@ -418,7 +368,7 @@ class IVFIndex:
         self._check_trained()
         arrays, header = self.codes.saved_parts()
         arrays[storage.CENTROIDS] = self.centroids
-        arrays[storage.LISTS] = self._lists.astype("<i4")
+        arrays[storage.LISTS] = self._current_lists().astype("<i4")
         meta = {"format": storage.IVF_FORMAT, "version": storage.IVF_VERSION}
         meta.update(nlist=self.nlist, m=self.m)
         storage.write_index(path, arrays, json_files={storage.IVF_FILE: meta}, **header)
@@ -445,5 +395,6 @@ class IVFIndex:
                 f"{path}: {storage.LISTS} holds lists outside [0, {meta['nlist']})"
             )
         ivf = cls._over(codes, meta["nlist"], **kwargs)
-        ivf.centroids, ivf._lists = np.asarray(centroids, np.float32), lists
+        ivf.centroids = np.asarray(centroids, np.float32)
+        ivf._set_lists(lists)
         return ivf

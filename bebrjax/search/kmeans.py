@@ -11,6 +11,15 @@ serves worst (the lowest cosine), one per empty centroid, so no list stays
 empty while points remain far from their centre. Initialization draws `nlist` distinct
 points with a seeded generator: the same points and seed give the same
 centroids, on any device count.
+
+Every point-centroid product runs at `Precision.HIGHEST` (full float32, as
+the scores are computed): at the default precision a GPU or TPU multiplies
+in TF32 or bfloat16 passes, which moves near-ties, so lists built there
+would differ from the CPU's. `probe` takes the queries in chunks of at most
+`_PROBE_ROWS` (fewer for a large nlist: about `_BLOCK_PRODUCTS` products at
+once), each padded to a power of two of at least `_MIN_PROBE_ROWS`: any
+number of queries runs a handful of compiled programs, kept in a bounded
+`CompiledCache`.
 """
 
 from __future__ import annotations
@@ -22,9 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bebrjax.search.compiled import CompiledCache
+
 _ASSIGN_ROWS = 16384  # at most this many points per jit'd assignment step
+_PROBE_ROWS = 1024  # at most this many queries per jit'd probe
+_MIN_PROBE_ROWS = 8  # the smallest padded probe
 _PROBE_GROUP = 32  # lists per group of the two-level probe
 _BLOCK_PRODUCTS = 1 << 24  # point-centroid products held at once (64 MiB)
+_PROBE_FNS = CompiledCache()  # (queries, padded nlist, m, nprobe, nlist) -> the jit'd probe
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -32,6 +46,11 @@ def normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1).astype(np.float32)
+
+
+def _products(points: jax.Array, centroids: jax.Array) -> jax.Array:
+    """The products points [n, m] @ centroids [c, m].T, full float32 on every backend."""
+    return jnp.matmul(points, centroids.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def _lloyd(points: jax.Array, weights: jax.Array, centroids: jax.Array, iters: int) -> jax.Array:
@@ -47,7 +66,7 @@ def _lloyd(points: jax.Array, weights: jax.Array, centroids: jax.Array, iters: i
 
     def step(_, c):
         def nearest(block):
-            sims = block @ c.T
+            sims = _products(block, c)
             return jnp.argmax(sims, axis=1), jnp.max(sims, axis=1)
 
         assign, best = (x.reshape(-1) for x in jax.lax.map(nearest, points))
@@ -110,7 +129,7 @@ def train(points: np.ndarray, nlist: int, *, iters: int = 20, seed: int = 0) -> 
 
 @jax.jit
 def _nearest(points: jax.Array, centroids: jax.Array) -> jax.Array:
-    return jnp.argmax(points @ centroids.T, axis=1).astype(jnp.int32)
+    return jnp.argmax(_products(points, centroids), axis=1).astype(jnp.int32)
 
 
 def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
@@ -135,10 +154,9 @@ def assign(chunks: Iterator[np.ndarray], centroids: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _probe(queries: jax.Array, centroids: jax.Array, nprobe: int, nlist: int) -> jax.Array:
+def _probe(queries: jax.Array, centroids: jax.Array, *, nprobe: int, nlist: int) -> jax.Array:
     num, groups = len(queries), centroids.shape[0] // _PROBE_GROUP
-    sims = queries @ centroids.T
+    sims = _products(queries, centroids)
     sims = jnp.where(jnp.arange(sims.shape[1]) < nlist, sims, -jnp.inf)
     if nprobe < groups:  # the nprobe groups of best maximum, in list order
         best = sims.reshape(num, groups, _PROBE_GROUP).max(-1)
@@ -158,8 +176,9 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
     lists are taken 32 at a time, the nprobe groups of best maximum hold
     the nprobe best lists (each group ranked ahead holds a distinct one of
     a list's betters), and only those groups' lists are ranked. One jit'd
-    product and two small `top_k`s; on XLA:CPU about half the time of the
-    same in numpy, whose passes over the [Q, nlist] products are memory-bound.
+    product and two small `top_k`s per chunk of queries; on XLA:CPU about
+    half the time of the same in numpy, whose passes over the [Q, nlist]
+    products are memory-bound.
 
     Args:
       queries: float [Q, m].
@@ -169,8 +188,20 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
     Returns:
       int64 [Q, nprobe].
     """
-    nlist = len(centroids)
+    nlist, nprobe = len(centroids), int(nprobe)
     padded = -(-nlist // _PROBE_GROUP) * _PROBE_GROUP
     centroids = np.pad(np.asarray(centroids, np.float32), ((0, padded - nlist), (0, 0)))
+    on_device = jnp.asarray(centroids)
     queries = np.asarray(queries, np.float32)
-    return np.asarray(_probe(queries, centroids, int(nprobe), nlist)).astype(np.int64)
+    step = 1 << (_block_rows(_PROBE_ROWS, padded).bit_length() - 1)  # a power of two
+    out = np.zeros((len(queries), nprobe), np.int64)
+    for start in range(0, len(queries), step):
+        part = queries[start : start + step]
+        rows = min(step, max(_MIN_PROBE_ROWS, 1 << (len(part) - 1).bit_length()))
+        key = (rows, padded, centroids.shape[1], nprobe, nlist)
+        fn = _PROBE_FNS.get(
+            key, lambda: jax.jit(functools.partial(_probe, nprobe=nprobe, nlist=nlist))
+        )
+        found = fn(np.pad(part, ((0, rows - len(part)), (0, 0))), on_device)
+        out[start : start + len(part)] = np.asarray(found)[: len(part)]
+    return out

@@ -38,16 +38,28 @@ from bebrjax.search.kernels import cpu_name
 RSS_TARGET_MB, RATIO_TARGET = 2000, 0.67
 
 
-def write_corpus(path: str, rows: int, dim: int, seed: int, chunk: int = 262144) -> None:
-    """Random float16 rows [rows, dim] written chunk by chunk to the .npy file `path`."""
+def write_corpus(
+    path: str, rows: int, dim: int, seed: int, clusters: int = 0, chunk: int = 262144
+) -> None:
+    """Random float16 rows [rows, dim] written chunk by chunk to the .npy file `path`.
+
+    With `clusters` > 0 each row is one of that many random centres plus
+    noise of a quarter its norm (a gallery with neighbourhoods, where an
+    inverted index has lists to find); else plain Gaussian rows.
+    """
     rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
+    centres = rng.standard_normal((clusters, dim), np.float32) if clusters else None
+    with open(f"{path}.tmp", "wb") as f:  # renamed when whole: a rerun never reuses a torn file
         np.lib.format.write_array_header_1_0(
             f, {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (rows, dim)}
         )
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            f.write(rng.standard_normal((n, dim), np.float32).astype(np.float16).tobytes())
+            x = rng.standard_normal((n, dim), np.float32)
+            if centres is not None:
+                x = centres[rng.integers(0, clusters, n)] + 0.25 * x
+            f.write(x.astype(np.float16).tobytes())
+    os.replace(f"{path}.tmp", path)
 
 
 def train_reference(workdir: str, dim: int) -> None:
@@ -94,17 +106,30 @@ _LAUNCH = (
 )
 
 
+def measured(command: list[str]) -> tuple[str, float, float]:
+    """Runs `command`; (its stdout, its peak RSS in MB, its wall seconds).
+
+    Raises:
+      RuntimeError: with the command's last line of stderr when it fails.
+    """
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCH, *command], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{' '.join(command[1:4])} failed: {last}")
+    *out, peak_kib = proc.stdout.strip().splitlines()
+    return "\n".join(out), int(peak_kib) / 1024, seconds
+
+
 def end_to_end(workdir: str, corpus: str, index: str, batch_size: int) -> tuple[dict, float]:
     """(the encode command's summary, its peak RSS in MB)."""
     command = [sys.executable, "-m", "bebrjax.encode", "--workdir", workdir, "--input", corpus]
     command += ["--index", index, "--batch-size", str(batch_size), "--overwrite"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCH, *command], capture_output=True, text=True, check=False
-    )
-    if proc.returncode:
-        raise RuntimeError(f"encode failed: {proc.stderr.strip().splitlines()[-1]}")
-    *_, summary, peak_kib = proc.stdout.strip().splitlines()
-    return json.loads(summary), int(peak_kib) / 1024
+    out, peak_mb, _ = measured(command)
+    return json.loads(out.splitlines()[-1]), peak_mb
 
 
 def _verdict(good: bool) -> str:

@@ -4,9 +4,11 @@
 
 writes `query` and `doc` (float32 [N, d], the eval split's embeddings as
 the run's data loader gave them), `relevant` (int64 [N]: query i's relevant
-doc is doc i) and, when the data has them, `labels`. With them, `encode` of
-`doc` and `search` of `query` with `--relevant eval.npz:relevant` reproduce
-the binary row of the run's results.json from the command line.
+doc is doc i; for pairs that share items, int64 [N, R]: every doc of query
+i's item, padded with -1, as results.json scores them) and, when the data
+has them, `labels`. With them, `encode` of `doc` and `search` of `query`
+with `--relevant eval.npz:relevant` reproduce the binary row of the run's
+results.json from the command line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from bebrjax import cli
 from bebrjax import workdir as wd
 from bebrjax.data import PairedEmbeddings, get_data
+from bebrjax.evaluators.retrieval import relevant_docs
 from bebrjax.inference import LoadError, read_config
 from bebrjax.trainers.binarizer import split_pairs
 
@@ -44,7 +47,8 @@ def write_pairs(path: str, pairs: PairedEmbeddings, overwrite: bool = False) -> 
     Raises:
       OutputExistsError: when `path` exists and `overwrite` is False.
     """
-    arrays = {"query": pairs.query, "doc": pairs.doc, "relevant": np.arange(len(pairs))}
+    relevant = np.arange(len(pairs)) if pairs.groups is None else relevant_docs(pairs.groups)
+    arrays = {"query": pairs.query, "doc": pairs.doc, "relevant": relevant}
     if pairs.labels is not None:
         arrays["labels"] = pairs.labels
     wd.write_npz(path, arrays, overwrite)

@@ -19,9 +19,9 @@ float inner product with the documents' float embeddings (only those rows
 are read), `--asymmetric` by the float query against the decoded codes
 (see `bebrjax.search.rescore`). hits.npz holds `ids`
 int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
-With `--relevant` (one relevant doc id per query, an integer array)
-Recall@1/5/10 is printed as a table (Recall@j for the j <= k only: a
-smaller k cannot tell the others).
+With `--relevant` (one relevant doc id per query, an integer array [Q], or
+[Q, R] padded with -1 for several) Recall@1/5/10 is printed as a table
+(Recall@j for the j <= k only: a smaller k cannot tell the others).
 
 With `--plan P` (`python -m bebrjax.fit_plan`, or a compatible run's
 W/plans/<policy>.json) the search is version-aware (`bebrjax.search.fusion`):
@@ -77,13 +77,13 @@ def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
 
 
 def read_relevant(spec: str, num_docs: int) -> np.ndarray:
-    """The relevant doc id of each query from `PATH[:key]` (key default "relevant").
+    """The relevant doc id(s) of each query, [Q] or [Q, R], from `PATH[:key]` (key "relevant").
 
     Raises:
       DataError: naming the file when it is missing, or not 1-D integers in
-        [0, num_docs).
+        [0, num_docs) (or [Q, R], padded with -1).
     """
-    return read_ids(spec, num_docs, key="relevant", what="one per query")
+    return read_ids(spec, num_docs, key="relevant", what="one per query", several=True)
 
 
 def search_index(

@@ -1,19 +1,21 @@
 """Compatible binary codes: the trainer, its results, and the backfill and upgrade commands."""
 
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import ROOT, compatible_overrides, run_main
+from conftest import ROOT, compatible_overrides, run_in_process, run_main
 
 from bebrjax import encode, export, upgrade
 from bebrjax.config import ConfigError, apply_overrides, load_config
-from bebrjax.data import DataError
+from bebrjax.data import DataError, synthetic
 from bebrjax.evaluators.retrieval import recall_at_k
 from bebrjax.heldout import held_out
 from bebrjax.inference import Binarizer, Versions, load
+from bebrjax.models.code_adapter import fit_ridge
 from bebrjax.query import search_index
-from bebrjax.search import BinaryIndex
+from bebrjax.search import BinaryIndex, codes
 from bebrjax.serving import load_bundle
 from bebrjax.trainers import compatible
 
@@ -142,4 +144,48 @@ def test_a_missing_old_key_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "no array 'doc_old'" in err[0], proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_psi_is_fitted_from_compact_codes_in_bounded_memory():
+    rng = np.random.default_rng(0)
+    old, new = (
+        2 * rng.integers(0, 2, (100_000, planes, 32), dtype=np.int8) - 1 for planes in (2, 3)
+    )
+    x, y = compatible.compact_codes(old), compatible.compact_codes(new)
+    assert x.dtype == y.dtype == np.float16
+    np.testing.assert_array_equal(x.astype(np.float32), codes.decode(old))  # exact
+    tracemalloc.start()
+    try:
+        params = fit_ridge(x, y, 0.01)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < x.nbytes + y.nbytes  # float64 copies of them would be 8x
+    # The blockwise sums give the closed form's map.
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    xc, yc = x64 - x64.mean(0), y64 - y64.mean(0)
+    scatter = xc.T @ xc
+    kernel = np.linalg.solve(scatter + 0.01 * np.trace(scatter) / 32 * np.eye(32), xc.T @ yc)
+    np.testing.assert_allclose(params["kernel"], kernel, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(params["bias"], y64.mean(0) - x64.mean(0) @ kernel, atol=1e-5)
+
+
+def test_groups_of_one_part_split_both_parts_alike(tmp_path):
+    pairs = synthetic.get_data(num_pairs=640, dim=16, latent_dim=4, num_clusters=10, siblings=4)
+    arrays = dict(query=pairs.query, doc=pairs.doc, labels=pairs.labels)
+    new, old = str(tmp_path / "new.npz"), str(tmp_path / "old.npz")
+    np.savez(new, **{f"{k}_new": v for k, v in arrays.items()}, groups=pairs.groups)
+    np.savez(old, **{f"{k}_old": v for k, v in arrays.items()})  # the same pairs, no groups
+    spec = f"configs/bebr/compatible.py:path={new},old_path={old}"
+    overrides = [f"--config.{o}" for o in compatible_overrides() if not o.startswith("data.")]
+    workdir = tmp_path / "run"
+    assert run_in_process("--config", spec, "--workdir", str(workdir), *overrides) == (0, "")
+    held = {part: held_out(str(workdir / part)) for part in ("old", "new")}
+    np.testing.assert_array_equal(held["old"].query, held["new"].query)  # row i: one pair
+    np.testing.assert_array_equal(held["old"].groups, held["new"].groups)
+    # Both parts grouped, but otherwise: refused in one line before anything is written.
+    np.savez(old, **{f"{k}_old": v for k, v in arrays.items()}, groups=np.arange(640) // 2)
+    status, err = run_in_process("--config", spec, "--workdir", str(tmp_path / "w"), *overrides)
+    assert status == 2 and "group the pairs differently (rows 0 and 2" in err, err
     assert not (tmp_path / "w").exists()

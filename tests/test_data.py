@@ -1,9 +1,11 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from bebrjax.data import DataError, labelled, npz, synthetic
 from bebrjax.data.batching import batch_indices
-from bebrjax.data.pairs import NormalizedRows
+from bebrjax.data.pairs import NormalizedRows, grouping_conflict
 from bebrjax.data.splits import train_eval_split
 from bebrjax.data.upgrade_splits import universal_split
 from bebrjax.evaluators import retrieval
@@ -148,6 +150,21 @@ def test_batches_depend_only_on_seed_and_step():
     epoch = np.concatenate(first[:3])
     assert len(set(epoch.tolist())) == 48
     assert not np.array_equal(first[0], first[3])
+    assert not np.array_equal(first[0], batch_indices(50, 16, 0, seed=1))
+    for n, size in [(1, 1), (2, 1), (64, 16), (1000, 250)]:  # an epoch visits every row once
+        rows = np.concatenate([batch_indices(n, size, s, seed=3) for s in range(n // size)])
+        assert sorted(rows.tolist()) == list(range(n))
+
+
+def test_a_batch_is_drawn_without_touching_every_row():
+    tracemalloc.start()
+    try:
+        rows = batch_indices(10_000_000, 512, 123_456, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000  # a permutation of the 10M rows is 80 MB
+    assert len(set(rows.tolist())) == 512 and 0 <= rows.min() and rows.max() < 10_000_000
 
 
 def test_recall_counts_the_positive_within_k_with_ties_to_the_lower_id():
@@ -173,3 +190,10 @@ def test_hash_recall_matches_brute_force_hamming():
     ranks = ahead.sum(1)
     want = {f"R@{k}": float(np.mean(ranks < k)) for k in (1, 5)}
     assert retrieval.code_recall(q, d, [1, 5], metric="hamming") == want
+
+
+def test_two_groupings_conflict_only_when_they_group_the_rows_differently():
+    items = np.array([0, 0, 1, 1, 2])
+    assert grouping_conflict(items, np.array([7, 7, 3, 3, -1])) is None  # other ids, alike
+    assert grouping_conflict(items, np.array([0, 0, 0, 1, 2])) == (2, 3)
+    assert grouping_conflict(items, np.array([0, 0, 1, 1, 1])) == (2, 4)

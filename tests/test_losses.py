@@ -70,34 +70,44 @@ def test_docs_of_the_same_item_are_no_negatives():
     np.testing.assert_allclose(float(both), want, rtol=1e-5)
 
 
-def _mixed_rows(query, doc, own, tau, k):
-    """Query j: positive doc j of the other version; negatives doc k and own-version doc k != j."""
+def _mixed_rows(query, doc, own, tau, k, groups=None):
+    """Query j: positive doc j of the other version; negatives doc k and own-version doc k != j.
+
+    Docs of query j's item (`groups`) are no negatives, of either version.
+    """
     width = min(query.shape[1], doc.shape[1])
     cross = _normalize(query[:, :width]) @ _normalize(doc[:, :width]).T / tau
     same = _normalize(query) @ _normalize(own).T / tau
     losses = []
     for j in range(len(query)):
-        negs = [cross[j, c] for c in range(len(query)) if c != j]
-        negs += [same[j, c] for c in range(len(query)) if c != j]
+        others = [c for c in range(len(query)) if c != j and not _shares(groups, j, c)]
+        negs = [cross[j, c] for c in others] + [same[j, c] for c in others]
         row = np.array([cross[j, j], *sorted(negs, reverse=True)[:k]])
         losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - cross[j, j])
-    return np.mean(losses) + _one_direction(cross.T, None, k)
+    return np.mean(losses) + _one_direction(cross.T, None, k, groups)
 
 
 @pytest.mark.parametrize("directions", [("new->old",), ("new->old", "old->new")])
 @pytest.mark.parametrize("mixed", [False, True])
-def test_cross_version_loss_matches_numpy_on_the_shared_prefix(directions, mixed):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_cross_version_loss_matches_numpy_on_the_shared_prefix(directions, mixed, grouped):
     rng = np.random.default_rng(2)
     new_q, new_d = rng.standard_normal((2, 10, 8))  # new codes are wider
     old_q, old_d = rng.standard_normal((2, 10, 5))
+    groups = np.array([0, 0, 0, 1, 1, -1, -1, 2, 3, 4]) if grouped else None
+    if grouped:  # unmasked, item 0's other docs would be query 0's hardest negatives
+        new_d[1] = new_d[2] = 3 * new_q[0]
+        old_d[1] = old_d[2] = 3 * new_q[0, :5]
     codes = [x.astype(np.float32) for x in (new_q, new_d, old_q, old_d)]
     kwargs = dict(directions=directions, temperature=0.1, hard_negatives=3, mixed_negatives=mixed)
-    got = cross_version_loss(*codes, **kwargs)
+    got = cross_version_loss(*codes, groups=groups, **kwargs)
     sides = {"new->old": (new_q, old_d, new_d), "old->new": (old_q, new_d, old_d)}
     if mixed:
-        want = sum(_mixed_rows(*sides[d], 0.1, 3) for d in directions)
+        want = sum(_mixed_rows(*sides[d], 0.1, 3, groups) for d in directions)
     else:
-        want = sum(_pair_reference(*shared_prefix(*sides[d][:2]), 0.1, 3, None) for d in directions)
+        want = sum(
+            _pair_reference(*shared_prefix(*sides[d][:2]), 0.1, 3, None, groups) for d in directions
+        )
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
     grads = jax.grad(lambda o: cross_version_loss(*codes[:2], o, codes[3], **kwargs))(codes[2])
     assert not np.any(np.asarray(grads))  # the old codes are frozen

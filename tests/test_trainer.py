@@ -1,8 +1,10 @@
+import json
+
 import jax
 import numpy as np
 import pytest
 
-from bebrjax import sharding
+from bebrjax import encode, heldout, query, sharding
 from bebrjax.config import ConfigError
 from bebrjax.data import get_data
 from bebrjax.trainers import binarizer
@@ -91,3 +93,21 @@ def test_evaluation_is_the_same_with_either_scoring_kernel(tiny_config, tmp_path
             config.eval.kernel = kernel
         results[kernel] = binarizer.evaluate(config, state, data.subset(np.arange(200)), mesh)
     assert results["popcount"] == results["matmul"]
+
+
+def test_the_command_line_scores_grouped_pairs_as_the_run_does(tiny_config, tmp_path, capsys):
+    config = tiny_config("eval.hash=false", steps=8)  # binarizer_run's shapes: compiled once
+    with config.unlocked():
+        config.data.siblings = 4  # four docs per query: every one of them is relevant
+    results = binarizer.train_and_evaluate(config, str(tmp_path / "run"))
+    workdir, pairs, index = str(tmp_path / "run"), str(tmp_path / "eval.npz"), str(tmp_path / "x")
+    assert heldout.main(["--workdir", workdir, "--out", pairs]) == 0
+    with np.load(pairs) as saved:
+        assert saved["relevant"].shape == (len(saved["query"]), 4)
+    assert encode.main(["--workdir", workdir, "--input", pairs, "--index", index]) == 0
+    capsys.readouterr()
+    argv = ["--index", index, "--workdir", workdir, "--queries", pairs, "--k", "10"]
+    assert query.main([*argv, "--out", str(tmp_path / "hits.npz"), "--relevant", pairs]) == 0
+    recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
+    binary = results["retrieval"]["binary"]
+    assert recall == {k: binary[k] for k in ("R@1", "R@5", "R@10")}

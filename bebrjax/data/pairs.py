@@ -172,6 +172,25 @@ def item_ids(groups: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].astype(np.int32)
 
 
+def grouping_conflict(a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    """Two rows that one grouping of the same rows puts in one item and the other does not.
+
+    Args:
+      a: [n] item ids of the rows under one grouping.
+      b: [n] item ids of the same rows under another.
+
+    Returns:
+      (i, j), i < j, or None when both group the rows alike (whatever their ids).
+    """
+    for x, y in ((a, b), (b, a)):
+        _, first, inverse = np.unique(x, return_index=True, return_inverse=True)
+        first = first[inverse]  # the first row of each row's item
+        apart = np.flatnonzero(y != y[first])
+        if apart.size:
+            return int(first[apart[0]]), int(apart[0])
+    return None
+
+
 def make_pairs(
     query: np.ndarray,
     doc: np.ndarray,

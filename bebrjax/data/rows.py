@@ -116,18 +116,19 @@ def open_rows(path: str, key: str | None = None) -> RowSource:
     )
 
 
-def read_ids(spec: str, num_docs: int, *, key: str, what: str) -> np.ndarray:
-    """Document ids from `PATH[:key]` (`key` when the spec names none), as int64 [n].
+def read_ids(spec: str, num_docs: int, *, key: str, what: str, several: bool = False) -> np.ndarray:
+    """Document ids from `PATH[:key]` (`key` when the spec names none), as int64 [n] or [n, R].
 
     Args:
       spec: the file, optionally with ":key" for an .npz or a directory.
       num_docs: ids must lie in [0, num_docs).
       key: the default array name.
       what: what the ids are, for messages (e.g. "one per query").
+      several: also take [n, R] ids: row i's ids, padded with -1.
 
     Raises:
-      DataError: naming the file when it is missing, or not 1-D integers in
-        [0, num_docs).
+      DataError: naming the file when it is missing, or not 1-D (or, with
+        `several`, 2-D) integers in [0, num_docs).
     """
     path = spec
     if not os.path.exists(spec) and ":" in spec:
@@ -137,10 +138,11 @@ def read_ids(spec: str, num_docs: int, *, key: str, what: str) -> np.ndarray:
         ids = source.read(0, len(source))
     finally:
         source.close()
-    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim not in ((1, 2) if several else (1,)):
         raise DataError(
             f"{source.name}: expected integer doc ids, {what}; got {ids.dtype} {list(ids.shape)}"
         )
-    if ids.size and (ids.min() < 0 or ids.max() >= num_docs):
+    used = ids if ids.ndim == 1 else ids[ids != -1]
+    if used.size and (used.min() < 0 or used.max() >= num_docs):
         raise DataError(f"{source.name}: doc ids must lie in [0, {num_docs}) (the index size)")
     return ids.astype(np.int64)

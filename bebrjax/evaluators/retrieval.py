@@ -48,13 +48,41 @@ def recall_at_k(
 
 
 def recall_of(ids: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """{"R@k": share of queries i whose relevant doc relevant[i] is among ids[i, :k]}.
+    """{"R@k": share of queries i with a relevant doc among ids[i, :k]}.
+
+    Args:
+      ids: [Q, K] results, best first.
+      relevant: [Q] the relevant doc of each query, or [Q, R] its relevant
+        docs padded with -1 (`relevant_docs`: every doc of its item).
+      ks: the k of Recall@k.
 
     A relevant doc that `ids` does not hold counts as a miss at every k, so
     R@k for k > ids.shape[1] is only a lower bound unless `ids` covers the
     whole gallery (as the evaluators' searches do when it is smaller).
     """
-    return _recall_of_hits(ids == np.asarray(relevant)[:, None], ks)
+    relevant = np.asarray(relevant)
+    if relevant.ndim == 1:
+        return _recall_of_hits(ids == relevant[:, None], ks)
+    found = (ids[:, :, None] == relevant[:, None, :]) & (relevant[:, None, :] >= 0)
+    return _recall_of_hits(found.any(axis=2), ks)
+
+
+def relevant_docs(items: np.ndarray) -> np.ndarray:
+    """[N, R] int64: the docs of query i's item (every j with items[j] == items[i]), padded with -1.
+
+    With `recall_of` it scores as `recall_at_k` does with `items`; R is the
+    largest item's number of pairs.
+    """
+    items = np.asarray(items)
+    order = np.argsort(items, kind="stable")
+    starts = np.flatnonzero(np.diff(items[order], prepend=items[order][0] - 1))
+    sizes = np.diff(starts, append=len(items))
+    group = np.repeat(np.arange(len(sizes)), sizes)  # item number of each row of `order`
+    table = np.full((len(sizes), sizes.max()), -1, np.int64)
+    table[group, np.arange(len(items)) - starts[group]] = order
+    of_row = np.empty(len(items), np.int64)
+    of_row[order] = group
+    return table[of_row]
 
 
 def _recall_of_hits(hit: np.ndarray, ks: Sequence[int]) -> dict[str, float]:

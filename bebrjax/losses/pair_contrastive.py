@@ -134,6 +134,7 @@ def cross_version_loss(
     hard_negatives: int = 5,
     mixed_negatives: bool = True,
     labels: jax.Array | None = None,
+    groups: jax.Array | None = None,
 ) -> jax.Array:
     """The pair loss between a new binarizer's codes and a frozen old one's.
 
@@ -163,6 +164,9 @@ def cross_version_loss(
       hard_negatives: K largest negatives kept per row; 0 keeps all.
       mixed_negatives: add the other version's docs to each row's negatives.
       labels: optional [n] labels masking same-label negatives.
+      groups: optional [n] item ids masking same-item negatives of either
+        version (the other docs of a query's item are no negatives), as in
+        `pair_contrastive_loss`.
 
     Returns:
       The scalar sum over `directions`.
@@ -173,7 +177,7 @@ def cross_version_loss(
         "new->old": (new_query, old_doc, new_doc),
         "old->new": (old_query, new_doc, old_doc),
     }
-    allowed = negatives_mask(new_query.shape[0], labels)
+    allowed = negatives_mask(new_query.shape[0], labels, groups)
     total = jnp.zeros(())
     for direction in directions:
         query, doc, own = sides[direction]

@@ -57,6 +57,31 @@ class CodeAdapter(nn.Module):
         return quantize(nn.Dense(self.code_dim, name="linear")(decode_planes(planes)), self.loops)
 
 
+_CHUNK = 8192  # rows per accumulated block of fit_ridge
+
+
+def _moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Means of x [n, m] and y [n, d], then the centred X^T X and X^T Y, block by block.
+
+    Each block of rows is converted to float64 on its own; only the means and
+    the m x m, m x d sums are held, so any row container (float16 codes, rows
+    read from disk) is read twice and never copied whole.
+    """
+    blocks = range(0, len(x), _CHUNK)
+
+    def block(a, start):
+        return np.asarray(a[start : start + _CHUNK], np.float64)
+
+    x_mean = sum(block(x, s).sum(0) for s in blocks) / len(x)
+    y_mean = sum(block(y, s).sum(0) for s in blocks) / len(x)
+    scatter, cross = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], y.shape[1]))
+    for start in blocks:
+        xc = block(x, start) - x_mean
+        scatter += xc.T @ xc
+        cross += xc.T @ (block(y, start) - y_mean)
+    return x_mean, y_mean, scatter, cross
+
+
 def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, np.ndarray]:
     """The affine least-squares map x -> y with a ridge penalty, in float64.
 
@@ -64,20 +89,19 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, np.ndarra
     (so `alpha` does not depend on the number of rows or the code's scale):
     minimize ||(x - mean x) W - (y - mean y)||^2 + alpha * tr(C)/m * ||W||^2,
     C the centred inputs' scatter matrix; the bias puts the means on each other.
+    The sums are accumulated in float64 over blocks of rows: the memory used
+    beyond the inputs is a block's and the m x m, m x d sums, whatever n.
 
     Args:
-      x: [n, m] inputs (decoded old codes).
+      x: [n, m] inputs (decoded old codes), of any float dtype.
       y: [n, d] targets (decoded new codes).
       alpha: the relative ridge penalty, >= 0.
 
     Returns:
       {"kernel": [m, d], "bias": [d]} float32, the params of `nn.Dense`.
     """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    xc = x - x_mean
-    scatter = xc.T @ xc
+    x_mean, y_mean, scatter, cross = _moments(x, y)
     penalty = alpha * np.trace(scatter) / len(scatter)
-    kernel = np.linalg.solve(scatter + penalty * np.eye(len(scatter)), xc.T @ (y - y_mean))
+    kernel = np.linalg.solve(scatter + penalty * np.eye(len(scatter)), cross)
     bias = y_mean - x_mean @ kernel
     return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}

@@ -4,9 +4,10 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 
 1. Load the old and the new embeddings of the same pairs (`data.old`,
    `data.new`: row i of each is the same query and doc), check they hold
-   as many pairs,
-   draw one split for both, validate every stage's config and an old run
-   given by `old_workdir`. Nothing is written before all of it passes.
+   as many pairs and group them alike, draw one split for both (from the
+   groups of whichever part has them: the other part's stages take them
+   through their `data.groups_from`), validate every stage's config and an
+   old run given by `old_workdir`. Nothing is written before all of it passes.
 2. Stage `old` (`<old_workdir or workdir/old>`): a binarizer run on the old
    pairs (`config.old`); a finished one is reused as it is.
 3. Stage `independent` (`<independent_workdir or workdir/independent>`): a
@@ -46,9 +47,11 @@ FOLDOC (AUC 0.381-0.383 against 0.391); ambiguity ordered better (0.404).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -56,6 +59,7 @@ from bebrjax import checkpoint, report, sharding
 from bebrjax import workdir as wd
 from bebrjax.config import ConfigError, check_rules, diff_keys, to_dict
 from bebrjax.data import DataError, PairedEmbeddings, get_data
+from bebrjax.data.pairs import grouping_conflict
 from bebrjax.evaluators import versions
 from bebrjax.inference import Binarizer, load
 from bebrjax.inference.loaders import code_upgrade, read_config, save_psi
@@ -123,14 +127,26 @@ def default_config(
     return c
 
 
-def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
-    """The binarizer-trainer config of stage "old", "independent" or "new" (unresolved)."""
+def stage_config(
+    config: ml_collections.ConfigDict, stage: str, groups_from: str | None = None
+) -> ml_collections.ConfigDict:
+    """The binarizer-trainer config of stage "old", "independent" or "new" (unresolved).
+
+    Args:
+      config: the compatible run's config.
+      stage: the stage.
+      groups_from: the part ("old" or "new") whose groups both parts' pairs
+        take (`shared_groups`); None: each its own.
+    """
+    part = "old" if stage == "old" else "new"
     c = binarizer.default_config()
     with c.unlocked():
         for key in ("model", "loss", "optim", "train"):
             c[key] = copy.deepcopy(config[stage][key])
         c.seed, c.split, c.mesh = config.seed, copy.deepcopy(config.split), config.mesh
-        c.data = copy.deepcopy(config.data["old" if stage == "old" else "new"])
+        c.data = copy.deepcopy(config.data[part])
+        if groups_from not in (None, part):
+            c.data.groups_from = copy.deepcopy(config.data[groups_from])
         c.eval.update(hash=False, ks=config.eval.ks, batch_size=config.eval.batch_size)
         c.eval.kernel = config.eval.kernel
         c.query_bits = 0  # compatible codes are trained, compared and served as codes
@@ -203,6 +219,30 @@ def check_reused(
         )
 
 
+def shared_groups(data: dict[str, PairedEmbeddings]) -> str | None:
+    """The part ("old" or "new") whose groups the other's pairs take, so both split alike.
+
+    None when neither has groups, or both have the same. Groups of the same
+    items under other ids are the new part's.
+
+    Raises:
+      DataError: when both have groups and they group the pairs differently.
+    """
+    old, new = data["old"].groups, data["new"].groups
+    if old is None and new is None:
+        return None
+    if old is None or new is None:
+        return "new" if old is None else "old"
+    conflict = grouping_conflict(old, new)
+    if conflict:
+        raise DataError(
+            f"data.old ({data['old'].source}) and data.new ({data['new'].source}) group the "
+            f"pairs differently (rows {conflict[0]} and {conflict[1]} show one item in one and "
+            "two in the other): row i of each must be the same pair"
+        )
+    return None if np.array_equal(old, new) else "new"
+
+
 def preflight(config: ml_collections.ConfigDict, workdir: str):
     """Everything checked before a run writes anything.
 
@@ -224,12 +264,16 @@ def preflight(config: ml_collections.ConfigDict, workdir: str):
             f"({data['new'].source}) {len(data['new'])}: row i of each must be the same pair"
         )
     check_rules(config, _RULES)
+    source = shared_groups(data)
+    if source:
+        other = "new" if source == "old" else "old"
+        data[other] = dataclasses.replace(data[other], groups=data[source].groups)
     plain = stage_config(config, "independent")
     splits = {part: binarizer.split_pairs(plain, pairs) for part, pairs in data.items()}
     resolved = {}
     for stage in STAGES:
         train, held_out = splits["old" if stage == "old" else "new"]
-        resolved[stage] = binarizer.resolve(stage_config(config, stage), train)
+        resolved[stage] = binarizer.resolve(stage_config(config, stage, source), train)
         binarizer.validate(resolved[stage], len(train), len(held_out))
     mesh = sharding.make_mesh(config.mesh.num_devices)
     for stage in STAGES:
@@ -260,8 +304,8 @@ def train_new(
       stage: the resolved config of stage new (with its `compat` section).
       directory: workdir/new.
       split: the new (train, eval) pairs.
-      old_codes: {"old_query", "old_doc"}: the old binarizer's codes b of the
-        training pairs, batched beside them.
+      old_codes: {"old_query", "old_doc"}: the old binarizer's decoded codes b
+        of the training pairs (`compact_codes`), batched beside them.
       old: the old binarizer (its workdir and step are recorded).
       mesh: the device mesh.
     """
@@ -277,13 +321,14 @@ def train_new(
             value = cross_version_loss(
                 new_query,
                 new_doc,
-                batch["old_query"],
-                batch["old_doc"],
+                batch["old_query"].astype(jnp.float32),
+                batch["old_doc"].astype(jnp.float32),
                 directions=tuple(compat.directions),
                 temperature=compat.temperature,
                 hard_negatives=compat.hard_negatives,
                 mixed_negatives=compat.mixed_negatives,
                 labels=batch["labels"] if stage.loss.mask_same_label else None,
+                groups=batch["groups"] if stage.loss.mask_same_group else None,
             )
             return compat.weight * value, {"cross": value}
 
@@ -297,6 +342,21 @@ def float_psi(splits: dict, alpha: float) -> np.ndarray:
     (old_train, old_eval), (new_train, _) = splits["old"], splits["new"]
     params = fit_ridge(old_train.doc, new_train.doc, alpha)
     return old_eval.doc @ params["kernel"] + params["bias"]
+
+
+_BLOCK = 65536  # codes decoded at a time
+
+
+def compact_codes(planes: np.ndarray) -> np.ndarray:
+    """The recurrent vectors b of codes [N, u+1, m] as float16 [N, m], decoded block by block.
+
+    Exact: b is a sum of at most 4 terms +-2^-i (u <= 3), 4 significant bits;
+    half the bytes of float32, and no float32 copy of all N is ever made.
+    """
+    out = np.empty((len(planes), planes.shape[2]), np.float16)
+    for start in range(0, len(planes), _BLOCK):
+        out[start : start + _BLOCK] = codes_lib.decode(planes[start : start + _BLOCK])
+    return out
 
 
 def _encode(model: Binarizer, x: np.ndarray, config) -> np.ndarray:
@@ -325,10 +385,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lap("old")
     independent = run_stage(stages["independent"], stage_dir(config, workdir, "independent"), mesh)
     lap("independent")
-    old_train_doc = encode(old, old_train.doc)
+    # The old codes of the training pairs, held once: the cross-version term's and psi's inputs.
     old_codes = {
-        "old_query": codes_lib.decode(encode(old, old_train.query)),
-        "old_doc": codes_lib.decode(old_train_doc),
+        "old_query": compact_codes(encode(old, old_train.query)),
+        "old_doc": compact_codes(encode(old, old_train.doc)),
     }
     new = train_new(
         stages["new"],
@@ -341,8 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lap("new")
     psi_dir = os.path.join(workdir, "psi")
     if not checkpoint.steps(os.path.join(psi_dir, "checkpoints")):  # none, or cut short
-        targets = codes_lib.decode(encode(new, new_train.doc))
-        params = fit_ridge(codes_lib.decode(old_train_doc), targets, config.psi.alpha)
+        targets = compact_codes(encode(new, new_train.doc))
+        params = fit_ridge(old_codes["old_doc"], targets, config.psi.alpha)
         save_psi(psi_dir, params, old, new, config.psi.alpha)
     psi = code_upgrade(psi_dir, mesh)
     lap("psi")

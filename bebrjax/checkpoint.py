@@ -1,17 +1,23 @@
 """Orbax checkpoints of a train state: save on a schedule, resume the newest readable one.
 
-A checkpoint that cannot be read (a truncated data file, an emptied
-metadata file) is skipped with a one-line warning: the run resumes from the
-newest one that reads, and the unreadable step directories are moved to
+A checkpoint that is damaged (a truncated data file, an emptied metadata
+file, a missing file: an error that decodes nothing, orbax's own format
+errors) is skipped with a one-line warning: the run resumes from the newest
+one that reads, and the damaged step directories are moved to
 `<directory>-unreadable/`, kept for inspection and out of the way of the
 manager's own bookkeeping (a later save of the same step, `max_to_keep`).
-When none can be read, `CheckpointError` says so and nothing is moved.
+On N processes process 0 moves them while the others wait. Any other error
+(an I/O error, a refused permission, memory) says nothing about the
+checkpoint and may pass: it stops the command with one line
+(`CheckpointError`) and nothing is moved, rather than rewind the run. When
+none can be read, `CheckpointError` says so and nothing is moved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +28,18 @@ from absl import logging
 
 from bebrjax import distributed
 from bebrjax.errors import CheckpointError
+
+# tensorstore's statuses (its ValueError's message starts "STATUS: ") of bad or missing data
+_DAMAGE_STATUSES = {
+    "DATA_LOSS",
+    "NOT_FOUND",
+    "OUT_OF_RANGE",
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+}
+_STATUS = re.compile(r"([A-Z][A-Z_]+): ")
+_MISSING = (FileNotFoundError, NotADirectoryError)
+_DAMAGE = (ValueError, KeyError, EOFError, *_MISSING)  # what a file that does not decode raises
 
 
 def manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointManager:
@@ -35,9 +53,10 @@ def manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointManager:
 def restore_latest(directory: str, like: Any) -> Any | None:
     """Restores the newest readable checkpoint of `directory` into the shardings of `like`.
 
-    Steps are tried newest first. Those that fail to read are named in one
-    warning line and moved to `<directory>-unreadable/` (see the module
-    docstring); call this before opening a writing `manager` on `directory`.
+    Steps are tried newest first. Those that are damaged are named in one
+    warning line and moved to `<directory>-unreadable/` by process 0 (see
+    the module docstring); call this before opening a writing `manager` on
+    `directory`.
 
     Args:
       directory: the run's checkpoint directory (it need not exist).
@@ -49,7 +68,9 @@ def restore_latest(directory: str, like: Any) -> Any | None:
 
     Raises:
       CheckpointError: when there are checkpoints and none can be read; each
-        step and its error are named, and nothing is moved.
+        step and its error are named, and nothing is moved. Also when a step
+        fails to read for a cause other than damage (`_is_damage`), naming
+        it; nothing is moved.
     """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
@@ -60,17 +81,23 @@ def restore_latest(directory: str, like: Any) -> Any | None:
             with _reader(directory) as mngr, _quiet_abandoned_reads():
                 state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax raises a bare Exception for unreadable array data
+            if not _is_damage(e):
+                raise CheckpointError(
+                    f"{directory}: step {step} cannot be read ({_reason(e)}), an error that "
+                    "does not say it is damaged; nothing was moved: run again once it is fixed"
+                ) from e
             unreadable[step] = _reason(e)
             continue
         if unreadable:
-            aside = [_set_aside(directory, s) for s in unreadable]
+            if distributed.is_primary():
+                aside = [_set_aside(directory, s) for s in unreadable]
+                logging.warning(
+                    "unreadable checkpoint(s) skipped: %s; moved to %s; resuming from step %d",
+                    "; ".join(f"step {s}: {why}" for s, why in unreadable.items()),
+                    ", ".join(aside),
+                    step,
+                )
             distributed.barrier("checkpoint.set_aside")
-            logging.warning(
-                "unreadable checkpoint(s) skipped: %s; moved to %s; resuming from step %d",
-                "; ".join(f"step {s}: {why}" for s, why in unreadable.items()),
-                ", ".join(aside),
-                step,
-            )
         return state
     if unreadable:
         raise CheckpointError(
@@ -81,18 +108,44 @@ def restore_latest(directory: str, like: Any) -> Any | None:
     return None
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of the innermost cause of `error` (orbax wraps the useful one)."""
+def _is_damage(error: BaseException) -> bool:
+    """Whether `error`, from restoring a step, says the step itself is damaged or incomplete.
+
+    Damage is a file that does not decode (a ValueError such as a JSON error,
+    a KeyError, an EOFError), a missing file, a tensorstore status of bad or
+    missing data (`_DAMAGE_STATUSES`) or orbax's own bare Exception. Any other
+    OSError or tensorstore status (PERMISSION_DENIED, UNAVAILABLE, ...) in
+    the chain of causes, or any other error, may be transient: not damage.
+    """
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, OSError) and not isinstance(e, _MISSING):
+            return False
+        status = _STATUS.match(str(e)) if isinstance(e, ValueError) else None
+        if status and status.group(1) not in _DAMAGE_STATUSES:
+            return False
+    error = _innermost(error)
+    return isinstance(error, _DAMAGE) or type(error) is Exception
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The innermost cause of `error` (orbax wraps the useful one)."""
     while error.__cause__ is not None:
         error = error.__cause__
+    return error
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost cause of `error`."""
+    error = _innermost(error)
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
 
 
 def _set_aside(directory: str, step: int) -> str:
-    """Moves the directory of `step` to `<directory>-unreadable/<step>[.n]`; returns where.
-
-    On a multi-process run process 0 moves it; the others only say where.
-    """
+    """Moves the directory of `step` to `<directory>-unreadable/<step>[.n]`; returns where."""
     source = ocp.step.find_step_path(
         directory, ocp.step.standard_name_format(), step=step, include_uncommitted=True
     )
@@ -101,9 +154,8 @@ def _set_aside(directory: str, step: int) -> str:
     while os.path.lexists(target):
         n += 1
         target = os.path.join(aside, f"{source.name}.{n}")
-    if distributed.is_primary():
-        os.makedirs(aside, exist_ok=True)
-        os.rename(source, target)
+    os.makedirs(aside, exist_ok=True)
+    os.rename(source, target)
     return target
 
 

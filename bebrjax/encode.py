@@ -26,6 +26,12 @@ backfill step that replaces their codes by this model's, as a new version
 beside the old codes (a compatible binarizer's queries search both,
 `configs/bebr/compatible.py`). The step rewrites OUT crash-safely: killed at
 any point, OUT holds either the old index or the new one.
+
+One writer at a time (`bebrjax.search.safe_write.index_lock`): a second encode
+into OUT.partial, or a backfill step while another writer (a step, an
+encode's final rename, an export's copy) holds OUT, is refused in one line
+naming the holder and its pid, exit status 2, having written nothing; run it
+again when the other has finished.
 """
 
 from __future__ import annotations

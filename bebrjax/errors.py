@@ -20,7 +20,7 @@ class OutputExistsError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A run's checkpoints exist but none of them can be read."""
+    """A run's checkpoints exist but cannot be read (none of them, or not for damage)."""
 
 
 class LoadError(ValueError):
@@ -33,6 +33,10 @@ class IndexFormatError(ValueError):
 
 class PartialIndexError(ValueError):
     """A partial index left by another job, which this one must not continue."""
+
+
+class IndexLockedError(RuntimeError):
+    """An index (or partial index) that another running writer holds; the message names it."""
 
 
 class BundleError(ValueError):
@@ -50,6 +54,7 @@ USER_ERRORS = (
     ConfigError,
     DataError,
     IndexFormatError,
+    IndexLockedError,
     LoadError,
     OutputExistsError,
     PartialIndexError,

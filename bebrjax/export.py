@@ -6,12 +6,9 @@
 
 The function is the part's `forward` (input handling included: a binarizer
 bundle takes raw float32 [N, d] and L2-normalizes it itself) with the trained
-variables baked in as constants, serialized by `jax.export` with a symbolic
-batch dimension, so serving needs jax and numpy only and any batch size
-works. The constants pass through `lax.optimization_barrier`, which keeps
-XLA from folding them (e.g. the BatchNorm scale into its rsqrt) at compile
-time: the bundle then runs the very arithmetic that `inference.load(W)`
-runs, and its codes are bit-identical. It is lowered for every platform of
+variables baked in as constants (`bebrjax.inference.serialize`): serving
+needs jax and numpy only, any batch size works, and the bundle's codes are
+bit-identical to `inference.load(W)`'s. It is lowered for every platform of
 `platforms` (default cpu, cuda and tpu; a platform the installed jax cannot
 lower for is left out and the manifest lists those it has).
 
@@ -21,7 +18,11 @@ hashes every file but itself; `--index` copies a `BinaryIndex` (checked to
 hold codes this binarizer's queries can search: no wider than its m, of any
 loops and versions, e.g. the old codes a compatible binarizer searches)
 into B/index. B is written aside and
-renamed into place, so an interrupted export leaves no half bundle.
+renamed into place, so an interrupted export leaves no half bundle. The
+index is copied under its lock (`safe_write.index_lock`: a backfill step or
+save of it meanwhile is refused, and one under way refuses the export), so
+the copy is one generation of it; the copy is then checked again and the
+manifest hashes and describes what was copied.
 
 `--plan` (instead of `--workdir`) writes a plan bundle for version-aware
 search (see `bebrjax.serving`): every query model of the scoring plan
@@ -37,7 +38,7 @@ width m and exactly its versions).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -45,9 +46,8 @@ import platform
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from bebrjax import cli, report
@@ -55,59 +55,14 @@ from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.errors import CheckpointError, ConfigError, PlanError
 from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, Upgrade, Versions, load
-from bebrjax.models.binarizer import query_planes
+from bebrjax.inference.serialize import PLATFORMS, query_encoder, serialize
 from bebrjax.search import plan as plan_lib
 from bebrjax.search.index import BinaryIndex
-from bebrjax.search.storage import move_into_place, staging_dir
+from bebrjax.search.safe_write import index_lock, move_into_place, staging_dir
 from bebrjax.serving import ENCODER, ENCODERS, FORMAT, INDEX, MANIFEST, PLAN, QUERY, VERSION, sha256
 
-PLATFORMS = ("cpu", "cuda", "tpu")
-KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 PACKAGES = ("bebrjax", "jax", "jaxlib", "flax", "numpy", "orbax-checkpoint")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a model's name, as its file's name
-
-
-def serialize(encoder: Encoder, platforms: Sequence[str] = PLATFORMS) -> tuple[bytes, list[str]]:
-    """`encoder` as a `jax.export` blob with a symbolic batch dimension.
-
-    Returns:
-      (the serialized bytes, the platforms it was lowered for).
-
-    Raises:
-      ConfigError: on a platform name jax does not know.
-      LoadError: when it cannot be lowered for any of `platforms`.
-    """
-    unknown = sorted(set(platforms) - set(KNOWN_PLATFORMS))
-    if unknown or not platforms:
-        raise ConfigError(
-            f"platforms {', '.join(unknown) or '(none)'}: expected some of "
-            f"{', '.join(KNOWN_PLATFORMS)}"
-        )
-    constants = jax.tree.map(np.asarray, encoder.variables)  # off the mesh: one device
-
-    def function(x):
-        return encoder.forward(jax.lax.optimization_barrier(constants), x)
-
-    (batch,) = jax.export.symbolic_shape("N")
-    spec = jax.ShapeDtypeStruct((batch, *encoder.input_shape), encoder.input_dtype)
-    exported, error = _export(function, spec, tuple(platforms))
-    if exported is None:  # keep the platforms that lower, one by one
-        lowered = tuple(p for p in platforms if _export(function, spec, (p,))[0] is not None)
-        if not lowered:
-            raise LoadError(
-                f"the encoder cannot be lowered for any of {', '.join(platforms)}: "
-                f"{str(error).splitlines()[0]}"
-            )
-        exported, _ = _export(function, spec, lowered)
-    return bytes(exported.serialize()), list(exported.platforms)
-
-
-def _export(function, spec, platforms: tuple[str, ...]):
-    """(the `jax.export.Exported`, None), or (None, the error that stopped the lowering)."""
-    try:
-        return jax.export.export(jax.jit(function), platforms=platforms)(spec), None
-    except Exception as e:  # noqa: BLE001 - whatever stops a lowering leaves those platforms out
-        return None, e
 
 
 def _versions() -> dict[str, str]:
@@ -184,7 +139,10 @@ def export_bundle(
 
     Raises:
       ConfigError, LoadError, IndexFormatError, OutputExistsError, PlanError:
-      before anything is written.
+      before anything is written (LoadError or PlanError also when the
+      index copied is no longer one the model or plan searches).
+      IndexLockedError: when a writer of the index holds it at the copy;
+      nothing is left behind.
     """
     if (model is None) == (plan is None):
         raise ConfigError("give exactly one of a run (--workdir) and a scoring plan (--plan)")
@@ -201,16 +159,12 @@ def export_bundle(
     encoder = loaded.part(part)
     out = os.path.normpath(out)
     wd.refuse_existing(out, overwrite, directory=True)
-    saved = None
+    check = None
     if index is not None:
         if not isinstance(loaded, Binarizer):
             raise LoadError(f"{loaded.workdir}: an index goes with a binarizer's bundle")
-        saved = BinaryIndex.load(index)
-        if saved.m > loaded.code_dim:  # any loops and versions search exactly (SDC across u)
-            raise LoadError(
-                f"{index}: holds codes of width m={saved.m}; the binarizer of "
-                f"{loaded.workdir} makes narrower ones (m={loaded.code_dim})"
-            )
+        check = functools.partial(_fits_binarizer, loaded, index)
+        check(BinaryIndex.load(index))
     blob, lowered = serialize(encoder, platforms)
     blobs, manifest = {ENCODER: blob}, _describe(loaded, encoder, lowered)
     bits = loaded.query_bits if isinstance(loaded, Binarizer) and part == "binarizer" else 0
@@ -224,19 +178,24 @@ def export_bundle(
             "input": _spec(queries.input_shape, queries.input_dtype),
             "output": _spec(made.shape, made.dtype),
         }
-    return _write(out, blobs, manifest, index, saved)
+    return _write(out, blobs, manifest, index, check)
 
 
-def query_encoder(model: Binarizer, bits: int) -> Encoder:
-    """The binarizer's asymmetric query function: float rows -> `bits` query planes."""
-    logits = model.parts["logits"]
-    forward = logits.forward
-    return dataclasses.replace(
-        logits,
-        name="query",
-        kind="binarizer",
-        forward=lambda v, x: query_planes(forward(v, x), bits),
-    )
+def _fits_binarizer(model: Binarizer, path: str, saved: BinaryIndex) -> None:
+    """Raises LoadError when `model`'s queries cannot search the index `saved` (at `path`)."""
+    if saved.m > model.code_dim:  # any loops and versions search exactly (SDC across u)
+        raise LoadError(
+            f"{path}: holds codes of width m={saved.m}; the binarizer of "
+            f"{model.workdir} makes narrower ones (m={model.code_dim})"
+        )
+
+
+def _fits_plan(plan: plan_lib.ScoringPlan, path: str, saved: BinaryIndex) -> None:
+    """Raises PlanError when `plan` does not search the index `saved` (at `path`)."""
+    try:
+        plan.check_index(saved.m, list(saved.versions))
+    except PlanError as e:
+        raise PlanError(f"{path}: {e}") from None
 
 
 def _plan_model(name: str, info: dict, runs: dict[str, Binarizer]) -> Binarizer:
@@ -283,13 +242,10 @@ def _export_plan(
         raise PlanError(f"query model name(s) {odd}: a bundle names a file after each model")
     out = os.path.normpath(out)
     wd.refuse_existing(out, overwrite, directory=True)
-    saved = None
+    check = None
     if index is not None:
-        saved = BinaryIndex.load(index)
-        try:
-            plan.check_index(saved.m, list(saved.versions))
-        except PlanError as e:
-            raise PlanError(f"{index}: {e}") from None
+        check = functools.partial(_fits_plan, plan, index)
+        check(BinaryIndex.load(index))
     runs: dict[str, Binarizer] = {}
     loaded = {name: _plan_model(name, plan.models[name], runs) for name in names}
     blobs, described, serialized = {}, {}, {}
@@ -324,11 +280,21 @@ def _export_plan(
         "plan": {"file": PLAN, "models": described},
         "versions": _versions(),
     }
-    return _write(out, blobs, manifest, index, saved)
+    return _write(out, blobs, manifest, index, check)
 
 
-def _write(out: str, blobs: dict[str, bytes], manifest: dict, index: str | None, saved) -> dict:
-    """Writes `blobs` (relative name -> bytes), the index and the manifest as bundle `out`."""
+def _write(
+    out: str,
+    blobs: dict[str, bytes],
+    manifest: dict,
+    index: str | None,
+    check: Callable[[BinaryIndex], None] | None,
+) -> dict:
+    """Writes `blobs` (relative name -> bytes), the index and the manifest as bundle `out`.
+
+    The index is copied under its lock, and the copy, not the original, is
+    checked (`check`), described and hashed.
+    """
     tmp = staging_dir(out, ".tmp-bundle-")
     try:
         for name, blob in blobs.items():
@@ -337,8 +303,11 @@ def _write(out: str, blobs: dict[str, bytes], manifest: dict, index: str | None,
             with open(target, "wb") as f:
                 f.write(blob)
         if index is not None:
-            shutil.copytree(index, os.path.join(tmp, INDEX))
-            manifest["index"] = {"path": INDEX, "count": saved.ntotal, "metric": saved.metric}
+            with index_lock(index, "export"):
+                shutil.copytree(index, os.path.join(tmp, INDEX))
+            copied = BinaryIndex.load(os.path.join(tmp, INDEX))
+            check(copied)
+            manifest["index"] = {"path": INDEX, "count": copied.ntotal, "metric": copied.metric}
         manifest["files"] = {
             os.path.relpath(os.path.join(root, name), tmp): sha256(os.path.join(root, name))
             for root, _, names in os.walk(tmp)

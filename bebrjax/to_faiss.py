@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from bebrjax import cli
 from bebrjax import workdir as wd
 from bebrjax.errors import ConfigError, DataError
-from bebrjax.search import BinaryIndex, handoff, storage
+from bebrjax.search import BinaryIndex, handoff, safe_write
 
 
 def write_faiss(
@@ -89,7 +89,7 @@ def write_faiss(
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
-        storage.fsync_dir(parent)  # the rename itself survives a crash
+        safe_write.fsync_dir(parent)  # the rename itself survives a crash
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

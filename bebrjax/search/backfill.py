@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bebrjax.search import storage
+from bebrjax.search import safe_write, storage
 from bebrjax.search.index import BinaryIndex
 from bebrjax.search.ivf import IVFIndex
 
@@ -48,8 +48,9 @@ def backfill(
       IndexFormatError: when `path` is not a readable index.
       ValueError: as `BinaryIndex.replace`, before anything is written.
     """
-    kind = IVFIndex if os.path.isfile(os.path.join(path, storage.IVF_FILE)) else BinaryIndex
-    index = kind.load(path, **kwargs)
-    index.replace(ids, planes, version)
-    index.save(path)
-    return kind.load(path, **kwargs)
+    with safe_write.index_lock(path, "backfill"):
+        kind = IVFIndex if os.path.isfile(os.path.join(path, storage.IVF_FILE)) else BinaryIndex
+        index = kind.load(path, **kwargs)
+        index.replace(ids, planes, version)
+        index.save(path)
+        return kind.load(path, **kwargs)

@@ -22,24 +22,23 @@ named "default". `read_index` memory-maps the arrays copy-on-write
 (mmap_mode="c"): changing a loaded index never writes into its files.
 
 Every save builds the new directory beside `path` and swaps it into place
-(`move_into_place`), so a crash at any instant leaves either the previous
-index or the new one at `path`, never a mixture.
+while holding the index's write lock (`bebrjax.search.safe_write`), so a
+crash at any instant leaves either the previous index or the new one at
+`path`, never a mixture, and two writers never interleave.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from bebrjax.errors import IndexFormatError, read_json
 from bebrjax.search import codes as codes_lib
+from bebrjax.search.safe_write import index_lock, move_into_place, staging_dir
 
 FORMAT = "bebrjax.BinaryIndex"
 VERSION = 2
@@ -48,7 +47,6 @@ PARTIAL = "progress.json"  # in a directory an unfinished incremental write left
 IVF_FILE, CENTROIDS, LISTS = "ivf.json", "centroids.npy", "lists.npy"  # an IVFIndex's additions
 IVF_FORMAT, IVF_VERSION = "bebrjax.IVFIndex", 1
 MAX_VERSIONS = 256  # a document's version is a uint8
-_RENAME_EXCHANGE = 2  # renameat2 flag (Linux): swap two paths atomically
 
 
 def write_header(
@@ -93,80 +91,6 @@ def write_header(
         os.fsync(f.fileno())
 
 
-def staging_dir(path: str, prefix: str) -> str:
-    """A new empty directory beside `path` to build its replacement in.
-
-    Made by `tempfile.mkdtemp` (a fresh name), then given the permissions
-    of an ordinary new directory (mkdtemp's are 0700).
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def fsync_dir(directory: str) -> None:
-    """Syncs a directory, so that the renames in it survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swaps paths `a` and `b` (Linux renameat2); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), b)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.remove(path)
-
-
-def move_into_place(tmp: str, path: str) -> None:
-    """Renames the finished directory `tmp` to `path`, replacing whatever was there.
-
-    Where the system can (Linux renameat2), `tmp` and an existing `path` are
-    swapped atomically and the old contents deleted after: at every instant
-    `path` is the old or the new directory, whole. Elsewhere the old
-    contents are first moved aside (and moved back if the second rename
-    fails), a short window in which `path` is absent.
-    """
-    fsync_dir(tmp)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.lexists(path):
-        os.replace(tmp, path)
-    elif _exchange(tmp, path):
-        _remove(tmp)
-    else:
-        old = os.path.join(tempfile.mkdtemp(prefix=".old-index-", dir=parent), "index")
-        os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old, path)
-            raise
-        finally:
-            shutil.rmtree(os.path.dirname(old), ignore_errors=True)
-    fsync_dir(parent)
-
-
 def write_index(
     path: str, arrays: dict[str, np.ndarray], json_files: dict[str, dict] | None = None, **header
 ) -> None:
@@ -179,33 +103,36 @@ def write_index(
       json_files: file name -> JSON object, written and synced before the header.
       **header: the arguments of `write_header` after `directory`.
 
-    The staging directory is removed if anything fails.
+    The staging directory is removed if anything fails. The whole save
+    holds `index_lock(path, "save")`.
 
     Raises:
       FileExistsError: when `path` is something other than a directory (a
         file is never replaced by an index).
+      IndexLockedError: when another writer holds the index.
     """
     if os.path.lexists(path) and not os.path.isdir(path):
         raise FileExistsError(
             f"{path}: exists and is not a directory; an index does not replace it"
         )
-    tmp = staging_dir(path, ".tmp-index-")
-    try:
-        for name, x in arrays.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                np.save(f, x)
-                f.flush()
-                os.fsync(f.fileno())
-        for name, content in (json_files or {}).items():
-            with open(os.path.join(tmp, name), "w") as f:
-                json.dump(content, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-        write_header(tmp, **header)
-        move_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with index_lock(path, "save"):
+        tmp = staging_dir(path, ".tmp-index-")
+        try:
+            for name, x in arrays.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    np.save(f, x)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for name, content in (json_files or {}).items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    json.dump(content, f, indent=2)
+                    f.flush()
+                    os.fsync(f.fileno())
+            write_header(tmp, **header)
+            move_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 @dataclasses.dataclass

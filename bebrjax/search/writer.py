@@ -18,6 +18,12 @@ writes header.json last, syncs the files and renames the directory to
 (named `version`; see `bebrjax.search.storage`; progress.json is deleted
 after the rename); before that, `path` does not exist and
 `BinaryIndex.load` of the partial directory is refused.
+
+A writer holds the lock of its partial directory from opening to `finish`,
+`close` or `discard` (`safe_write.index_lock`), and `finish` renames under the
+lock of `path` as well: a second writer of the same partial directory, or
+of an index being renamed into place, is refused at once (`IndexLockedError`)
+before it writes anything.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import numpy as np
 
 from bebrjax.errors import PartialIndexError
 from bebrjax.search import codes as codes_lib
-from bebrjax.search.storage import CODES, NORMS, PARTIAL, move_into_place, write_header
+from bebrjax.search.safe_write import index_lock, move_into_place
+from bebrjax.search.storage import CODES, NORMS, PARTIAL, write_header
 
 
 def _open_array(path: str, shape: tuple[int, ...], dtype: str, create: bool) -> tuple[int, int]:
@@ -65,6 +72,7 @@ class IndexWriter:
       query_bits: how the index's queries are served, recorded in the header.
 
     Raises:
+      IndexLockedError: when another writer holds `<path>.partial`.
       PartialIndexError: when `<path>.partial` holds another job's rows and
         `restart` is False.
       ValueError: when `version` is not a non-empty string.
@@ -93,23 +101,32 @@ class IndexWriter:
                 {"m": m, "u": u, "metric": metric, "count": count, "job": job, "version": version}
             )
         )
-        self.rows = self._resume(restart)
-        create = self.rows == 0
-        if create:
-            if os.path.lexists(self.staging) and not os.path.isdir(self.staging):
-                raise PartialIndexError(
-                    f"{self.staging}: exists and is not a partial index; remove it"
-                )
-            shutil.rmtree(self.staging, ignore_errors=True)
-            os.makedirs(self.staging)
-        words = codes_lib.num_words(m)
-        self._codes = _open_array(
-            os.path.join(self.staging, CODES), (count, u + 1, words), "<u4", create
-        )
-        self._norms = _open_array(os.path.join(self.staging, NORMS), (count,), "<f4", create)
-        self._code_bytes = (u + 1) * words * 4
-        if create:
-            self._commit()
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(index_lock(self.staging, "encode"))
+        self._files: list[int] = []  # the open fds, closed once
+        try:
+            self.rows = self._resume(restart)
+            create = self.rows == 0
+            if create:
+                if os.path.lexists(self.staging) and not os.path.isdir(self.staging):
+                    raise PartialIndexError(
+                        f"{self.staging}: exists and is not a partial index; remove it"
+                    )
+                shutil.rmtree(self.staging, ignore_errors=True)
+                os.makedirs(self.staging)
+            words = codes_lib.num_words(m)
+            self._codes = _open_array(
+                os.path.join(self.staging, CODES), (count, u + 1, words), "<u4", create
+            )
+            self._files.append(self._codes[0])
+            self._norms = _open_array(os.path.join(self.staging, NORMS), (count,), "<f4", create)
+            self._files.append(self._norms[0])
+            self._code_bytes = (u + 1) * words * 4
+            if create:
+                self._commit()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def resumed_from(self) -> int:
@@ -163,34 +180,44 @@ class IndexWriter:
         """Writes the header, syncs the files and moves the index to `path`.
 
         Raises:
+          IndexLockedError: when another writer holds `path`.
           ValueError: when fewer documents were written than announced.
         """
         if self.rows != self.count:
             raise ValueError(f"{self.path}: {self.rows} of {self.count} documents written")
-        for fd, _ in (self._codes, self._norms):
-            os.fsync(fd)
-        self.close()
-        write_header(
-            self.staging,
-            self.m,
-            self.u,
-            self.metric,
-            self.count,
-            versions=[{"name": self.version, "u": self.u}],
-            query_bits=self.query_bits,
-        )
-        move_into_place(self.staging, self.path)
-        # Last: a kill before this leaves a complete, loadable index (header.json
-        # is what load reads) that a re-run finds whole; progress.json is only junk.
-        os.remove(os.path.join(self.path, PARTIAL))
+        try:
+            for fd in self._files:
+                os.fsync(fd)
+            self._close_files()
+            write_header(
+                self.staging,
+                self.m,
+                self.u,
+                self.metric,
+                self.count,
+                versions=[{"name": self.version, "u": self.u}],
+                query_bits=self.query_bits,
+            )
+            with index_lock(self.path, "encode"):
+                move_into_place(self.staging, self.path)
+                # Last: a kill before this leaves a complete, loadable index (header.json
+                # is what load reads) that a re-run finds whole; progress.json is only junk.
+                os.remove(os.path.join(self.path, PARTIAL))
+        finally:
+            self.close()
+
+    def _close_files(self) -> None:
+        while self._files:
+            with contextlib.suppress(OSError):
+                os.close(self._files.pop())
 
     def close(self) -> None:
-        """Closes the files, leaving the partial directory to resume from."""
-        for fd, _ in (self._codes, self._norms):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Closes the files and releases the lock, leaving the partial directory to resume from."""
+        self._close_files()
+        self._lock.close()
 
     def discard(self) -> None:
         """Closes the files and deletes the partial directory."""
-        self.close()
+        self._close_files()
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._lock.close()

@@ -17,7 +17,9 @@ IVF index (`python -m bebrjax.ivf`) is searched in each query's N nearest
 lists; `--rescore DOCS.npy` ranks the top k x `--oversample` again by the
 float inner product with the documents' float embeddings (only those rows
 are read), `--asymmetric` by the float query against the decoded codes
-(see `bebrjax.search.rescore`). hits.npz holds `ids`
+(see `bebrjax.search.rescore`). `--engine faiss` serves an index of
+u = 0 codes, flat or IVF, with faiss's binary kernels, the same answer
+(`bebrjax.search.handoff.FaissSearch`). hits.npz holds `ids`
 int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
 With `--relevant` (one relevant doc id per query, an integer array [Q], or
 [Q, R] padded with -1 for several) Recall@1/5/10 is printed as a table
@@ -56,7 +58,7 @@ from bebrjax.encode import as_binarizer, open_embeddings, read_checked
 from bebrjax.errors import PlanError
 from bebrjax.evaluators.retrieval import recall_of
 from bebrjax.inference.plans import query_models
-from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
+from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex, handoff
 from bebrjax.search import plan as plan_lib
 from bebrjax.search.codes import MAX_QUERY_PLANES
 from bebrjax.search.fusion import search_fused
@@ -100,6 +102,7 @@ def search_index(
     asymmetric: bool = False,
     oversample: int = 4,
     query_bits: int | None = None,
+    engine: str = "bebrjax",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
 
@@ -121,6 +124,8 @@ def search_index(
       oversample: the shortlist's size over k when rescoring.
       query_bits: the query precision (0: codes; B: the model's pre-sign
         output at B bits); None: the index's, as it was evaluated.
+      engine: "bebrjax" (XLA) or "faiss" (u = 0 codes, code queries, one
+        process: faiss's binary kernels, the same answer).
 
     Returns:
       (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
@@ -159,6 +164,8 @@ def search_index(
     bits = served_bits(index) if query_bits is None else query_bits
     if not 0 <= bits <= MAX_QUERY_PLANES:
         raise DataError(f"query bits {bits}: must be in [0, {MAX_QUERY_PLANES}] (0: codes)")
+    if engine == "faiss":
+        index = faiss_engine(index, asymmetric=asymmetric, bits=bits)
     planes = model.encode_query(queries, batch_size, bits=bits)
     probing = {} if nprobe is None else {"nprobe": nprobe}
     try:
@@ -237,6 +244,27 @@ def search_versions(
         raise DataError(str(e)) from None
 
 
+def faiss_engine(
+    index: BinaryIndex | IVFIndex | ShardedIndex, *, asymmetric: bool, bits: int
+) -> handoff.FaissSearch:
+    """`index` served by faiss (`handoff.FaissSearch`).
+
+    Raises:
+      DataError: for what faiss cannot serve (several processes, codes of
+        u >= 1, asymmetric rescoring, queries of B > 0 bits), or faiss missing.
+    """
+    refused = "--engine faiss serves u = 0 codes with code queries on one process"
+    if isinstance(index, ShardedIndex):
+        raise DataError(f"{refused}: this index is split over processes")
+    if asymmetric or bits:
+        what = "--asymmetric" if asymmetric else f"queries of {bits} bits"
+        raise DataError(f"{refused}: not {what}")
+    try:
+        return handoff.FaissSearch(index)
+    except (ValueError, handoff.FaissMissingError) as e:
+        raise DataError(f"{refused}: {e}") from None
+
+
 def served_bits(index: BinaryIndex | IVFIndex | ShardedIndex) -> int:
     """The query precision an index records (`BinaryIndex.query_bits`)."""
     if isinstance(index, IVFIndex):
@@ -294,6 +322,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--query-bits", type=int, help="query precision: 0 codes, B bits (default: the index's)"
     )
+    p.add_argument(
+        "--engine",
+        choices=("bebrjax", "faiss"),
+        default="bebrjax",
+        help="who scans: bebrjax (XLA) or faiss (u = 0 codes; the same answer)",
+    )
     distributed.add_arguments(p)
     return p
 
@@ -317,6 +351,8 @@ def _command(args: argparse.Namespace) -> None:
     versioned = args.plan is not None or (
         args.bundle is not None and any("=" in q for q in args.queries)
     )
+    if versioned and args.engine == "faiss":
+        raise DataError("--engine faiss serves u = 0 codes with code queries, not a --plan")
     if versioned and (args.nprobe is not None or args.rescore or args.asymmetric):
         raise DataError(
             "version-aware search scores every document of the index (an IVF index's "
@@ -350,6 +386,7 @@ def _command(args: argparse.Namespace) -> None:
             asymmetric=args.asymmetric,
             oversample=args.oversample,
             query_bits=args.query_bits,
+            engine=args.engine,
         )
     summary = {"hits": args.out, "queries": len(ids), "k": args.k}
     head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]

@@ -4,7 +4,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, tiny_overrides
 
+from bebrjax import encode, heldout, ivf, main, query
 from bebrjax import to_faiss as command
 from bebrjax.search import BinaryIndex
 from bebrjax.search import codes as codes_lib
@@ -217,3 +219,64 @@ def test_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monke
         "error: faiss is not installed: pip install faiss-cpu (bebrjax's bench extra)\n"
     )
     assert os.listdir(tmp_path) == ["index"]
+
+
+@pytest.fixture(scope="module")
+def one_plane_run(tmp_path_factory):
+    """A tiny u = 0 binarizer served with code queries, its held-out pairs and their index."""
+    run, tmp = tmp_path_factory.mktemp("u0"), tmp_path_factory.mktemp("u0_index")
+    config = os.path.join(ROOT, "configs/bebr/demo.py:bits=1,query_bits=0")
+    main.run(config, str(run), tiny_overrides(steps=4))
+    pairs, index = str(tmp / "eval.npz"), str(tmp / "docs.bebr")
+    heldout.write_pairs(pairs, heldout.held_out(str(run)))
+    encode.encode_corpus(str(run), pairs, index, progress=False)
+    return str(run), pairs, index
+
+
+def test_search_command_with_faiss_equals_bebrjax_flat_and_ivf(one_plane_run, tmp_path, capsys):
+    run, pairs, index = one_plane_run
+    ivf_index = str(tmp_path / "docs.ivf")
+    assert ivf.main(["--index", index, "--out", ivf_index, "--nlist", "4"]) == 0
+    common = ["--workdir", run, "--queries", pairs, "--k", "20"]
+    for where in (["--index", index], ["--index", ivf_index, "--nprobe", "2"]):
+        hits = {}
+        for engine in ("bebrjax", "faiss"):
+            hits[engine] = str(tmp_path / f"{engine}.npz")
+            argv = [*common, *where, "--engine", engine, "--out", hits[engine], "--overwrite"]
+            assert query.main(argv) == 0
+        with np.load(hits["bebrjax"]) as want, np.load(hits["faiss"]) as got:
+            np.testing.assert_array_equal(got["ids"], want["ids"])
+            np.testing.assert_array_equal(got["scores"], want["scores"])
+            assert (np.diff(want["scores"], axis=1) == 0).mean() > 0.5  # 16 bits: ties abound
+
+
+def test_search_command_refuses_what_faiss_cannot_serve(
+    one_plane_run, tmp_path, capsys, monkeypatch
+):
+    run, pairs, index = one_plane_run
+    two_planes = str(tmp_path / "u1.bebr")
+    wide = BinaryIndex(BinaryIndex.load(index).m, 1)
+    wide.add(random_planes(50, 1, wide.m))
+    wide.save(two_planes)
+    common = ["--workdir", run, "--queries", pairs, "--k", "5", "--engine", "faiss"]
+    out = ["--out", str(tmp_path / "no.npz")]
+    cases = [
+        (["--index", two_planes], "this index holds u = 1"),
+        (["--index", index, "--asymmetric"], "not --asymmetric"),
+        (["--index", index, "--query-bits", "2"], "not queries of 2 bits"),
+        (
+            ["--index", index, "--plan", "plan.json", "--queries", "m=" + pairs],
+            "not a --plan",
+        ),
+    ]
+    for args, message in cases:
+        argv = [*common, *args, *out]
+        if "--plan" in args:
+            argv = [a for a in argv if a not in ("--workdir", run)]
+        assert query.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    assert query.main([*common, "--index", index, *out]) == 2
+    assert "faiss is not installed" in capsys.readouterr().err
+    assert not os.path.exists(out[1])

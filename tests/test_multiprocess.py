@@ -13,14 +13,17 @@ import os
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from conftest import ROOT, kill_and_resume, tiny_overrides
 
 from bebrjax import distributed, encode, heldout, main, query
+from bebrjax.encode import as_binarizer
 from bebrjax.errors import ConfigError
 from bebrjax.inference.plans import fit_runs
+from bebrjax.search import BinaryIndex
 
 LAUNCHERS = ("multiprocess.sh", "slurm.sbatch", "tpu_vm.sh")
 UPGRADE = [
@@ -169,6 +172,40 @@ def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
     with np.load(hits) as got:
         np.testing.assert_array_equal(got["ids"], ids)
         np.testing.assert_array_equal(got["scores"], scores)
+
+
+def exact_top(index, query_planes, k):
+    """Brute force: each query's k best by the exact sign(ip) ip^2 / norm, ties to the lower id."""
+    words = index._queries(query_planes)[0]["words"]
+    tops = []
+    for query_words in words:
+        ip, norm = (x.tolist() for x in index.exact_ints(query_words))
+        keys = [Fraction(i * abs(i), n) for i, n in zip(ip, norm, strict=True)]
+        tops.append(sorted(range(index.ntotal), key=lambda d: (-keys[d], d))[:k])
+    return np.array(tops)
+
+
+def test_sharded_search_of_duplicates_equals_brute_force(two_process_demo, tmp_path):
+    """Best codes stored more than k + SPARE times: each process sends bounded candidates."""
+    _, run, _ = two_process_demo
+    pairs, index, hits = (str(tmp_path / f) for f in ("eval.npz", "docs.bebr", "hits.npz"))
+    heldout.write_pairs(pairs, heldout.held_out(str(run)))
+    encode.encode_corpus(str(run), pairs, index, progress=False)
+    gallery = BinaryIndex.load(index)
+    model = as_binarizer(str(run))
+    planes = model.encode_query(
+        query.read_queries(pairs, "query", model.dim), 512, bits=gallery.query_bits
+    )
+    best = exact_top(gallery, planes[:6], 1)[:, 0]
+    every = gallery.planes(np.arange(gallery.ntotal))
+    every = np.concatenate([every, every[np.repeat(best, 50)]])
+    gallery = BinaryIndex(gallery.m, gallery.u, query_bits=gallery.query_bits)
+    gallery.add(every[np.random.default_rng(0).permutation(len(every))])  # on both halves
+    gallery.save(index)
+    args = ["--index", index, "--workdir", str(run), "--queries", pairs, "--k", "10"]
+    launch(2, *args, "--out", hits, module="bebrjax.search")
+    with np.load(hits) as got:
+        np.testing.assert_array_equal(got["ids"], exact_top(gallery, planes, 10))
 
 
 def test_start_up_names_what_is_missing(monkeypatch):

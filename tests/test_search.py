@@ -1,5 +1,6 @@
 import json
 import os
+import tracemalloc
 from fractions import Fraction
 
 import jax
@@ -12,13 +13,16 @@ from bebrjax.search import (
     BinaryIndex,
     FloatIndex,
     IndexFormatError,
+    ShardedIndex,
     backfill,
+    band,
     kernels,
     scoring,
     storage,
     topk,
 )
 from bebrjax.search import codes as codes_lib
+from bebrjax.search import rescore as rescore_lib
 from bebrjax.search.scoring import KERNELS
 from bebrjax.search.writer import IndexWriter
 
@@ -115,22 +119,85 @@ def test_equal_cosines_rank_by_id_across_blocks(kernel):
     assert ids[0, :5].tolist() == sorted(tied) and len(set(scores[0, :5].tolist())) == 1
 
 
-def test_more_ties_than_spare_candidates_are_ranked_over_the_whole_gallery(monkeypatch):
+def test_more_ties_than_spare_candidates_are_ranked_over_a_shortlist(monkeypatch):
     m, rng = 45, np.random.default_rng(1)  # its own generator: the second query is certified
     _, big, small = scaled_codes(m, rng)
     docs = random_planes(300, 1, m, rng)
     tied = np.arange(23, 300, 6)  # 47 > topk.SPARE + k: no certificate
     docs[tied] = np.where((np.arange(len(tied)) % 2 == 1)[:, None, None], big, small)
-    whole, real = [], topk._whole_gallery_topk
-    monkeypatch.setattr(topk, "_whole_gallery_topk", lambda *args: whole.append(1) or real(*args))
+    resolved, real = [], band._Band.resolve
+    monkeypatch.setattr(band._Band, "resolve", lambda *a: resolved.append(1) or real(*a))
     index = BinaryIndex(m, 1, block_size=128)
     index.add(docs)
+    monkeypatch.setattr(index, "exact_ints", no_whole_gallery(index.exact_ints, len(docs)))
     queries = np.stack([big, random_planes(1, 1, m, rng)[0]])
     scores, ids = index.search(queries, 10)
-    assert whole == [1] and ids[0].tolist() == tied[:10].tolist()
+    assert resolved == [1] and ids[0].tolist() == tied[:10].tolist()
     np.testing.assert_allclose(scores[0], 1.5 * np.sqrt(m), rtol=1e-6)
     q_ints, doc_ints = (codes_lib.decode_int(x).astype(np.int64) for x in (queries, docs))
     np.testing.assert_array_equal(ids, exact_ranking(q_ints, doc_ints, 10))
+
+
+def no_whole_gallery(exact_ints, n):
+    """`exact_ints` that fails when asked for every document, or for more than n // 4."""
+
+    def bounded(query_words, ids=None):
+        assert ids is not None and len(ids) <= n // 4, "the host was handed O(N) documents"
+        return exact_ints(query_words, ids)
+
+    return bounded
+
+
+def duplicated_gallery(u, n=2400, m=45, seed=5):
+    """A gallery where each query's best code is stored > k + SPARE times, and its queries."""
+    rng = np.random.default_rng(seed)
+    docs, queries = random_planes(n, u, m, rng), random_planes(5, u, m, rng)
+    docs[np.arange(7, n, 29)] = queries[0]  # 83 copies, over blocks
+    docs[np.arange(n - 60, n)] = queries[1]  # 60 copies at the end
+    near = queries[2].copy()
+    near[0, :2] *= -1  # 2 bits from query 2, so not its best code: copies tie at its k-th
+    docs[np.arange(11, n, 41)] = near
+    docs[np.arange(5, n, 53)] = queries[2]  # 46 exact matches, some ahead of k
+    return docs, queries
+
+
+@pytest.mark.parametrize("u, kernel", [(0, "popcount"), (1, "popcount"), (1, "matmul")])
+def test_duplicates_past_the_spare_candidates_never_reach_the_whole_gallery(u, kernel, monkeypatch):
+    docs, queries = duplicated_gallery(u)
+    want = exact_ranking(*(codes_lib.decode_int(x).astype(np.int64) for x in (queries, docs)), 64)
+    resolved, real = [], band._Band.resolve
+    monkeypatch.setattr(band._Band, "resolve", lambda self, r: resolved.extend(r) or real(self, r))
+    one = BinaryIndex(45, u, kernel=kernel, block_size=256, query_batch=8)
+    eight = BinaryIndex(45, u, kernel=kernel, block_size=256, mesh=sharding.make_mesh(8))
+    for index, ks in ((one, (1, 10, 64)), (eight, (10,))):
+        index.add(docs)
+        monkeypatch.setattr(index, "exact_ints", no_whole_gallery(index.exact_ints, len(docs)))
+        for k in ks:
+            np.testing.assert_array_equal(index.search(queries, k)[1], want[:, :k])
+    sharded = ShardedIndex(one)  # one process: the same code as on several
+    monkeypatch.setattr(sharded, "_exact_all", lambda *a: pytest.fail("the whole gallery"))
+    np.testing.assert_array_equal(sharded.search(queries, 10)[1], want[:, :10])
+    assert (set(resolved) >= {0, 1}) == (u > 0)  # u = 0 floats are exact: no second pass
+
+
+def test_equal_scores_of_two_classes_are_paged_then_ranked_over_the_gallery(monkeypatch):
+    m, rng = 45, np.random.default_rng(2)
+    s, big, small = scaled_codes(m, rng)
+    docs = random_planes(1000, 1, m, rng)
+    tied = np.arange(3, 1000, 4)[:300]  # 0.5 s and 1.5 s, one cosine, floats an ulp apart
+    docs[tied] = np.where((np.arange(len(tied)) % 2 == 1)[:, None, None], big, small)
+    index = BinaryIndex(m, 1, block_size=128)
+    index.add(docs)
+    pages, run = [], index._run
+    monkeypatch.setattr(index, "_run", lambda *a: pages.append(1) or run(*a))
+    want = tied[:40].tolist()  # the K = 72 floats hold only 0.5 s: a page of 1.5 s follows
+    assert index.search(s[None], 40)[1][0].tolist() == want and len(pages) == 2
+    monkeypatch.setattr(band, "ROUNDS", 1)  # then too many pages: the whole gallery
+    whole, real = [], index.exact_ints
+    monkeypatch.setattr(
+        index, "exact_ints", lambda w, d=None: whole.append(d is None) or real(w, d)
+    )
+    assert index.search(s[None], 40)[1][0].tolist() == want and whole.count(True) == 1
 
 
 @pytest.mark.parametrize("kernel", ["popcount", "matmul"])
@@ -687,3 +754,40 @@ def test_compiled_searches_are_bounded_and_a_dropped_one_comes_back():
     assert len(blocked._SEARCH_FNS) <= compiled.MAX_ENTRIES
     for got, want in zip(index.search(queries, 1), first, strict=True):  # k = 1 was dropped
         np.testing.assert_array_equal(got, want)
+
+
+def test_rescoring_holds_one_block_of_vectors_and_equals_the_whole(monkeypatch):
+    rng = np.random.default_rng(4)
+    n, d, k, oversample, num = 500, 64, 5, 4, 600
+    docs = rng.standard_normal((n, d)).astype(np.float32)
+    queries = rng.standard_normal((num, d)).astype(np.float32)
+    index = BinaryIndex(d, 0)
+    index.add(np.where(docs > 0, 1, -1).astype(np.int8)[:, None])
+    _, shortlist = index.search(np.where(queries > 0, 1, -1).astype(np.int8), k * oversample)
+
+    class Shortlisted:  # the search done: only rescoring's own memory is traced
+        codes = index
+
+        def search(self, query_planes, width):
+            return None, shortlist[:, :width]
+
+    scores = np.einsum("qd,qkd->qk", queries.astype(np.float64), docs[shortlist].astype(np.float64))
+    order = np.lexsort((shortlist, -scores))[:, :k]
+    want = np.take_along_axis(shortlist, order, 1)
+    whole_bytes = scores.size * d * 8
+    monkeypatch.setattr(rescore_lib, "BLOCK_BYTES", whole_bytes // 64)  # blocks of 9 queries
+    tracemalloc.start()
+    try:
+        got_scores, got = rescore_lib.rescore(Shortlisted(), shortlist, queries, k, docs=docs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < whole_bytes / 8, (peak, whole_bytes)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        got_scores, np.take_along_axis(scores, order, 1).astype(np.float32)
+    )
+    monkeypatch.setattr(rescore_lib, "BLOCK_BYTES", 1 << 26)  # one block: the same answer
+    np.testing.assert_array_equal(
+        rescore_lib.rescore(Shortlisted(), shortlist, queries, k, docs=docs)[1], want
+    )

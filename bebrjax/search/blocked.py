@@ -27,29 +27,44 @@ from bebrjax.sharding import DATA_AXIS, process_mesh
 
 
 class Scorer(NamedTuple):
-    """How a search scores its blocks: equal keys mean equal functions (one compiled search)."""
+    """How a search scores its blocks: equal keys mean equal functions (one compiled search).
+
+    With `ids`, each block also holds its documents' ids ("id", int32 [T, b]),
+    numbered from 0 on this process.
+    """
 
     key: Hashable
     score: topk.ScoreFn
     rescore: topk.ScoreFn
+    ids: bool = False
 
 
 # (index type, score key, k, group, mesh) -> the jit'd search; see `BlockedIndex._search_fn`.
 _SEARCH_FNS = CompiledCache()
 
 
-def _make_search_fn(
-    score_fn: topk.ScoreFn, rescore_fn: topk.ScoreFn, k: int, group: int, mesh: Mesh | None
-):
-    """jit(queries, blocks, count) -> (scores, ids): one device, or the blocks split over `mesh`."""
-    kwargs = {"k": k, "group": group, "rescore_fn": rescore_fn}
+def _with_ids(blocks: dict[str, jax.Array], mesh: Mesh | None) -> dict[str, jax.Array]:
+    """`blocks` with their documents' ids, int32 [n_blocks, T, b], laid out as the blocks."""
+    leaf = jax.tree.leaves(blocks)[0]
+    shape = (leaf.shape[0], leaf.shape[1], leaf.shape[-1])
+    ids = jnp.arange(np.prod(shape), dtype=jnp.int32).reshape(shape)
     if mesh is not None:
-        return jax.jit(
-            lambda q, blocks, count: topk.sharded_topk(
-                score_fn, q, blocks, count, mesh=mesh, **kwargs
-            )
-        )
-    return jax.jit(lambda q, blocks, count: topk.local_topk(score_fn, q, blocks, count, **kwargs))
+        ids = jax.lax.with_sharding_constraint(ids, NamedSharding(mesh, P(DATA_AXIS)))
+    return {**blocks, "id": ids}
+
+
+def _make_search_fn(scorer: Scorer, k: int, group: int, mesh: Mesh | None):
+    """jit(queries, blocks, count) -> (scores, ids): one device, or the blocks split over `mesh`."""
+    kwargs = {"k": k, "group": group, "rescore_fn": scorer.rescore}
+
+    def search(queries, blocks, count):
+        if scorer.ids:
+            blocks = _with_ids(blocks, mesh)
+        if mesh is not None:
+            return topk.sharded_topk(scorer.score, queries, blocks, count, mesh=mesh, **kwargs)
+        return topk.local_topk(scorer.score, queries, blocks, count, **kwargs)
+
+    return jax.jit(search)
 
 
 class BlockedIndex:
@@ -124,10 +139,8 @@ class BlockedIndex:
         mesh = self.mesh if self._devices() > 1 else None
         if scorer is None:
             scorer = Scorer(self._score_key(), self._score_fn(), self._rescore_fn())
-        key = (type(self).__name__, scorer.key, k, self.group, mesh)
-        return _SEARCH_FNS.get(
-            key, lambda: _make_search_fn(scorer.score, scorer.rescore, k, self.group, mesh)
-        )
+        key = (type(self).__name__, scorer.key, scorer.ids, k, self.group, mesh)
+        return _SEARCH_FNS.get(key, lambda: _make_search_fn(scorer, k, self.group, mesh))
 
     def _rescore_fn(self) -> topk.ScoreFn:
         """What scores the few best groups again (`topk.local_topk`): the scan's `_score_fn`."""

@@ -27,6 +27,11 @@ norm, so codes of a larger norm rank higher than in SDC. For SDC's ranking,
 take a faiss shortlist of a few times k and rescore it with bebrjax
 (`BinaryIndex.exact_ints`). faiss does not break equal scores of these
 indexes to the lower id.
+
+`FaissSearch` serves a u = 0 `BinaryIndex` or `IVFIndex` with faiss's
+binary kernels and returns bebrjax's answer, scores and ids: an IVF index's
+own lists and probes (`IndexBinaryIVF.search_preassigned`), and ties to the
+lower id, which faiss's heaps do not keep (see `FaissSearch.search`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.index import BinaryIndex
+from bebrjax.search.ivf import IVFIndex
 
 if TYPE_CHECKING:
     import faiss
@@ -225,3 +231,116 @@ def faiss_queries(index: Any, query_planes: np.ndarray) -> np.ndarray:
             f"queries (u=0); got u={u_q}"
         )
     return _as_bytes(queries["words"][:, 0], index.m)
+
+
+class FaissSearch:
+    """A u = 0 `BinaryIndex` or `IVFIndex` searched by faiss, answering as the index does.
+
+    For u = 0 the SDC score of every document is its integer ip = m - 2 Hamming
+    times the one 1/sqrt(m), so faiss's Hamming ranking is bebrjax's, and the
+    scores are computed from faiss's distances with the index's own float32
+    arithmetic: the same scores and ids as `search` of the index.
+
+    Args:
+      index: a `BinaryIndex` or `IVFIndex` of u = 0 codes (metric "ip" or "hamming").
+
+    Raises:
+      ValueError: for codes of u >= 1, an empty or untrained index.
+      FaissMissingError: when faiss is not installed.
+    """
+
+    def __init__(self, index: BinaryIndex | IVFIndex):
+        self.ivf = index if isinstance(index, IVFIndex) else None
+        self.codes = _codes(index)
+        if self.codes.u != 0:
+            raise ValueError(
+                f"faiss serves codes of u = 0 (one plane); this index holds u = {self.codes.u}"
+            )
+        _loops(self.codes)  # not empty
+        faiss = import_faiss()
+        d = 8 * -(-self.codes.m // 8)
+        if self.ivf is None:
+            self._faiss = faiss.IndexBinaryFlat(d)
+            _add_in_chunks(self._faiss, self.codes, 0)
+            return
+        self.ivf._check_trained()
+        self._faiss = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, self.ivf.nlist)
+        self._faiss.is_trained = True  # the lists are the IVF index's: no faiss quantizer
+        lists = self.ivf.lists.astype(np.int64)
+        step = max(1, _CHUNK_BYTES // (4 * codes_lib.num_words(self.codes.m)))
+        for start in range(0, self.codes.ntotal, step):
+            rows = slice(start, start + step)
+            x, assign = _convert(self.codes, 0, rows), lists[rows]
+            self._faiss.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
+
+    @property
+    def m(self) -> int:
+        """Code width."""
+        return self.codes.m
+
+    @property
+    def ntotal(self) -> int:
+        """Documents in the index."""
+        return self.codes.ntotal
+
+    def search(
+        self, query_planes: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's `search` answer (scores, ids) [Q, k], computed by faiss.
+
+        faiss returns a query's `width` nearest in some order of equal
+        distances; when the width-th distance exceeds the k-th, every document
+        at the k-th distance or nearer is among them, and sorting them by
+        (distance, id) gives the top k with ties to the lower id. A query
+        whose width-th distance equals its k-th is asked again with twice the
+        width, up to all the documents it may return.
+
+        Args:
+          query_planes: u = 0 query codes, as `BinaryIndex.search` takes them.
+          k: results per query.
+          nprobe: an IVF index's lists per query (as `IVFIndex.search`); None
+            for a `BinaryIndex`.
+
+        Raises:
+          ValueError: as the index's `search`, and for queries of u_q > 0.
+        """
+        queries, u_q = self.codes._queries(query_planes)
+        if u_q:
+            raise ValueError(f"faiss serves one-plane (u = 0) queries; got u = {u_q}")
+        x = _as_bytes(queries["words"][:, 0], self.m)
+        if (self.ivf is None) != (nprobe is None):
+            raise ValueError("nprobe goes with an IVF index, and an IVF index needs nprobe")
+        if self.ivf is None:
+            self.codes._check_k(k)
+            available = np.full(len(x), self.ntotal)
+            probes = None
+        else:
+            probes = self.ivf.probes(queries["ints"], nprobe)
+            available = self.ivf.list_sizes()[probes].sum(1)
+            if len(x) and (k < 1 or available.min() < k):
+                raise ValueError(
+                    f"k={k} must be in [1, {available.min()}] (the documents of the "
+                    f"fewest probed lists of a query at nprobe={nprobe})"
+                )
+        distances = np.zeros((len(x), k), np.int64)
+        ids = np.zeros((len(x), k), np.int64)
+        rows, width = np.arange(len(x)), k
+        while rows.size:
+            width = int(min(2 * width, available[rows].max()))
+            if probes is None:
+                found_d, found_i = self._faiss.search(x[rows], width)
+            else:
+                self._faiss.nprobe = probes.shape[1]
+                found_d, found_i = self._faiss.search_preassigned(
+                    x[rows], width, probes[rows], None
+                )
+            found_d = np.where(found_i < 0, np.iinfo(np.int64).max, found_d.astype(np.int64))
+            done = (available[rows] <= width) | (found_d[:, -1] > found_d[:, k - 1])
+            order = np.lexsort((found_i, found_d), axis=1)[:, :k]
+            distances[rows[done]] = np.take_along_axis(found_d, order, 1)[done]
+            ids[rows[done]] = np.take_along_axis(found_i, order, 1)[done]
+            rows = rows[~done]
+        if self.codes.metric == "hamming":
+            return distances.astype(np.float32), ids
+        ip = (self.m - 2 * distances).astype(np.float32)
+        return ip * self.codes._inv_norms[ids], ids

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
+from bebrjax.search import band, kernels, scoring, storage, topk
 from bebrjax.search import codes as codes_lib
-from bebrjax.search import kernels, scoring, storage, topk
 from bebrjax.search.blocked import BlockedIndex
 from bebrjax.search.storage import CODES, NORMS, VERSIONS, IndexFormatError
 
@@ -314,7 +314,14 @@ class BinaryIndex(BlockedIndex):
                 topk.SdcScores(*self.exact_ints(words[row]), scale),
                 np.arange(self.ntotal),
             ),
+            shortlist=band.shortlister(
+                self, queries, scores, ids, k, u_q, exact_ints=self.exact_ints, run=self._run
+            ),
         )
+
+    def _run(self, queries: dict[str, np.ndarray], width: int, scorer: Any):
+        """`_search` with `scorer` for the top min(width, ntotal) (`band.shortlister`'s run)."""
+        return self._search(queries, min(width, self.ntotal), scorer)
 
     def _queries(self, query_planes: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
         """Checked query planes as the search takes them, and their u (`codes.query_codes`)."""

@@ -282,17 +282,11 @@ class IVFIndex:
         self._check_trained()
         if self.ntotal == 0:
             raise ValueError("the index is empty: add documents before searching")
-        if not isinstance(nprobe, int | np.integer) or not 1 <= nprobe <= self.nlist:
-            raise ValueError(f"nprobe={nprobe} must be an integer in [1, {self.nlist}] (nlist)")
         if not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k={k} must be a positive integer")
-        sizes = self.list_sizes()
         queries, u_q = self.codes._queries(query_planes)
-        if nprobe == self.nlist:  # every list: no need to rank them
-            probes = np.broadcast_to(np.arange(self.nlist), (len(queries["ints"]), self.nlist))
-        else:
-            probes = kmeans.probe(queries["ints"].astype(np.float32), self.centroids, int(nprobe))
-        available = sizes[probes].sum(1)
+        probes = self.probes(queries["ints"], nprobe)
+        available = self.list_sizes()[probes].sum(1)
         if len(probes) and available.min() < k:
             row = int(available.argmin())
             raise ValueError(
@@ -319,6 +313,23 @@ class IVFIndex:
             exact=lambda rows, d: topk.SdcScores(*self.codes.exact_ints(words[rows], d), scale),
             exact_all=lambda row: self._exact_probed(words[row], probes[row], scale),
         )
+
+    def probes(self, query_ints: np.ndarray, nprobe: int) -> np.ndarray:
+        """The lists each query scans: its `nprobe` nearest centroids, int [Q, nprobe].
+
+        Args:
+          query_ints: the queries' +-1 codes summed over planes, as
+            `codes.query_codes` gives them ("ints").
+          nprobe: lists per query, 1..nlist (nlist: every list, unranked).
+
+        Raises:
+          ValueError: when nprobe is outside [1, nlist].
+        """
+        if not isinstance(nprobe, int | np.integer) or not 1 <= nprobe <= self.nlist:
+            raise ValueError(f"nprobe={nprobe} must be an integer in [1, {self.nlist}] (nlist)")
+        if nprobe == self.nlist:  # every list: no need to rank them
+            return np.broadcast_to(np.arange(self.nlist), (len(query_ints), self.nlist))
+        return kmeans.probe(query_ints.astype(np.float32), self.centroids, int(nprobe))
 
     def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray, scale: float):
         """(exact scores, ids) of one query against every document of its probed lists."""

@@ -276,12 +276,35 @@ def code_scores(
       metric: "ip" (SDC, <b_q, b_d> / ||b_d||) or "hamming" (minus the distance, u_q = U = 0).
       kernel: "popcount" or "matmul".
     """
-    ip = code_ip(queries, block, m=m, kernel=kernel)
+    return ip_scores(code_ip(queries, block, m=m, kernel=kernel), queries, block, m, metric)
+
+
+def ip_scores(
+    ip: jax.Array, queries: dict[str, jax.Array], block: dict[str, jax.Array], m: int, metric: str
+) -> jax.Array:
+    """`code_scores` from its integers `code_ip` [T, Q, b]: the float32 scores to maximize."""
     if metric == "hamming":
         return -((m - ip) // 2).astype(jnp.float32)
     u_q = queries["words"].shape[1] - 1
     scale = block["scale"] * jnp.float32(2.0**-u_q)  # a power of two: exact
     return ip.astype(jnp.float32) * scale[:, None, :]
+
+
+def code_norms(block: dict[str, jax.Array], m: int) -> jax.Array:
+    """||2^U b_d||^2 of a block's documents, exactly (the `exact_ints` norm): int32 [T, b].
+
+    Args:
+      block: as for `code_scores` (its "planes" and optional "loops").
+      m: code width.
+    """
+    planes = block["planes"]
+    weights = _doc_weights(len(planes), block.get("loops"))
+    norm = sum(m * c * c for c in weights)
+    for i in range(len(planes)):
+        for j in range(i + 1, len(planes)):
+            count = jnp.sum(lax.population_count(planes[i] ^ planes[j]), axis=1, dtype=jnp.int32)
+            norm = norm + 2 * weights[i] * weights[j] * (m - 2 * count)
+    return jnp.broadcast_to(norm, planes[0][:, 0].shape).astype(jnp.int32)
 
 
 def float_scores(queries: dict[str, jax.Array], block: dict[str, jax.Array]) -> jax.Array:

@@ -22,7 +22,9 @@ is, bit for bit, the one a single `BinaryIndex` over all documents gives:
    summed over processes (every other process adds zeros).
 
 The exchange is one all-gather of [Q, K] per query batch: about 12 bytes per
-candidate per process, whatever the gallery's size. A gallery that is not
+candidate per process, whatever the gallery's size. A query whose k-th score
+ties past its K (a code stored more than K - k times) takes a second pass,
+`bebrjax.search.band`: each process sends at most K + 1 ids of its shard. A gallery that is not
 split over processes (one process) works too: the same code, no exchange.
 """
 
@@ -34,7 +36,7 @@ import jax
 import numpy as np
 
 from bebrjax import distributed
-from bebrjax.search import scoring, topk
+from bebrjax.search import band, scoring, topk
 from bebrjax.search.index import BinaryIndex
 
 _NO_ID = np.iinfo(np.int64).max  # pads a shard's candidates; ranks last
@@ -122,7 +124,15 @@ class ShardedIndex:
                 topk.SdcScores(*self._exact_all(words[row]), scale),
                 np.arange(self.ntotal),
             ),
+            shortlist=band.shortlister(
+                self.local, queries, scores, ids, k, u_q, exact_ints=self._exact, run=self._band
+            ),
         )
+
+    def _band(self, queries: dict[str, np.ndarray], width: int, scorer: Any):
+        """`_candidates` with a `band.band_scorer`, its global ids made this shard's own."""
+        local = {key: queries[key] - np.int32(self.offset) for key in ("last_id", "cursor")}
+        return self._candidates({**queries, **local}, min(width, self.ntotal), scorer)
 
     def _candidates(self, queries: dict[str, np.ndarray], width: int, scorer=None):
         """The global float top `width` of each query: float32 scores, int64 global ids.

@@ -303,6 +303,7 @@ def exact_topk(
     complete: bool,
     exact: Callable[[np.ndarray, np.ndarray], ExactScores],
     exact_all: Callable[[int], tuple[ExactScores, np.ndarray]],
+    shortlist: Callable[[np.ndarray], list[np.ndarray | None]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact top k of each query from its float top K (K >= k), ties to the lower id.
 
@@ -320,7 +321,9 @@ def exact_topk(
     cannot tell) sorts the K exactly. Only runs of two or more that start
     within the first k need it: exact ties and near ties. A query without the
     certificate (more than K - k documents tied or near-tied with its k-th)
-    is ranked exactly over everything it may return by `exact_all` instead.
+    is ranked exactly over a bounded `shortlist` that holds its exact top k,
+    when one is given and finds one, else over everything it may return
+    (`exact_all`).
 
     Args:
       scores: float32 [Q, K] as above.
@@ -335,6 +338,9 @@ def exact_topk(
       exact_all: row -> (exact scores, ids int64 [n]) of that query against
         every document it may return (the whole gallery; an IVF query's
         probed lists), ids ascending.
+      shortlist: rows -> for each of those queries without the certificate,
+        ids ascending (int64) of a set of documents holding its exact top
+        k, or None where there is no bounded one (`bebrjax.search.band`).
 
     Returns:
       (scores float32 [Q, k] non-increasing, ids int64 [Q, k]): the scores are
@@ -355,8 +361,22 @@ def exact_topk(
         order = exact_order(found, ids[rows, cols], run[rows, cols])
         out_ids[rows, cols] = ids[rows, cols][order]
         out_scores[rows, cols] = found.approx[order]
-    for row in np.flatnonzero(~certified):
-        found, every = exact_all(row)
-        top = _whole_gallery_topk(found, k)
-        out_ids[row, :k], out_scores[row, :k] = every[top], found.approx[top]
+    uncertified = np.flatnonzero(~certified)
+    lists = [None] * len(uncertified)
+    if shortlist is not None and uncertified.size:
+        lists = shortlist(uncertified)
+    listed = [(r, found) for r, found in zip(uncertified, lists, strict=True) if found is not None]
+    if listed:  # one call for every shortlist: `exact` may be a collective (`ShardedIndex`)
+        every = np.concatenate([found for _, found in listed])
+        sizes = [len(found) for _, found in listed]
+        scored = exact(np.repeat([row for row, _ in listed], sizes), every)
+        for (row, _), end, size in zip(listed, np.cumsum(sizes), sizes, strict=True):
+            span = np.arange(end - size, end)
+            top = span[_whole_gallery_topk(_Subset(scored, span), k)]
+            out_ids[row, :k], out_scores[row, :k] = every[top], scored.approx[top]
+    for row, found in zip(uncertified, lists, strict=True):
+        if found is None:
+            scored, every = exact_all(row)
+            top = _whole_gallery_topk(scored, k)
+            out_ids[row, :k], out_scores[row, :k] = every[top], scored.approx[top]
     return np.minimum.accumulate(out_scores[:, :k], axis=1), out_ids[:, :k]

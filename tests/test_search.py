@@ -17,6 +17,7 @@ from bebrjax.search import (
     backfill,
     band,
     kernels,
+    safe_write,
     scoring,
     storage,
     topk,
@@ -606,7 +607,7 @@ def test_backfill_round_trip_and_version_1_directories(tmp_path):
 
 
 def test_save_without_an_atomic_exchange(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(safe_write, "_exchange", lambda a, b: False)
     index = BinaryIndex(20, 0)
     index.add(random_planes(10, 0, 20))
     for _ in range(2):
@@ -661,7 +662,7 @@ def test_a_crash_during_backfill_leaves_the_previous_index(tmp_path, monkeypatch
                 boom()
             real_replace(src, dst)
 
-        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(safe_write, "_exchange", lambda a, b: False)
         monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
         backfill(str(path), np.arange(20, 40), random_planes(20, 2, m), "new")

@@ -1,10 +1,13 @@
 """Config files, their `:arg` string and `--config.key=value` overrides.
 
 A config is a Python file with `get_config(arg=None)` returning an
-`ml_collections.ConfigDict` (the big_vision convention). The text after `:` in
-`--config path.py:bits=2,steps=200` is handed to `get_config`, which types it
-with `parse_arg` against its defaults. Overrides `--config.a.b=value` are typed
-by the existing field. Every mistake raises `ConfigError` naming the key.
+`ml_collections.ConfigDict` (the big_vision convention) that writes out its
+whole recipe. The text after `:` in `--config path.py:bits=2,steps=200` is
+handed to `get_config`, which types it with `parse_arg` against its defaults.
+A trainer declaring `FIELDS` (its keys and their types) has every config
+naming it checked against them on loading (`check_fields`). Overrides
+`--config.a.b=value` are typed by the existing field. Every mistake raises
+`ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -95,11 +98,68 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+def in_range(arg: ml_collections.ConfigDict, key: str, low: int, high: int, note: str) -> int:
+    """`arg[key]`, a parsed `:arg` value, refused outside [low, high].
+
+    Args:
+      arg: the parsed arguments (`parse_arg`).
+      key: the argument.
+      low: the least value accepted.
+      high: the greatest value accepted.
+      note: what the value means, for the message (e.g. "u = bits - 1").
+
+    Raises:
+      ConfigError: naming the argument, the range and the note.
+    """
+    value = arg[key]
+    if not low <= value <= high:
+        raise ConfigError(f"config argument '{key}' = {value}: must be in [{low}, {high}] ({note})")
+    return value
+
+
+Fields = Mapping[str, Any]
+
+
+def check_fields(config: ml_collections.ConfigDict, fields: Fields, prefix: str = "") -> None:
+    """Checks that `config` has exactly the keys of `fields`, each of its type.
+
+    Args:
+      config: the config (or a section of it).
+      fields: key -> its type (int, float, str, bool or tuple), `dict` for a
+        section whose keys are another module's (e.g. a data plug-in's), or a
+        nested mapping of the section's own fields.
+      prefix: the dotted path of `config`, for messages.
+
+    Raises:
+      ConfigError: naming the first key missing, unknown or of another type.
+    """
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"config key '{prefix}{unknown[0]}' is unknown; known here: {known}")
+    for key, kind in fields.items():
+        name = f"{prefix}{key}"
+        if key not in config:
+            raise ConfigError(f"config key '{name}' is missing")
+        value = config[key]
+        if isinstance(kind, Mapping) or kind is dict:
+            if not isinstance(value, Mapping | ml_collections.ConfigDict):
+                raise ConfigError(f"config key '{name}' = {value!r}: expected a section")
+            if kind is not dict:
+                check_fields(value, kind, f"{name}.")
+        elif type(value) is not kind:
+            raise ConfigError(f"config key '{name}' = {value!r}: expected {kind.__name__}")
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` by calling the file's `get_config(arg)`.
 
+    A config naming a trainer (`trainer`) whose module declares `FIELDS` is
+    checked against them (`check_fields`).
+
     Raises:
-      ConfigError: when the file is missing, has no `get_config`, or rejects `arg`.
+      ConfigError: when the file is missing, has no `get_config`, rejects
+        `arg`, or returns a config its trainer cannot take.
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
@@ -112,6 +172,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file '{path}': get_config returned {type(config).__name__}")
+    if isinstance(config.get("trainer"), str):
+        trainer = import_plugin("bebrjax.trainers", config.trainer, "trainer")
+        if hasattr(trainer, "FIELDS"):
+            check_fields(config, trainer.FIELDS)
     return config
 
 
@@ -212,18 +276,6 @@ def check_rules(config: ml_collections.ConfigDict, rules: Iterable[Rule]) -> Non
             good = False
         if not good:
             raise ConfigError(f"config key '{key}' = {value!r}: must be {need}")
-
-
-def section(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`defaults` updated by `overrides`; an override of a key not in `defaults` is an error.
-
-    Raises:
-      ValueError: naming the section and the unknown keys.
-    """
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
-    return {**defaults, **overrides}
 
 
 def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

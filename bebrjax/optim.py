@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules built from a config with optax."""
+"""Optimizers and learning-rate schedules built from a config's `optim` section with optax."""
 
 from __future__ import annotations
 
@@ -6,28 +6,22 @@ import jax
 import ml_collections
 import optax
 
-from bebrjax.config import ConfigError, section
+from bebrjax.config import ConfigError
 
-
-def optim_config(**overrides) -> dict:
-    """The `optim` section of a config: BEBR's reference recipe, with `overrides`.
-
-    SGD with Nesterov momentum 0.9, lr 0.08, weight decay 1e-3 (matrices
-    only), global-norm clip 5, x0.1 at 60% of training, no warm-up.
-    """
-    defaults = dict(
-        name="sgd",
-        lr=0.08,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=1e-3,
-        clip_norm=5.0,
-        schedule="step",
-        decay_at=(0.6,),
-        decay_factor=0.1,
-        warmup_steps=0,
-    )
-    return section("optim_config", defaults, overrides)
+# The keys of an `optim` section and their types (`config.check_fields`); the
+# values are the config file's.
+OPTIM_FIELDS = dict(
+    name=str,
+    lr=float,
+    momentum=float,
+    nesterov=bool,
+    weight_decay=float,
+    clip_norm=float,
+    schedule=str,
+    decay_at=tuple,
+    decay_factor=float,
+    warmup_steps=int,
+)
 
 
 def decay_mask(params):
@@ -39,7 +33,7 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
     """The learning rate per step.
 
     `schedule="step"` multiplies `lr` by `decay_factor` at each fraction of
-    training in `decay_at` (the reference: x0.1 at epoch 6 of 10, i.e. 0.6);
+    training in `decay_at` (BEBR's reference: x0.1 at epoch 6 of 10, i.e. 0.6);
     `schedule="cosine"` decays to zero. `warmup_steps` ramps up linearly first.
     """
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))

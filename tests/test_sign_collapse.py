@@ -7,11 +7,14 @@ centered sign keeps every bit alive and improves on it.
 """
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
+from conftest import ROOT
 
 from bebrjax import sharding
+from bebrjax.config import load_config
 from bebrjax.data import synthetic
 from bebrjax.data.batching import batch_indices
 from bebrjax.evaluators import retrieval
@@ -34,7 +37,7 @@ def test_one_bit_code_keeps_its_bits_on_pairs_with_a_common_mean():
         query=_unit(np.asarray(data.query) + 0.5 * mu),
         doc=_unit(np.asarray(data.doc) + 2.0 * mu),
     )
-    config = B.default_config(bits=1, code_dim=dim, steps=steps)
+    config = load_config(os.path.join(ROOT, f"configs/bebr/demo.py:bits=1,m={dim},steps={steps}"))
     with config.unlocked():
         config.train.batch_size = batch
     mesh = sharding.make_mesh(0)

@@ -18,7 +18,7 @@ Choices where the paper leaves room:
     authors' code: the gradient passes where |input| <= 1 and is zero elsewhere.
   * `binarize=False` replaces sign by the identity: the same architecture as a
     float transform, the reference's fine-tuned "float" baseline.
-  * With `center` (`default_config`'s choice), each plane is the sign of its
+  * With `center` (the configs' choice), each plane is the sign of its
     block's output less that output's per-coordinate mean (`Center`: the
     batch's in training, a running average in eval): every bit's threshold
     sits at its coordinate's mean, and no gradient can move it. Without it,

@@ -35,81 +35,53 @@ from bebrjax.data.batching import batch_indices, steps_per_epoch, total_steps
 from bebrjax.data.splits import train_eval_split
 from bebrjax.distributed import local_rows
 from bebrjax.evaluators import retrieval
-from bebrjax.optim import make_optimizer, optim_config
+from bebrjax.optim import OPTIM_FIELDS, make_optimizer
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import scoring
 from bebrjax.trainers.baselines import BASELINES, float_baseline_config, trained_hash_config
 from bebrjax.trainers.binarizer_step import CrossTerm, make_batch, make_train_step
 from bebrjax.trainers.loop import (
+    TRAIN_FIELDS,
     State,
     cadence,
     init_state,
-    train_config,
     train_loop,
     variables_of,
 )
 
-
-def default_config(
-    *, bits: int = 2, code_dim: int = 0, steps: int = 0, devices: int = 0
-) -> ml_collections.ConfigDict:
-    """The BEBR recipe of this trainer, less the `data` section (the config file's).
-
-    Args:
-      bits: bits per dimension (u + 1): 1 is a plain sign code, 2 is u = 1.
-      code_dim: m, the code width; 0 means the embedding width d.
-      steps: training steps; 0 means `train.epochs` epochs.
-      devices: devices of the mesh; 0 means all.
-    """
-    if not 1 <= bits <= 4:
-        raise ConfigError(f"config argument 'bits' = {bits}: must be in [1, 4] (u = bits - 1)")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.trainer = "binarizer"
-    c.split = dict(eval_fraction=0.2, eval_indices="")
-    c.model_name = "binarizer"
-    # center: each bit thresholded at its coordinate's mean (`models.binarizer.Center`).
-    c.model = dict(
-        code_dim=code_dim, loops=bits - 1, hidden=0, depth=1, binarize=True, skip=True, center=True
-    )
-    c.loss = dict(
-        pair_weight=1.0,
-        temperature=0.05,
-        hard_negatives=5,
-        mask_same_label=False,
-        mask_same_group=True,
-        distill_weight=1.0,
-        teacher_temperature=0.05,
-        student_temperature=0.05,
-        # Also score every stored budget u_d < u (one run serves each), or the asymmetric query
-        # (`binarizer_step.served_pairs`); both off, by measurement (docs/quantizers.md).
-        budgets=False,
-        asymmetric=False,
-    )
-    # Queries served as block W's pre-sign output at B bits per dimension (0: as codes);
-    # 4 by measurement (FOLDOC bits=1: R@10 0.549, 0.522 as codes; docs/quantizers.md).
-    c.query_bits = 4
-    # The reference optimizer (SGD, Nesterov 0.9, weight decay 1e-3 off biases and
-    # norms, clip 5, x0.1 at 60%) at a smaller lr: the skip path starts from a good
-    # code, which the reference lr of 0.08 (tuned for random init) wrecks in the
-    # first steps. With model.skip=False, use lr=0.08 as in the reference.
-    c.optim = optim_config(lr=0.002)
-    c.train = train_config(steps=steps)
-    c.mesh = dict(num_devices=devices)
-    # The trained hash (eval.trained_hash): a sign MLP to m(u+1) bits in one plane,
-    # these blocks (hidden 0: max(d, bits)), the rest of the recipe as above.
-    c.hash_model = dict(hidden=0, depth=1)
-    # kernel: SDC/Hamming scoring, "auto" (popcount on CPU, int8 matmul on GPU/TPU),
-    # "popcount" or "matmul"; all give identical results.
-    c.eval = dict(
-        ks=(1, 5, 10),
-        hash=True,
-        trained_hash=False,
-        float_baseline=False,
-        batch_size=2048,
-        kernel="auto",
-    )
-    return c
+# The keys of a binarizer config and their types (`config.check_fields`); the
+# recipe, every value, is the config file's (configs/bebr/*.py). `data` is the
+# data plug-in's (`bebrjax.data.get_data`).
+FIELDS = dict(
+    seed=int,
+    trainer=str,
+    data=dict,
+    split=dict(eval_fraction=float, eval_indices=str),
+    model_name=str,
+    model=dict(
+        code_dim=int, loops=int, hidden=int, depth=int, binarize=bool, skip=bool, center=bool
+    ),
+    loss=dict(
+        pair_weight=float,
+        temperature=float,
+        hard_negatives=int,
+        mask_same_label=bool,
+        mask_same_group=bool,
+        distill_weight=float,
+        teacher_temperature=float,
+        student_temperature=float,
+        budgets=bool,
+        asymmetric=bool,
+    ),
+    query_bits=int,
+    optim=OPTIM_FIELDS,
+    train=TRAIN_FIELDS,
+    mesh=dict(num_devices=int),
+    hash_model=dict(hidden=int, depth=int),
+    eval=dict(
+        ks=tuple, hash=bool, trained_hash=bool, float_baseline=bool, batch_size=int, kernel=str
+    ),
+)
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:

@@ -65,72 +65,49 @@ from bebrjax.inference import Binarizer, load
 from bebrjax.inference.loaders import code_upgrade, read_config, save_psi
 from bebrjax.losses.pair_contrastive import CROSS_DIRECTIONS, cross_version_loss
 from bebrjax.models.code_adapter import fit_ridge
-from bebrjax.optim import optim_config
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import plan as plan_lib
 from bebrjax.trainers import binarizer, version_plans
-from bebrjax.trainers.loop import Laps, train_config
+from bebrjax.trainers.loop import Laps
 
 STAGES = ("old", "independent", "new")
 
 
-def default_config(
-    *, bits: int = 2, old_bits: int = 0, code_dim: int = 0, old_code_dim: int = 0, steps: int = 0
-) -> ml_collections.ConfigDict:
-    """The recipe of every stage, less the `data` section (the config file's).
+# A stage's recipe: the binarizer sections it trains with.
+_STAGE_FIELDS = {key: binarizer.FIELDS[key] for key in ("model", "loss", "optim", "train")}
 
-    Args:
-      bits: bits per dimension (u + 1) of the new codes.
-      old_bits: bits per dimension of the old codes; 0 means `bits`.
-      code_dim: m of the new codes; 0 means the new embedding width.
-      old_code_dim: m of the old codes; 0 means the old embedding width.
-      steps: training steps of every stage; 0 means each stage's epochs.
-    """
-    plain = binarizer.default_config(bits=bits, code_dim=code_dim, steps=steps)
-    old = binarizer.default_config(bits=old_bits or bits, code_dim=old_code_dim, steps=steps)
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.trainer = "compatible"
-    c.split = plain.split.to_dict()
-    c.mesh = dict(num_devices=0)
-    recipe = ("model", "loss", "optim", "train")
-    c.old = {key: old[key].to_dict() for key in recipe}
-    c.independent = {key: plain[key].to_dict() for key in recipe}
-    # Measured on FOLDOC: under the binarizer's SGD recipe the cross-version loss
-    # barely moves; AdamW at 1e-3 for 30 epochs aligns the versions.
-    c.new = dict(
-        model=plain.model.to_dict(),
-        # A heavier similarity distillation keeps new/new near the float ranking,
-        # which the cross-version term pulls away (FOLDOC u=1 new/new: 0.483 at
-        # weight 1, 0.515 at 3, 0.519 at 5).
-        loss=dict(plain.loss.to_dict(), distill_weight=5.0),
-        optim=optim_config(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine"),
-        train=train_config(epochs=30.0, steps=steps),
-    )
-    c.compat = dict(
-        weight=1.0,
-        directions=CROSS_DIRECTIONS,
-        temperature=0.05,
-        hard_negatives=5,
-        mixed_negatives=True,
-    )
-    c.psi = dict(alpha=0.01)
-    c.backfill = dict(points=11)
-    # Version-aware search (`bebrjax.search.plan`): calibrations fitted on a sample of the
-    # training pairs; an old document is scored by the old query plus cross_weight x the
-    # compatible new query. Measured on FOLDOC u = 1 (docs/compatible_codes.md): "negatives"
-    # beat "margin" (AUC 0.444 against 0.417), weights 0.5-1 within 0.002.
-    c.version_aware = dict(calibration="negatives", cross_weight=0.5, pairs=4000)
-    c.eval = dict(ks=(1, 5, 10), batch_size=2048, kernel="auto")
-    c.old_workdir = ""  # an existing binarizer run on the old pairs, reused
-    c.independent_workdir = ""  # the same for the independent new binarizer
-    return c
+# The keys of a compatible-codes config and their types (`config.check_fields`);
+# the recipe, every value, is the config file's (configs/bebr/compatible.py).
+# `data.old` and `data.new` are the data plug-in's (`bebrjax.data.get_data`).
+FIELDS = dict(
+    seed=int,
+    trainer=str,
+    data=dict(new=dict, old=dict),
+    split=binarizer.FIELDS["split"],
+    mesh=binarizer.FIELDS["mesh"],
+    old=_STAGE_FIELDS,
+    independent=_STAGE_FIELDS,
+    new=_STAGE_FIELDS,
+    compat=dict(
+        weight=float, directions=tuple, temperature=float, hard_negatives=int, mixed_negatives=bool
+    ),
+    psi=dict(alpha=float),
+    backfill=dict(points=int),
+    version_aware=dict(calibration=str, cross_weight=float, pairs=int),
+    eval=dict(ks=tuple, batch_size=int, kernel=str),
+    old_workdir=str,
+    independent_workdir=str,
+)
 
 
 def stage_config(
     config: ml_collections.ConfigDict, stage: str, groups_from: str | None = None
 ) -> ml_collections.ConfigDict:
     """The binarizer-trainer config of stage "old", "independent" or "new" (unresolved).
+
+    The stage's recipe (`config[stage]`) with the run's seed, split, mesh and
+    eval; its codes are trained, compared and served as codes (`query_bits`
+    0), with no hash baselines. Stage "new" adds the run's `compat`.
 
     Args:
       config: the compatible run's config.
@@ -139,19 +116,31 @@ def stage_config(
         take (`shared_groups`); None: each its own.
     """
     part = "old" if stage == "old" else "new"
-    c = binarizer.default_config()
-    with c.unlocked():
-        for key in ("model", "loss", "optim", "train"):
-            c[key] = copy.deepcopy(config[stage][key])
-        c.seed, c.split, c.mesh = config.seed, copy.deepcopy(config.split), config.mesh
-        c.data = copy.deepcopy(config.data[part])
-        if groups_from not in (None, part):
-            c.data.groups_from = copy.deepcopy(config.data[groups_from])
-        c.eval.update(hash=False, ks=config.eval.ks, batch_size=config.eval.batch_size)
-        c.eval.kernel = config.eval.kernel
-        c.query_bits = 0  # compatible codes are trained, compared and served as codes
-        if stage == "new":
-            c.compat = copy.deepcopy(config.compat)
+    c = ml_collections.ConfigDict()
+    c.seed = config.seed
+    c.trainer = "binarizer"
+    c.split = copy.deepcopy(config.split)
+    c.model_name = "binarizer"
+    c.model = copy.deepcopy(config[stage].model)
+    c.loss = copy.deepcopy(config[stage].loss)
+    c.query_bits = 0
+    c.optim = copy.deepcopy(config[stage].optim)
+    c.train = copy.deepcopy(config[stage].train)
+    c.mesh = copy.deepcopy(config.mesh)
+    c.hash_model = dict(hidden=0, depth=1)  # unread: no trained hash (eval.trained_hash)
+    c.eval = dict(
+        ks=config.eval.ks,
+        hash=False,
+        trained_hash=False,
+        float_baseline=False,
+        batch_size=config.eval.batch_size,
+        kernel=config.eval.kernel,
+    )
+    c.data = copy.deepcopy(config.data[part])
+    if groups_from not in (None, part):
+        c.data.groups_from = copy.deepcopy(config.data[groups_from])
+    if stage == "new":
+        c.compat = copy.deepcopy(config.compat)
     return c
 
 

@@ -29,26 +29,20 @@ from tqdm.auto import tqdm
 
 from bebrjax import checkpoint, distributed, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import section
 
 State = dict[str, Any]
 
 
-def train_config(**overrides) -> dict:
-    """The `train` section of a config, with `overrides`.
-
-    batch_size, epochs (used when steps is 0), steps, log_every,
-    checkpoint_every, keep_checkpoints.
-    """
-    defaults = dict(
-        batch_size=512,
-        epochs=10.0,
-        steps=0,
-        log_every=20,
-        checkpoint_every=200,
-        keep_checkpoints=2,
-    )
-    return section("train_config", defaults, overrides)
+# The keys of a `train` section and their types (`config.check_fields`); the
+# values are the config file's. steps 0: `epochs` epochs.
+TRAIN_FIELDS = dict(
+    batch_size=int,
+    epochs=float,
+    steps=int,
+    log_every=int,
+    checkpoint_every=int,
+    keep_checkpoints=int,
+)
 
 
 def init_state(

@@ -6,7 +6,8 @@ One old model and one paragon; BiCT at every lambda_bc of sweep.grid, in
 DIR/bict@<value>. The table shows, per lambda_bc, new/new (what backward
 compatibility costs the new model), new->old (the gallery left as is) and
 new->psi(old) (the gallery upgraded by psi). lambda_bc = 0 is forward
-compatibility alone. Arguments after ':' as in the single-method configs.
+compatibility alone. The rest of the recipe and the arguments after ':' are
+configs/upgrade/common.py's.
 """
 
 from bebrjax.config import config_module

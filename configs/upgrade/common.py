@@ -4,6 +4,15 @@ A method's config file (bct.py, dmu.py, ...) is this recipe with its
 `method`; the comparison, the sweep and the sequence start from it too.
 Loaded beside them with `bebrjax.config.config_module(__file__, "common")`.
 
+The recipe: 100 synthetic classes of 60 items (64 features); 20% of every
+class held out as the gallery and queries, the rest split by `split.kind`
+with 30% for the old model; old an MLP 128 wide to 32-d embeddings, new
+one 512 x 512 wide to 64-d, both with cosine classifiers at s = 16;
+compat.weight 1 x the method's compatibility loss (`compat`, `dmu`,
+`forward` for psi); AdamW at lr 2e-3 with cosine decay, weight decay 1e-4,
+clip 5, batches of 256 for 30 epochs per stage; mAP@R, Recall@1/5/10 and
+TAR at FAR 1e-2 and 1e-3.
+
 Arguments after ':' of every upgrade config (e.g. `split=open_class,steps=300`):
   split: extended_data, extended_class (default), open_data or open_class.
   data: classes (the synthetic default), digits (scikit-learn's 8x8 images,
@@ -18,8 +27,6 @@ Arguments after ':' of every upgrade config (e.g. `split=open_class,steps=300`):
 import ml_collections
 
 from bebrjax.config import ConfigError, parse_arg
-from bebrjax.optim import optim_config
-from bebrjax.trainers.loop import train_config
 
 ARGS = dict(split="extended_class", data="classes", path="", backbone="", steps=0, devices=0)
 
@@ -28,8 +35,14 @@ def recipe(method: str, split: str, steps: int, devices: int) -> ml_collections.
     """The upgrade recipe on the synthetic many-class data.
 
     Where the papers leave room the choices are ours: adamw, lr 2e-3,
-    cosine decay, weight decay 1e-4, batch 256, 30 epochs per stage,
-    cosine classifiers with s = 16.
+    cosine decay, weight decay 1e-4, clip 5, batch 256, 30 epochs per
+    stage, cosine classifiers with s = 16.
+
+    Args:
+      method: the compatibility method (`bebrjax.trainers.upgrade_methods.METHODS`).
+      split: the split's kind.
+      steps: training steps of every stage; 0 means `train.epochs` epochs.
+      devices: devices of the mesh; 0 means all.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -67,8 +80,29 @@ def recipe(method: str, split: str, steps: int, devices: int) -> ml_collections.
     c.dmu = dict(measure="margin", loss="influence", forward_weight=1.0, forward_emphasis=0.5)
     # psi (DMU, BiCT): residual MLP blocks; forward loss = new-classifier influence + l2 x L2.
     c.forward = dict(hidden=0, depth=1, blocks=1, l2=1.0)
-    c.optim = optim_config(name="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine")
-    c.train = train_config(batch_size=256, epochs=30.0, steps=steps)
+    # AdamW at lr 2e-3, cosine decay to 0, weight decay 1e-4 off biases and norms, clip 5
+    # (momentum, nesterov, decay_at and decay_factor are unread by adamw and cosine).
+    c.optim = dict(
+        name="adamw",
+        lr=2e-3,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        clip_norm=5.0,
+        schedule="cosine",
+        decay_at=(0.6,),
+        decay_factor=0.1,
+        warmup_steps=0,
+    )
+    # Every stage (old, paragon, new): 30 epochs of 256 items (steps 0), or `steps` steps.
+    c.train = dict(
+        batch_size=256,
+        epochs=30.0,
+        steps=steps,
+        log_every=20,
+        checkpoint_every=200,
+        keep_checkpoints=2,
+    )
     c.mesh = dict(num_devices=devices)
     c.eval = dict(ks=(1, 5, 10), fars=(1e-2, 1e-3), batch_size=1024)
     # Directories of an old model or a paragon to reuse (default: <workdir>/old, /paragon).

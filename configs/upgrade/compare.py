@@ -10,11 +10,11 @@ new->psi(old) (dmu, bict) and the paragon, new->old R@1, the update gain
 and the negative-flip rate of every method. `--config.sweep.key=K
 --config.sweep.grid=(..)` repeats every method for each value of K.
 
-Arguments after ':' as in the single-method configs (split, data, steps, devices).
+The recipe and the arguments after ':' (split, data, path, backbone, steps,
+devices) are configs/upgrade/common.py's.
 """
 
 from bebrjax.config import config_module
-from bebrjax.trainers.upgrade_methods import METHODS
 
 common = config_module(__file__, "common")
 
@@ -23,6 +23,6 @@ def get_config(arg=None):
     """The comparison config."""
     config = common.config_for("independent", arg)
     config.trainer = "upgrade_compare"
-    config.methods = tuple(METHODS)
+    config.methods = ("independent", "l2", "bct", "contrastive", "ract", "unibct", "dmu", "bict")
     config.sweep = dict(key="", grid=())
     return config

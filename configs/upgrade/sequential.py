@@ -3,10 +3,12 @@ r"""Sequential upgrades phi1 -> phi2 -> phi3: BCT, DMU and BiCT side by side.
     python -m bebrjax.main --workdir DIR --config configs/upgrade/sequential.py
     python -m bebrjax.main --workdir DIR --config configs/upgrade/sequential.py:data=digits
 
-Each step brings more classes (sequence.ratios) and a larger model
-(sequence.backbone_args, sequence.embedding_dims). BCT leaves the stored
-gallery as phi1 encoded it; DMU and BiCT upgrade it with psi at every step.
-The rest of the recipe is configs/upgrade/common.py's. Arguments after ':'
+Each step brings more classes (sequence.ratios: 30%, 60%, then all) and a
+larger model of one family (sequence.backbone_args, sequence.embedding_dims:
+MLPs to 32-, 48- and 64-d embeddings; small ResNets with data=digits). BCT
+leaves the stored gallery as phi1 encoded it; DMU and BiCT upgrade it with
+psi at every step. The rest of the recipe (data, split, losses, optimizer,
+schedule, evals) is configs/upgrade/common.py's. Arguments after ':'
 (e.g. `data=digits,steps=300`): data (classes, digits or labelled), path,
 steps, devices.
 """

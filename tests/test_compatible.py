@@ -5,19 +5,19 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import ROOT, compatible_overrides, run_in_process, run_main
+from conftest import ROOT, compatible_overrides, run_in_process, run_train
 
-from bebrjax import encode, export, upgrade
+from bebrjax.commands import encode, export, upgrade_gallery
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.data import DataError, synthetic
 from bebrjax.evaluators.retrieval import recall_at_k
-from bebrjax.heldout import held_out
 from bebrjax.inference import Binarizer, Versions, load
+from bebrjax.inference.heldout import held_out
+from bebrjax.inference.query import search_index
 from bebrjax.models.code_adapter import fit_ridge
-from bebrjax.query import search_index
 from bebrjax.search import BinaryIndex, codes
 from bebrjax.serving import load_bundle
-from bebrjax.trainers import compatible
+from bebrjax.trainers import compatible, compatible_preflight
 
 CELLS = ("old/old", "new/new", "new->old", "old->new", "new->psi(old)")
 
@@ -81,12 +81,12 @@ def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run
 
     curves = results["backfill"]["curves"]
     assert recall() == curves["random"][2]
-    assert upgrade.main(["--workdir", str(workdir), "--index", index]) == 0
+    assert upgrade_gallery.main(["--workdir", str(workdir), "--index", index]) == 0
     assert BinaryIndex.load(index).counts() == {"old": 0, "new": n // 2, "psi": n - n // 2}
     assert recall() == curves["psi"][2]
     # Nothing old is left: a second upgrade is an empty step that writes nothing.
     stamp = os.path.getmtime(os.path.join(index, "codes.npy"))
-    assert upgrade.main(["--workdir", str(workdir), "--index", index]) == 0
+    assert upgrade_gallery.main(["--workdir", str(workdir), "--index", index]) == 0
     assert os.path.getmtime(os.path.join(index, "codes.npy")) == stamp
     # The compatible run exports its new binarizer with the mixed index, and psi.
     bundle, psi_bundle = str(tmp_path / "bundle"), str(tmp_path / "psi")
@@ -102,7 +102,7 @@ def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run
     )
     capsys.readouterr()
     argv = ["--workdir", str(workdir), "--index", index, "--from", "psi", "--version", "psi"]
-    assert upgrade.main(argv) == 2
+    assert upgrade_gallery.main(argv) == 2
     assert "both 'psi'" in capsys.readouterr().err
     # A backfill step with a repeated id is refused in one line.
     np.savez(tmp_path / "bad.npz", doc=new_pairs.doc[:2], ids=np.array([3, 3]))
@@ -128,7 +128,7 @@ def test_bad_old_data_is_refused_before_anything_is_written(compatible_run, tmp_
     # The same old data: the finished old run is reused as it is.
     stamp = os.path.getmtime(workdir / "old" / "results.json")
     config = _config(f"old_workdir={workdir / 'old'}")
-    splits, stages, mesh = compatible.preflight(config, str(out))
+    splits, stages, mesh = compatible_preflight.preflight(config, str(out))
     compatible.run_stage(stages["old"], config.old_workdir, mesh)
     assert os.path.getmtime(workdir / "old" / "results.json") == stamp and not out.exists()
 
@@ -140,7 +140,7 @@ def test_a_missing_old_key_is_one_line_and_exit_2(tmp_path):
         **{k: rng.standard_normal((50, 8)) for k in ("query_new", "doc_new", "query_old")},
     )
     spec = f"configs/bebr/compatible.py:path={tmp_path / 'pairs.npz'}"
-    proc = run_main("--config", spec, "--workdir", str(tmp_path / "w"))
+    proc = run_train("--config", spec, "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "no array 'doc_old'" in err[0], proc.stderr

@@ -14,7 +14,7 @@ from bebrjax.config import (
     load_config,
     parse_arg,
 )
-from bebrjax.trainers import compatible
+from bebrjax.trainers import compatible_preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every config file resolved with its default and a few `:arg`s (and each stage of the
@@ -45,7 +45,7 @@ def resolve(name: str):
     if not stage:
         return config
     stage, _, groups_from = stage.partition("<")
-    return compatible.stage_config(config, stage, groups_from or None)
+    return compatible_preflight.stage_config(config, stage, groups_from or None)
 
 
 def dumped(config) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bebrjax import sharding
+from bebrjax.errors import DataError
 from bebrjax.search import (
     BinaryIndex,
     FloatIndex,
@@ -757,7 +758,7 @@ def test_compiled_searches_are_bounded_and_a_dropped_one_comes_back():
         np.testing.assert_array_equal(got, want)
 
 
-def test_rescoring_holds_one_block_of_vectors_and_equals_the_whole(monkeypatch):
+def test_rescoring_holds_one_block_of_vectors_and_equals_the_whole(monkeypatch, tmp_path):
     rng = np.random.default_rng(4)
     n, d, k, oversample, num = 500, 64, 5, 4, 600
     docs = rng.standard_normal((n, d)).astype(np.float32)
@@ -792,3 +793,29 @@ def test_rescoring_holds_one_block_of_vectors_and_equals_the_whole(monkeypatch):
     np.testing.assert_array_equal(
         rescore_lib.rescore(Shortlisted(), shortlist, queries, k, docs=docs)[1], want
     )
+    # From a file, rows are read by offset, never through a memory map (whose pages, and
+    # the kernel's neighbours of them, stay resident: 10 GB at 10M documents).
+    path = str(tmp_path / "docs.npy")
+    np.save(path, docs.astype(np.float16))
+    monkeypatch.setattr(np, "memmap", None)
+    got_scores, got = rescore_lib.rescore(Shortlisted(), shortlist, queries, k, docs=path)
+    np.testing.assert_array_equal(
+        got,
+        rescore_lib.rescore(Shortlisted(), shortlist, queries, k, docs=docs.astype(np.float16))[1],
+    )
+
+
+def test_rows_are_taken_by_offset_in_runs_and_a_short_file_is_named(tmp_path):
+    from bebrjax.data.rows import open_rows
+
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    np.save(tmp_path / "x.npy", x)
+    ids = np.array([0, 1, 2, 7, 9, 10, 19])
+    source = open_rows(str(tmp_path / "x.npy"))
+    np.testing.assert_array_equal(source.take(ids), x[ids])
+    np.testing.assert_array_equal(source.read(3, 5), x[3:5])  # reading on after a take
+    source.close()
+    whole = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(whole[: len(whole) - 8])
+    with pytest.raises(DataError, match="ends before row 19"):
+        open_rows(str(tmp_path / "short.npy")).take(ids)

@@ -6,8 +6,11 @@ Only the batch asked for is ever in memory, and the reads do not go through
 a memory map: every page of a mapped file that has been touched counts
 toward the process's resident memory, so a 7.7 GB corpus read through
 `np.load(mmap_mode="r")` ends with 7.7 GB of RSS, while read by offset it
-stays at one batch. `.npz` members are streamed (a compressed member can
-only be read forward: reading rows in order costs one pass).
+stays at one batch. `take` reads scattered rows the same way (a shortlist's
+float vectors: through a map, each row would bring its page and the
+kernel's neighbours of it into resident memory). `.npz` members are
+streamed (a compressed member can only be read forward: reading rows in
+order costs one pass).
 """
 
 from __future__ import annotations
@@ -70,6 +73,27 @@ class RowSource:
         if len(data) != want:
             raise DataError(f"{self.name}: the file ends before row {stop} (truncated?)")
         return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` (sorted, unique row numbers), each read by its file offset.
+
+        Only those rows are read; a run of consecutive ids is one read.
+
+        Raises:
+          DataError: when the file ends before a row (truncated).
+        """
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), *self.shape[1:]), self.dtype)
+        flat = out.reshape(len(ids), -1).view(np.uint8)
+        starts = np.flatnonzero(np.diff(ids, prepend=-2) != 1)  # the first id of each run
+        for first, stop in zip(starts, [*starts[1:], len(ids)], strict=True):
+            count = stop - first
+            self._stream.seek(self._offset + int(ids[first]) * self._row_bytes)
+            got = self._stream.readinto(flat[first:stop].reshape(-1))
+            if got != count * self._row_bytes:
+                raise DataError(f"{self.name}: the file ends before row {ids[stop - 1]}")
+        self._pos = -1  # `read` seeks again
+        return out
 
     def close(self) -> None:
         """Closes the file."""

@@ -9,9 +9,9 @@ k x `oversample` documents by their codes (exhaustive, or within an IVF
 index's probed lists), and those are ranked again by
 
   * `docs` given: the exact inner product of each float query with the
-    document's float vector, read from `docs` (an .npy file, memory-mapped:
-    only the shortlisted rows are read, in increasing row order, or an
-    array [N, d]);
+    document's float vector, read from `docs` (an .npy file, read by file
+    offset: only the shortlisted rows are read, in increasing row order, and
+    nothing is memory-mapped; or an array [N, d]);
   * `docs=None` (asymmetric): the inner product of the float query with the
     document's decoded code b / ||b|| (its cosine; no float gallery needed).
     The query must then live in the codes' space (width m): e.g. the float
@@ -28,15 +28,19 @@ at Q = 10k, k = 100, d = 768); the results do not depend on the blocks.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
+from bebrjax.data.rows import RowSource, open_rows
+from bebrjax.errors import DataError
+
 BLOCK_BYTES = 1 << 26  # float64 shortlist vectors held at once, [block, k x oversample, d]
 
 
-def open_docs(docs: str | np.ndarray, count: int) -> np.ndarray:
-    """`docs` (path of an .npy file, memory-mapped, or an array [N, d]), checked.
+def open_docs(docs: str | np.ndarray, count: int) -> RowSource | np.ndarray:
+    """`docs` (path of an .npy file, or an array [N, d]), checked.
 
     Args:
       docs: the documents' float vectors, row i of document i.
@@ -44,18 +48,21 @@ def open_docs(docs: str | np.ndarray, count: int) -> np.ndarray:
         rows (a longer file is another corpus, or misaligned with the index).
 
     Returns:
-      The float array [count, d] (a memory map for a path).
+      The array, or for a path the file opened for reading rows by offset
+      (`data.rows.RowSource.take`: not memory-mapped, so a shortlist's rows
+      add nothing to resident memory beyond themselves).
     """
     name = docs if isinstance(docs, str) else "the float documents"
     if isinstance(docs, str):
-        try:
-            docs = np.load(docs, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{name}: not a readable .npy file of float vectors ({e})") from None
-        if not isinstance(docs, np.ndarray):  # an .npz archive
-            docs.close()
+        if docs.endswith(".npz"):
             raise ValueError(f"{name}: an .npz archive; give the documents as one .npy file")
-    if docs.ndim != 2 or not np.issubdtype(docs.dtype, np.floating):
+        if not os.path.isfile(docs):
+            raise ValueError(f"{name}: not a readable .npy file of float vectors (no such file)")
+        try:
+            docs = open_rows(docs)
+        except DataError as e:
+            raise ValueError(f"{e} (the float documents)") from None
+    if len(docs.shape) != 2 or not np.issubdtype(docs.dtype, np.floating):
         raise ValueError(
             f"{name} must be a 2-D float array [N, d]; got {docs.dtype} {list(docs.shape)}"
         )
@@ -121,14 +128,20 @@ def rescore(
             raise ValueError(
                 f"float documents have width {docs.shape[1]}, the queries {queries.shape[1]}"
             )
-    _, shortlist = index.search(query_planes, min(codes.ntotal, k * oversample), **search_kwargs)
-    step = max(1, BLOCK_BYTES // (8 * shortlist.shape[1] * queries.shape[1]))
-    parts = [
-        _rescore_block(
-            codes, docs, queries[start : start + step], shortlist[start : start + step], k
+    try:
+        _, shortlist = index.search(
+            query_planes, min(codes.ntotal, k * oversample), **search_kwargs
         )
-        for start in range(0, len(shortlist), step)
-    ]
+        step = max(1, BLOCK_BYTES // (8 * shortlist.shape[1] * queries.shape[1]))
+        parts = [
+            _rescore_block(
+                codes, docs, queries[start : start + step], shortlist[start : start + step], k
+            )
+            for start in range(0, len(shortlist), step)
+        ]
+    finally:
+        if isinstance(docs, RowSource):
+            docs.close()
     if not parts:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -146,7 +159,9 @@ def _rescore_block(
         rows = codes.decoded(unique).astype(np.float64)
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     else:
-        rows = np.asarray(docs[unique], np.float64)
+        rows = (docs.take(unique) if isinstance(docs, RowSource) else docs[unique]).astype(
+            np.float64
+        )
     where = np.searchsorted(unique, shortlist)
     scores = np.einsum("qd,qkd->qk", queries.astype(np.float64), rows[where])
     order = np.lexsort((shortlist, -scores))[:, :k]

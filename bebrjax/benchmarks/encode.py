@@ -39,13 +39,20 @@ RSS_TARGET_MB, RATIO_TARGET = 2000, 0.67
 
 
 def write_corpus(
-    path: str, rows: int, dim: int, seed: int, clusters: int = 0, chunk: int = 262144
+    path: str,
+    rows: int,
+    dim: int,
+    seed: int,
+    clusters: int = 0,
+    spread: float = 0.25,
+    chunk: int = 262144,
 ) -> None:
     """Random float16 rows [rows, dim] written chunk by chunk to the .npy file `path`.
 
     With `clusters` > 0 each row is one of that many random centres plus
-    noise of a quarter its norm (a gallery with neighbourhoods, where an
-    inverted index has lists to find); else plain Gaussian rows.
+    Gaussian noise `spread` times the centres' scale (a gallery with
+    neighbourhoods, where an inverted index has lists to find); else plain
+    Gaussian rows.
     """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), np.float32) if clusters else None
@@ -57,7 +64,7 @@ def write_corpus(
             n = min(chunk, rows - start)
             x = rng.standard_normal((n, dim), np.float32)
             if centres is not None:
-                x = centres[rng.integers(0, clusters, n)] + 0.25 * x
+                x = centres[rng.integers(0, clusters, n)] + spread * x
             f.write(x.astype(np.float16).tobytes())
     os.replace(f"{path}.tmp", path)
 

@@ -4,7 +4,9 @@ r"""The serving pipeline at scale, stage by stage: wall time and peak memory of 
     python -m bebrjax.benchmarks.pipeline --rows 200000       # a quick look
 
 It writes a clustered synthetic gallery of `--rows` float16 rows
-(`benchmarks.encode.write_corpus`, d = 384) and `--queries` queries (noisy
+(`benchmarks.encode.write_corpus`, d = 384: `--clusters`
+centres, each row a centre plus Gaussian noise of `--spread` times its
+scale) and `--queries` queries (noisy
 copies of random gallery rows), trains a binarizer of the reference shape
 for a few steps when no `--workdir` is given (its speed and memory are
 measured, not its quality), then runs each stage as the user would, as a
@@ -128,10 +130,10 @@ def run(args: argparse.Namespace) -> dict:
     if not args.workdir and not os.path.isfile(os.path.join(workdir, "results.json")):
         _log("training a reference binarizer (d = m = 384, u = 1) ...")
         train_reference(workdir, DIM)
-    corpus = os.path.join(root, f"gallery_{args.rows}x{DIM}.npy")
+    corpus = os.path.join(root, f"gallery_{args.rows}x{DIM}_{args.clusters}_{args.spread}.npy")
     if not os.path.isfile(corpus):
         _log(f"writing {args.rows:,} x {DIM} float16 rows ...")
-        write_corpus(corpus, args.rows, DIM, args.seed, clusters=args.clusters)
+        write_corpus(corpus, args.rows, DIM, args.seed, args.clusters, args.spread)
     queries = os.path.join(root, "queries.npy")
     write_queries(queries, corpus, args.queries, args.seed)
     p = Pipeline(root, workdir, corpus, queries, args.rss_gb)
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000, help="gallery rows")
     parser.add_argument("--queries", type=int, default=10_000, help="queries searched")
     parser.add_argument("--clusters", type=int, default=20_000, help="centres of the gallery")
+    parser.add_argument("--spread", type=float, default=1.0, help="noise around a centre")
     parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 4 sqrt(N), <= 4096)")
     parser.add_argument("--target", type=float, default=0.95, help="IVF recall of exhaustive")
     parser.add_argument("--backfill", type=float, default=0.01, help="fraction backfilled")
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rows", "queries", "clusters", "nlist"):
         if getattr(args, name) < (0 if name == "nlist" else 1):
             parser.error(f"--{name} must be positive")
+    if args.spread <= 0:
+        parser.error("--spread must be positive")
     if not 0 < args.backfill <= 1 or not 0 < args.target <= 1:
         parser.error("--backfill and --target must be in (0, 1]")
     out = run(args)

@@ -1,3 +1,8 @@
 """bebrjax: binary embedding-based retrieval and compatible model upgrades in JAX."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bebrjax")  # pyproject.toml's, the one place it is set
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -1,11 +1,12 @@
-"""What every `python -m bebrjax.<verb>` command shares: its errors end in one line and exit 2.
+"""What every `bebrjax` subcommand shares: its errors end in one line and exit 2.
 
 Ctrl-C ends a command with one line and exit status 130: what it wrote
 (checkpoints, a partial index) is kept, and the same command resumes.
 
-A command's `main(argv)` parses its flags with argparse (which itself exits
-2 with a usage line on a bad flag) and calls a library function; `run`
-turns the errors a user can cause (a bad file, a bad workdir, an output in
+A subcommand's `main(argv)` (`bebrjax.commands`) parses its flags with
+argparse (which itself exits 2 with a usage line on a bad flag) and calls a
+library function; `run` (`execute`, for flags parsed otherwise) turns the
+errors a user can cause (a bad file, a bad workdir, an output in
 the way, a path the system refuses) into `error: <message>` on stderr and
 exit status 2. On N processes a process that fails exits at once
 (`distributed.exit_now`), so the launcher can stop the others.
@@ -35,7 +36,11 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parses `argv` (default: sys.argv) and runs `command`; returns the exit status."""
-    args = parser.parse_args(argv)
+    return execute(command, parser.parse_args(argv))
+
+
+def execute(command: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Runs `command(args)` through `attempt`; returns the exit status."""
     logging.set_verbosity(logging.WARNING)
     status, _ = attempt(lambda: command(args))
     return status

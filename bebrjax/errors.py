@@ -47,12 +47,17 @@ class PlanError(ValueError):
     """A scoring plan that cannot be used: missing, malformed, or unfit for the index or queries."""
 
 
+class FaissMissingError(ImportError):
+    """faiss is not installed: it is a bench/dev dependency of bebrjax, not a runtime one."""
+
+
 # What a user can cause, each one line on stderr and exit 2 from a command (`bebrjax.cli`).
 USER_ERRORS = (
     BundleError,
     CheckpointError,
     ConfigError,
     DataError,
+    FaissMissingError,
     IndexFormatError,
     IndexLockedError,
     LoadError,

@@ -5,7 +5,7 @@
     planes = bundle.encode(x)                  # float32 [N, d] -> int8 [N, u+1, m]
     scores, ids = bundle.search(queries, k=10) # when the bundle carries an index
 
-A bundle (written by `python -m bebrjax.export`) is a directory:
+A bundle (written by `bebrjax export`) is a directory:
   * `encoder.jax`: the trained function serialized by `jax.export`
     (StableHLO, symbolic batch dimension, the variables baked in as
     constants); `jax.export.deserialize(blob).call(x)` runs it without

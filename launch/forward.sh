@@ -6,13 +6,13 @@
 #   launch/forward.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-/tmp/bebr_forward}
-python -m bebrjax.main --workdir "$out/bict_sweep" --config configs/upgrade/bict_sweep.py
-python -m bebrjax.main --workdir "$out/sequential" --config configs/upgrade/sequential.py
-python -m bebrjax.main --workdir "$out/sequential_digits" \
+bebrjax train --workdir "$out/bict_sweep" --config configs/upgrade/bict_sweep.py
+bebrjax train --workdir "$out/sequential" --config configs/upgrade/sequential.py
+bebrjax train --workdir "$out/sequential_digits" \
   --config configs/upgrade/sequential.py:data=digits
 for seed in 0 1 2; do
-  python -m bebrjax.main --workdir "$out/dmu_seed$seed" --config configs/upgrade/compare.py \
+  bebrjax train --workdir "$out/dmu_seed$seed" --config configs/upgrade/compare.py \
     --config.methods='("bct","dmu","bict")' --config.seed=$seed
 done
-python -m bebrjax.main --workdir "$out/digits" --config configs/upgrade/compare.py:data=digits \
+bebrjax train --workdir "$out/digits" --config configs/upgrade/compare.py:data=digits \
   --config.methods='("bct","dmu","bict")'

@@ -19,4 +19,4 @@ if [[ ${1:-} == --cpu-devices ]]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$2"
   shift 2
 fi
-exec python -m bebrjax.main --config "$config" --workdir "$workdir" "$@"
+exec bebrjax train --config "$config" --workdir "$workdir" "$@"

@@ -12,8 +12,8 @@
 #     (read by bebrjax.distributed.initialize; CPU collectives use gloo);
 #   JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=D.
 # Knobs (environment): DEVICES_PER_PROCESS=D (default 1); PORT (default: a free
-# port); MODULE (default bebrjax.main; e.g. bebrjax.search with its own flags
-# after N, in place of CONFIG WORKDIR ...); PYTHON (default python).
+# port); COMMAND (default train; e.g. search, with its own flags after N in
+# place of CONFIG WORKDIR ...: `bebrjax COMMAND FLAGS`); PYTHON (default python).
 # Process 0 prints to this terminal; the others log to a temporary directory,
 # whose path is printed when one of them fails. When any process fails, the
 # others are stopped and its exit status is returned.
@@ -23,8 +23,8 @@ usage="usage: $0 N CONFIG WORKDIR [--config.key=value ...]"
 n=$1
 shift
 [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N='$n': must be a positive integer; $usage" >&2; exit 2; }
-module=${MODULE:-bebrjax.main}
-if [[ $module == bebrjax.main ]]; then
+command=${COMMAND:-train}
+if [[ $command == train ]]; then
   [[ $# -ge 2 ]] || { echo "$usage" >&2; exit 2; }
   set -- --config "$1" --workdir "$2" "${@:3}"
 fi
@@ -41,9 +41,9 @@ stop() { kill "${pids[@]}" 2>/dev/null || true; }
 trap 'stop; exit 130' INT TERM
 for ((i = 0; i < n; i++)); do
   if ((i == 0)); then
-    JAX_PROCESS_ID=$i "$python" -m "$module" "$@" &
+    JAX_PROCESS_ID=$i "$python" -m bebrjax "$command" "$@" &
   else
-    JAX_PROCESS_ID=$i "$python" -m "$module" "$@" >"$logs/process-$i.log" 2>&1 &
+    JAX_PROCESS_ID=$i "$python" -m bebrjax "$command" "$@" >"$logs/process-$i.log" 2>&1 &
   fi
   pids+=($!)
 done

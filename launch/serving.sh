@@ -7,15 +7,15 @@
 #   launch/serving.sh [OUT_DIR]        # default /tmp/bebr_serving
 set -euo pipefail
 out=${1:-/tmp/bebr_serving}
-python -m bebrjax.main --config configs/bebr/demo.py --workdir "$out/run"
-python -m bebrjax.heldout --workdir "$out/run" --out "$out/eval.npz" --overwrite
-python -m bebrjax.encode --workdir "$out/run" --input "$out/eval.npz" --key doc \
+bebrjax train --config configs/bebr/demo.py --workdir "$out/run"
+bebrjax heldout --workdir "$out/run" --out "$out/eval.npz" --overwrite
+bebrjax encode --workdir "$out/run" --input "$out/eval.npz" --key doc \
   --index "$out/docs.bebr" --overwrite
-python -m bebrjax.search --index "$out/docs.bebr" --workdir "$out/run" \
+bebrjax search --index "$out/docs.bebr" --workdir "$out/run" \
   --queries "$out/eval.npz" --key query --k 100 --out "$out/hits.npz" \
   --relevant "$out/eval.npz:relevant" --overwrite
-python -m bebrjax.export --workdir "$out/run" --out "$out/bundle" \
+bebrjax export --workdir "$out/run" --out "$out/bundle" \
   --index "$out/docs.bebr" --overwrite
-python -m bebrjax.search --index "$out/bundle/index" --bundle "$out/bundle" \
+bebrjax search --index "$out/bundle/index" --bundle "$out/bundle" \
   --queries "$out/eval.npz" --k 100 --out "$out/hits_bundle.npz" \
   --relevant "$out/eval.npz:relevant" --overwrite

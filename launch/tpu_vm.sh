@@ -8,7 +8,7 @@
 #   launch/tpu_vm.sh my-v5p-64 us-east5-a configs/bebr/reference.py gs://bucket/runs/ref
 #
 # What it sets: `gcloud compute tpus tpu-vm ssh --worker=all` runs, on every
-# host of the slice, `python -m bebrjax.main ... --distributed` in the
+# host of the slice, `python -m bebrjax train ... --distributed` in the
 # directory REPO (default ~/bebrjax, where bebrjax is installed: clone it and
 # `pip install -e .` on every worker first, e.g. with the same --worker=all
 # ssh); jax.distributed.initialize() finds the coordinator, the number of
@@ -26,4 +26,4 @@ shift 4
 repo=${REPO:-\~/bebrjax}
 printf -v overrides ' %q' "$@"
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command \
-  "cd $repo && python -m bebrjax.main --config $(printf %q "$config") --workdir $(printf %q "$workdir") --distributed$overrides"
+  "cd $repo && python -m bebrjax train --config $(printf %q "$config") --workdir $(printf %q "$workdir") --distributed$overrides"

@@ -6,6 +6,6 @@ set -euo pipefail
 out=${1:-/tmp/bebr_upgrade}
 arg=${2:-}
 for split in extended_data extended_class open_data open_class; do
-  python -m bebrjax.main --workdir "$out/$split" \
+  bebrjax train --workdir "$out/$split" \
     --config "configs/upgrade/compare.py:split=$split${arg:+,$arg}"
 done

@@ -24,7 +24,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -49,10 +52,10 @@ def interruptible(command: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", restore, *command[1:]], cwd=ROOT, **kwargs)
 
 
-def run_main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    """`python -m bebrjax.main ARGS` in a fresh process on one CPU device."""
+def run_train(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """`python -m bebrjax train ARGS` in a fresh process on one CPU device."""
     return subprocess.run(
-        [sys.executable, "-m", "bebrjax.main", *args],
+        [sys.executable, "-m", "bebrjax", "train", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -61,30 +64,27 @@ def run_main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+_BAR = re.compile(r"[\w ]*: *\d+%\|")  # a line of a tqdm progress bar
+
+
 def run_in_process(*args: str) -> tuple[int, str]:
-    """What `python -m bebrjax.main ARGS` ends with, run in this process: (exit status, stderr).
+    """What `bebrjax train ARGS` ends with, run in this process: (exit status, stderr).
 
-    It calls the `main.run` the command calls, and a user error becomes the
-    one line and status 2 that `main.main` makes of it; the command's own
-    parsing and exit are tested through `run_main`. For the many refusals
-    that end before any work, this saves a fresh interpreter each.
+    The same parsing and one-line errors as the command, without a fresh
+    interpreter each: for the many refusals that end before any work. The
+    command in its own process is tested through `run_train`. Progress bars
+    are left out of stderr.
     """
-    from bebrjax import main
-    from bebrjax.errors import USER_ERRORS
+    from bebrjax.commands import train
 
-    spec, workdir, overrides, rest = None, None, [], iter(args)
-    for arg in rest:
-        if arg in ("--config", "--workdir"):
-            spec, workdir = (next(rest), workdir) if arg == "--config" else (spec, next(rest))
-        elif arg.startswith("--config."):
-            overrides.append(arg[len("--config.") :])
-        else:
-            raise ValueError(f"run_in_process takes --config, --workdir and overrides: {arg}")
-    try:
-        main.run(spec, workdir, overrides)
-    except USER_ERRORS as e:
-        return 2, f"error: {e}\n"
-    return 0, ""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            status = train.main(list(args))
+        except SystemExit as e:  # argparse's usage error
+            status = e.code
+    lines = re.split(r"[\r\n]", err.getvalue())
+    return status, "".join(f"{line}\n" for line in lines if line and not _BAR.match(line))
 
 
 def tiny_overrides(steps: int = 12) -> list[str]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
-from bebrjax import encode, export, query
-from bebrjax.heldout import held_out, write_pairs
+from bebrjax.commands import encode, export, search
 from bebrjax.inference import load
+from bebrjax.inference.heldout import held_out, write_pairs
+from bebrjax.inference.query import search_index
 from bebrjax.models.binarizer import query_planes
 from bebrjax.search import BinaryIndex
 from bebrjax.serving import load_bundle
@@ -72,7 +73,7 @@ def test_index_command_and_bundle_serve_queries_as_evaluated(asymmetric_run, tmp
     for extra, row in (([], "binary"), (["--query-bits", "0"], "binary_symmetric")):
         capsys.readouterr()
         args = [*base, "--workdir", str(workdir), "--relevant", f"{pairs}:relevant", *extra]
-        assert query.main(args) == 0
+        assert search.main(args) == 0
         recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
         assert recall == {k: results["retrieval"][row][k] for k in ("R@1", "R@5", "R@10")}
     # A smaller budget of the same model: its first plane, searched with 4-bit queries.
@@ -82,13 +83,13 @@ def test_index_command_and_bundle_serve_queries_as_evaluated(asymmetric_run, tmp
     assert BinaryIndex.load(small).u == 0
     capsys.readouterr()
     args = ["--index", small, "--queries", pairs, "--k", "10", "--out", hits, "--overwrite"]
-    assert query.main([*args, "--workdir", str(workdir), "--relevant", f"{pairs}:relevant"]) == 0
+    assert search.main([*args, "--workdir", str(workdir), "--relevant", f"{pairs}:relevant"]) == 0
     recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
     (row,) = [r for r in results["budgets"] if (r["stored_bits"], r["query_bits"]) == (1, BITS)]
     assert recall == {k: row[k] for k in ("R@1", "R@5", "R@10")}
     assert encode.main([*argv[:-1], "3", "--overwrite"]) == 2
     assert "stored bits 3: the model's codes have 2 planes" in capsys.readouterr().err
-    ids, _ = query.search_index(index, pairs, k=10, workdir=str(workdir))
+    ids, _ = search_index(index, pairs, k=10, workdir=str(workdir))
     bundle = str(tmp_path / "bundle")
     args = ["--workdir", str(workdir), "--out", bundle, "--index", index, "--platforms", "cpu"]
     assert export.main(args) == 0
@@ -97,5 +98,5 @@ def test_index_command_and_bundle_serve_queries_as_evaluated(asymmetric_run, tmp
     x = np.load(pairs)["query"]
     np.testing.assert_array_equal(served.encode_query(x), load(str(workdir)).encode_query(x))
     np.testing.assert_array_equal(served.search(x, 10)[1], ids)
-    assert query.main([*base, "--bundle", bundle, "--query-bits", "3"]) == 2
+    assert search.main([*base, "--bundle", bundle, "--query-bits", "3"]) == 2
     assert "queries at 3 bits asked" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, interruptible, run_in_process, run_main, tiny_overrides
+from conftest import ROOT, interruptible, run_in_process, run_train, tiny_overrides
 
 # The demo on tiny shapes: checkpoints at steps 4 and 6 (train.checkpoint_every=4).
 DEMO = (
@@ -22,7 +22,7 @@ DEMO = (
 def demo_run(tmp_path_factory):
     """(workdir, process) of the tiny demo run through the command line, run once."""
     workdir = tmp_path_factory.mktemp("demo") / "run"
-    return workdir, run_main(*DEMO, "--workdir", str(workdir))
+    return workdir, run_train(*DEMO, "--workdir", str(workdir))
 
 
 def test_demo_run_writes_every_file(demo_run):
@@ -68,7 +68,7 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
     assert status == 2 and message in stderr and path in stderr
     assert not workdir.exists()
     if message == "non-finite":  # and from the command: one line, no traceback
-        proc = run_main(*args)
+        proc = run_train(*args)
         assert proc.returncode == 2 and proc.stderr == stderr
 
 
@@ -140,7 +140,7 @@ def test_config_errors_exit_nonzero_and_write_nothing(tmp_path, args, message):
 
 def test_a_config_error_is_one_line_and_exit_2_from_the_command(tmp_path):
     workdir = tmp_path / "run"
-    proc = run_main("--config", "configs/bebr/demo.py:bits=5", "--workdir", str(workdir))
+    proc = run_train("--config", "configs/bebr/demo.py:bits=5", "--workdir", str(workdir))
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "error: config argument 'bits' = 5: must be in [1, 4] (u = bits - 1)"
@@ -165,7 +165,7 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "run"
     args = [*DEMO, "--workdir", str(workdir), "--config.train.steps=120"]
     args += ["--config.train.checkpoint_every=10", "--config.mesh.num_devices=1"]
-    command = [sys.executable, "-m", "bebrjax.main", *args]
+    command = [sys.executable, "-m", "bebrjax", "train", *args]
     run = interruptible(command, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     for _ in range(600):
@@ -224,7 +224,7 @@ def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(de
 
     for corrupt, moved_to in ((truncate_data, "6"), (empty_metadata, "6.1")):
         corrupt(checkpoints / "6")
-        proc = run_main(*args)
+        proc = run_train(*args)
         assert proc.returncode == 0, proc.stderr
         lines = _stderr_lines(proc)
         assert len(lines) == 1, lines
@@ -244,7 +244,7 @@ def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(de
     truncate_data(checkpoints / "4")
     empty_metadata(checkpoints / "6")
     before = _files(workdir)
-    proc = run_main(*args)
+    proc = run_train(*args)
     (error,) = _stderr_lines(proc)
     assert proc.returncode == 2
     assert error.startswith(f"error: {checkpoints}: no checkpoint can be read")
@@ -257,7 +257,7 @@ def test_one_class_of_labelled_data_exits_2_before_writing(tmp_path):
     np.savez(path, x=np.ones((40, 4), np.float32), y=np.full(40, 7))
     workdir = tmp_path / "run"
     config = f"configs/upgrade/bct.py:data=labelled,path={path}"
-    proc = run_main("--workdir", str(workdir), "--config", config)
+    proc = run_train("--workdir", str(workdir), "--config", config)
     (error,) = _stderr_lines(proc)
     assert proc.returncode == 2 and error.startswith(f"error: {path}: labels 'y' hold one class")
     assert not workdir.exists()
@@ -314,17 +314,17 @@ def test_a_workdir_belongs_to_one_running_process(tmp_path):
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == -9
     wd.claim(workdir)  # ... this process takes it, so a second run is refused at once.
-    proc = run_main("--config", "configs/bebr/demo.py", "--workdir", workdir)
+    proc = run_train("--config", "configs/bebr/demo.py", "--workdir", workdir)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "in use by another running process" in err[0]
     assert sorted(os.listdir(workdir)) == ["config.json"]
 
 
 def test_no_arguments_and_a_file_as_workdir_are_one_line(tmp_path):
-    proc = run_main()
-    assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m bebrjax.main")
+    proc = run_train()
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bebrjax train")
     assert len(proc.stderr.strip().splitlines()) == 2
     (tmp_path / "file").write_text("kept")
-    proc = run_main("--config", "configs/bebr/demo.py", "--workdir", str(tmp_path / "file"))
+    proc = run_train("--config", "configs/bebr/demo.py", "--workdir", str(tmp_path / "file"))
     assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and (tmp_path / "file").read_text() == "kept"

@@ -8,10 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from bebrjax import export, fit_plan, query, sharding
+from bebrjax import sharding
+from bebrjax.commands import export, fit_plan, search
 from bebrjax.errors import PlanError
 from bebrjax.evaluators.retrieval import recall_at_k
-from bebrjax.heldout import held_out
+from bebrjax.inference.heldout import held_out
+from bebrjax.inference.query import search_versions
 from bebrjax.search import BinaryIndex, ShardedIndex
 from bebrjax.search import codes as codes_lib
 from bebrjax.search import plan as plan_lib
@@ -181,13 +183,13 @@ def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path
     n = len(new_pairs)
     np.savez(tmp_path / "old.npz", doc=old_pairs.doc, query=old_pairs.query)
     np.savez(tmp_path / "new.npz", doc=new_pairs.doc, query=new_pairs.query)
-    from bebrjax import encode
+    from bebrjax.commands import encode
 
     index = str(tmp_path / "gallery.bebr")
     argv = ["--workdir", str(workdir / "old"), "--input", str(tmp_path / "old.npz")]
     assert encode.main([*argv, "--key", "doc", "--index", index]) == 0
     # Only old documents: the plan names "new", which the index lacks.
-    search = ["--index", index, "--k", "10", "--out", str(tmp_path / "hits.npz"), "--overwrite"]
+    flags = ["--index", index, "--k", "10", "--out", str(tmp_path / "hits.npz"), "--overwrite"]
     models = [
         "--queries",
         f"old={tmp_path / 'old.npz'}",
@@ -195,7 +197,7 @@ def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path
         f"new={tmp_path / 'new.npz'}",
     ]
     capsys.readouterr()
-    assert query.main([*search, "--plan", plan_path, *models]) == 2
+    assert search.main([*flags, "--plan", plan_path, *models]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "['new'] that the index lacks" in err, err
     half = np.random.default_rng(0).permutation(n)[: n // 2]  # the run's random order, f = 0.5
@@ -203,30 +205,30 @@ def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path
     step = str(tmp_path / "step.npz")
     argv = ["--workdir", str(workdir / "new"), "--input", step, "--index", index, "--ids", step]
     assert encode.main(argv) == 0
-    assert query.main([*search, "--plan", plan_path, *models]) == 0
+    assert search.main([*flags, "--plan", plan_path, *models]) == 0
     ids = np.load(tmp_path / "hits.npz")["ids"]
     curve = results["backfill"]["curves"]["version_aware"]
     assert recall_at_k(ids, (10,))["R@10"] == curve[2]
-    library, _ = query.search_versions(
+    library, _ = search_versions(
         index, {"old": old_pairs.query, "new": new_pairs.query}, k=10, plan=plan_path
     )
     np.testing.assert_array_equal(library, ids)
     # The plan's bundle answers the same from the command line.
     bundle = str(tmp_path / "bundle")
     assert export.main(["--plan", plan_path, "--out", bundle, "--platforms", "cpu"]) == 0
-    assert query.main([*search, "--bundle", bundle, *models]) == 0
+    assert search.main([*flags, "--bundle", bundle, *models]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "hits.npz")["ids"], ids)
     # Refusals, one line each: a query model missing, a plan of another width.
     for extra, message in [
         (models[:2], "queries were given for ['old']"),
         ([*models, "--nprobe", "2"], "do not go with it"),
     ]:
-        assert query.main([*search, "--plan", plan_path, *extra]) == 2
+        assert search.main([*flags, "--plan", plan_path, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     wide = plan_lib.from_dict({**plan.to_dict(), "m": 8})
     wide.save(str(tmp_path / "wide.json"))
-    assert query.main([*search, "--plan", str(tmp_path / "wide.json"), *models]) == 2
+    assert search.main([*flags, "--plan", str(tmp_path / "wide.json"), *models]) == 2
     assert "fitted on codes of width m=8" in capsys.readouterr().err
 
 

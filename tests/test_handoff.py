@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_overrides
 
-from bebrjax import encode, heldout, ivf, main, query
-from bebrjax import to_faiss as command
+from bebrjax.commands import ivf, search
+from bebrjax.commands import to_faiss as to_faiss_command
+from bebrjax.inference.corpus import encode_corpus
+from bebrjax.inference.heldout import held_out, write_pairs
 from bebrjax.search import BinaryIndex
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.handoff import faiss_queries, to_faiss
+from bebrjax.trainers import train
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is a dev/bench dependency")
 
@@ -179,7 +182,10 @@ def test_command_writes_a_faiss_index(tmp_path, capsys, u, kind, read):
     index, _ = make_index(500, u, 72)
     index.save(str(tmp_path / "index"))
     out = str(tmp_path / "gallery.faiss")
-    assert command.main(["--index", str(tmp_path / "index"), "--out", out, "--kind", kind]) == 0
+    assert (
+        to_faiss_command.main(["--index", str(tmp_path / "index"), "--out", out, "--kind", kind])
+        == 0
+    )
     line, summary = capsys.readouterr().out.strip().split("\n")
     summary = json.loads(summary)
     assert line.startswith("wrote 500 documents as faiss")
@@ -189,11 +195,14 @@ def test_command_writes_a_faiss_index(tmp_path, capsys, u, kind, read):
     assert back.ntotal == 500 and type(back).__name__ == summary["faiss_class"]
     assert sorted(os.listdir(tmp_path)) == ["gallery.faiss", "index"]  # no temporary left
     before = os.path.getmtime(out)
-    assert command.main(["--index", str(tmp_path / "index"), "--out", out, "--kind", kind]) == 2
+    assert (
+        to_faiss_command.main(["--index", str(tmp_path / "index"), "--out", out, "--kind", kind])
+        == 2
+    )
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert os.path.getmtime(out) == before  # kept
     argv = ["--index", str(tmp_path / "index"), "--out", out, "--kind", kind, "--overwrite"]
-    assert command.main(argv) == 0 and getattr(faiss, read)(out).ntotal == 500
+    assert to_faiss_command.main(argv) == 0 and getattr(faiss, read)(out).ntotal == 500
 
 
 def test_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
@@ -210,11 +219,11 @@ def test_command_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monke
         (["--index", str(tmp_path / "index"), "--out", str(tmp_path / "no" / "f")], "No such file"),
     ]
     for argv, message in cases:
-        assert command.main(argv) == 2
+        assert to_faiss_command.main(argv) == 2
         stderr = capsys.readouterr().err
         assert stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr
     monkeypatch.setitem(sys.modules, "faiss", None)
-    assert command.main(["--index", str(tmp_path / "index"), "--out", out]) == 2
+    assert to_faiss_command.main(["--index", str(tmp_path / "index"), "--out", out]) == 2
     assert capsys.readouterr().err == (
         "error: faiss is not installed: pip install faiss-cpu (bebrjax's bench extra)\n"
     )
@@ -226,10 +235,10 @@ def one_plane_run(tmp_path_factory):
     """A tiny u = 0 binarizer served with code queries, its held-out pairs and their index."""
     run, tmp = tmp_path_factory.mktemp("u0"), tmp_path_factory.mktemp("u0_index")
     config = os.path.join(ROOT, "configs/bebr/demo.py:bits=1,query_bits=0")
-    main.run(config, str(run), tiny_overrides(steps=4))
+    train(config, str(run), tiny_overrides(steps=4))
     pairs, index = str(tmp / "eval.npz"), str(tmp / "docs.bebr")
-    heldout.write_pairs(pairs, heldout.held_out(str(run)))
-    encode.encode_corpus(str(run), pairs, index, progress=False)
+    write_pairs(pairs, held_out(str(run)))
+    encode_corpus(str(run), pairs, index, progress=False)
     return str(run), pairs, index
 
 
@@ -243,7 +252,7 @@ def test_search_command_with_faiss_equals_bebrjax_flat_and_ivf(one_plane_run, tm
         for engine in ("bebrjax", "faiss"):
             hits[engine] = str(tmp_path / f"{engine}.npz")
             argv = [*common, *where, "--engine", engine, "--out", hits[engine], "--overwrite"]
-            assert query.main(argv) == 0
+            assert search.main(argv) == 0
         with np.load(hits["bebrjax"]) as want, np.load(hits["faiss"]) as got:
             np.testing.assert_array_equal(got["ids"], want["ids"])
             np.testing.assert_array_equal(got["scores"], want["scores"])
@@ -273,10 +282,10 @@ def test_search_command_refuses_what_faiss_cannot_serve(
         argv = [*common, *args, *out]
         if "--plan" in args:
             argv = [a for a in argv if a not in ("--workdir", run)]
-        assert query.main(argv) == 2
+        assert search.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     monkeypatch.setitem(sys.modules, "faiss", None)
-    assert query.main([*common, "--index", index, *out]) == 2
+    assert search.main([*common, "--index", index, *out]) == 2
     assert "faiss is not installed" in capsys.readouterr().err
     assert not os.path.exists(out[1])

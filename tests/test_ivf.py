@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bebrjax import encode, sharding
-from bebrjax import ivf as ivf_command
-from bebrjax import query as query_command
+from bebrjax import sharding
+from bebrjax.commands import encode, search
+from bebrjax.commands import ivf as ivf_command
+from bebrjax.inference.query import search_index
 from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, ivf_train, kmeans, topk
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.compiled import CompiledCache
@@ -223,8 +224,8 @@ def test_a_backfill_step_on_a_saved_ivf_index_keeps_its_lists(binarizer_run, tmp
     assert (after.lists[replaced] != before.lists[replaced]).any()  # replaced docs moved
     hits = str(tmp_path / "hits.npz")
     argv = ["--index", path, "--workdir", workdir, "--queries", str(queries), "--k", "10"]
-    assert query_command.main([*argv, "--nprobe", "4", "--out", hits]) == 0
-    expected, _ = query_command.search_index(fresh, str(queries), k=10, workdir=workdir, nprobe=4)
+    assert search.main([*argv, "--nprobe", "4", "--out", hits]) == 0
+    expected, _ = search_index(fresh, str(queries), k=10, workdir=workdir, nprobe=4)
     with np.load(hits) as found:
         np.testing.assert_array_equal(found["ids"], expected)
 

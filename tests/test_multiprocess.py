@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, kill_and_resume, tiny_overrides
 
-from bebrjax import distributed, encode, heldout, main, query
-from bebrjax.encode import as_binarizer
+from bebrjax import distributed
 from bebrjax.errors import ConfigError
+from bebrjax.inference.corpus import as_binarizer, encode_corpus
+from bebrjax.inference.heldout import held_out, write_pairs
 from bebrjax.inference.plans import fit_runs
+from bebrjax.inference.query import read_queries, search_index, search_versions
 from bebrjax.search import BinaryIndex
+from bebrjax.trainers import train
 
 LAUNCHERS = ("multiprocess.sh", "slurm.sbatch", "tpu_vm.sh")
 UPGRADE = [
@@ -41,11 +44,11 @@ UPGRADE = [
 ]
 
 
-def start(n: int, *args: str, module: str | None = None) -> subprocess.Popen:
+def start(n: int, *args: str, command: str | None = None) -> subprocess.Popen:
     """Starts `launch/multiprocess.sh n ARGS` with 2 CPU devices per process."""
     env = {**os.environ, "XLA_FLAGS": "", "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
-    if module:
-        env["MODULE"] = module
+    if command:
+        env["COMMAND"] = command
     # Files, not pipes: nothing blocks while the launch runs unattended.
     out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
     launched = subprocess.Popen(
@@ -70,9 +73,9 @@ def finish(launched: subprocess.Popen) -> str:
     return out.read()
 
 
-def launch(n: int, *args: str, module: str | None = None) -> str:
+def launch(n: int, *args: str, command: str | None = None) -> str:
     """`launch/multiprocess.sh n ARGS` with 2 CPU devices per process, to the end."""
-    return finish(start(n, *args, module=module))
+    return finish(start(n, *args, command=command))
 
 
 def losses(workdir) -> list[tuple[int, float]]:
@@ -103,7 +106,7 @@ def two_process_demo(tmp_path_factory):
     overrides = [f"--config.{o}" for o in tiny_overrides()]
     two, one = tmp_path_factory.mktemp("demo2"), tmp_path_factory.mktemp("demo1")
     launched = start(2, "configs/bebr/demo.py", str(two), *overrides)
-    main.run("configs/bebr/demo.py", str(one), [*tiny_overrides(), "mesh.num_devices=4"])
+    train("configs/bebr/demo.py", str(one), [*tiny_overrides(), "mesh.num_devices=4"])
     return one, two, finish(launched)
 
 
@@ -124,7 +127,7 @@ def test_upgrade_method_equals_one_process(tmp_path):
     is the new model with the influence loss through the old classifier.
     """
     config, one, two = "configs/upgrade/bct.py", tmp_path / "one", tmp_path / "two"
-    main.run(config, str(one), [*UPGRADE, "mesh.num_devices=4"])
+    train(config, str(one), [*UPGRADE, "mesh.num_devices=4"])
     shared = [f"old_workdir={one / 'old'}", f"paragon_workdir={one / 'paragon'}"]
     launch(2, config, str(two), *[f"--config.{o}" for o in UPGRADE + shared])
     same_losses(one / "new", two / "new")
@@ -134,12 +137,12 @@ def test_upgrade_method_equals_one_process(tmp_path):
 def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
     _, run, _ = two_process_demo
     pairs, index = str(tmp_path / "eval.npz"), str(tmp_path / "docs.bebr")
-    heldout.write_pairs(pairs, heldout.held_out(str(run)))
-    encode.encode_corpus(str(run), pairs, index, progress=False)
+    write_pairs(pairs, held_out(str(run)))
+    encode_corpus(str(run), pairs, index, progress=False)
     hits = str(tmp_path / "hits.npz")
     args = ["--index", index, "--workdir", str(run), "--queries", pairs, "--k", "40"]
-    launch(2, *args, "--out", hits, module="bebrjax.search")
-    ids, scores = query.search_index(index, pairs, k=40, workdir=str(run))
+    launch(2, *args, "--out", hits, command="search")
+    ids, scores = search_index(index, pairs, k=40, workdir=str(run))
     with np.load(hits) as got:
         np.testing.assert_array_equal(got["ids"], ids)
         np.testing.assert_array_equal(got["scores"], scores)
@@ -147,12 +150,12 @@ def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
     plan = str(tmp_path / "plan.json")
     fit_runs({"old": str(run), "new": str(run)}, {"old": {"new": 0.5}}, pairs=200).save(plan)
     mixed = str(tmp_path / "mixed.bebr")
-    encode.encode_corpus(str(run), pairs, mixed, progress=False, version="old")
+    encode_corpus(str(run), pairs, mixed, progress=False, version="old")
     with np.load(pairs) as held:
         half = np.arange(0, len(held["doc"]), 2)
         np.savez(tmp_path / "step.npz", doc=held["doc"][half])
     step = str(tmp_path / "step.npz")
-    encode.encode_corpus(str(run), step, mixed, progress=False, version="new", ids=half)
+    encode_corpus(str(run), step, mixed, progress=False, version="new", ids=half)
     queries = ["--queries", f"old={pairs}", "--queries", f"new={pairs}"]
     launch(
         2,
@@ -166,9 +169,9 @@ def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
         "--out",
         hits,
         "--overwrite",
-        module="bebrjax.search",
+        command="search",
     )
-    ids, scores = query.search_versions(mixed, {"old": pairs, "new": pairs}, k=40, plan=plan)
+    ids, scores = search_versions(mixed, {"old": pairs, "new": pairs}, k=40, plan=plan)
     with np.load(hits) as got:
         np.testing.assert_array_equal(got["ids"], ids)
         np.testing.assert_array_equal(got["scores"], scores)
@@ -189,12 +192,12 @@ def test_sharded_search_of_duplicates_equals_brute_force(two_process_demo, tmp_p
     """Best codes stored more than k + SPARE times: each process sends bounded candidates."""
     _, run, _ = two_process_demo
     pairs, index, hits = (str(tmp_path / f) for f in ("eval.npz", "docs.bebr", "hits.npz"))
-    heldout.write_pairs(pairs, heldout.held_out(str(run)))
-    encode.encode_corpus(str(run), pairs, index, progress=False)
+    write_pairs(pairs, held_out(str(run)))
+    encode_corpus(str(run), pairs, index, progress=False)
     gallery = BinaryIndex.load(index)
     model = as_binarizer(str(run))
     planes = model.encode_query(
-        query.read_queries(pairs, "query", model.dim), 512, bits=gallery.query_bits
+        read_queries(pairs, "query", model.dim), 512, bits=gallery.query_bits
     )
     best = exact_top(gallery, planes[:6], 1)[:, 0]
     every = gallery.planes(np.arange(gallery.ntotal))
@@ -203,7 +206,7 @@ def test_sharded_search_of_duplicates_equals_brute_force(two_process_demo, tmp_p
     gallery.add(every[np.random.default_rng(0).permutation(len(every))])  # on both halves
     gallery.save(index)
     args = ["--index", index, "--workdir", str(run), "--queries", pairs, "--k", "10"]
-    launch(2, *args, "--out", hits, module="bebrjax.search")
+    launch(2, *args, "--out", hits, command="search")
     with np.load(hits) as got:
         np.testing.assert_array_equal(got["ids"], exact_top(gallery, planes, 10))
 

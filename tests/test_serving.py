@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, interruptible
 
-from bebrjax import encode, heldout, inference, ivf, query
+from bebrjax import inference
+from bebrjax.commands import encode, export, heldout, ivf, search
 from bebrjax.data.upgrade_splits import load_labelled
 from bebrjax.evaluators.compatibility import compatibility_matrix
-from bebrjax.export import export_bundle
-from bebrjax.export import main as export_main
+from bebrjax.inference.corpus import encode_corpus
+from bebrjax.inference.export import export_bundle
+from bebrjax.inference.query import search_index
 from bebrjax.search import BinaryIndex, IndexFormatError
 from bebrjax.search import plan as plan_lib
 from bebrjax.search.fusion import search_fused
@@ -64,7 +66,7 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
     assert encode.main(argv) == 0
     capsys.readouterr()
     argv = ["--index", index, "--workdir", str(workdir), "--queries", pairs, "--k", "20"]
-    assert query.main([*argv, "--out", hits, "--relevant", f"{pairs}:relevant"]) == 0
+    assert search.main([*argv, "--out", hits, "--relevant", f"{pairs}:relevant"]) == 0
     recall = _last_json(capsys.readouterr().out)["recall"]
     binary = results["retrieval"]["binary"]
     assert recall == {k: binary[k] for k in ("R@1", "R@5", "R@10")}
@@ -73,7 +75,7 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
         assert saved["scores"].dtype == np.float32
         assert np.all(np.diff(saved["scores"], axis=1) <= 0)
     argv = [*argv[:-1], "1", "--out", hits, "--relevant", f"{pairs}:relevant", "--overwrite"]
-    assert query.main(argv) == 0  # --k 1: only R@1 can be told
+    assert search.main(argv) == 0  # --k 1: only R@1 can be told
     assert _last_json(capsys.readouterr().out)["recall"] == {"R@1": binary["R@1"]}
     # inverted lists: every list probed is the exhaustive answer; rescoring reads float docs
     ivf_index, docs = str(tmp_path / "docs.ivf"), str(tmp_path / "docs.npy")
@@ -87,7 +89,7 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
         "rescored": [*argv, "--index", ivf_index, "--nprobe", "2", "--rescore", docs],
     }
     for name, args in runs.items():
-        assert query.main([*args, "--out", str(tmp_path / f"{name}.npz")]) == 0
+        assert search.main([*args, "--out", str(tmp_path / f"{name}.npz")]) == 0
     with np.load(hits) as exhaustive, np.load(tmp_path / "ivf.npz") as probed:
         np.testing.assert_array_equal(probed["ids"][:, :1], exhaustive["ids"])
     with np.load(tmp_path / "rescored.npz") as rescored:
@@ -101,7 +103,7 @@ def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, ca
         (["--index", index, "--rescore", longer], "129 rows, but the index holds 128"),
         (["--index", index, "--rescore", pairs], "an .npz archive"),
     ]:
-        assert query.main([*argv, *args, "--out", str(tmp_path / "no.npz")]) == 2
+        assert search.main([*argv, *args, "--out", str(tmp_path / "no.npz")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
     assert ivf.main(["--index", index, "--out", ivf_index, "--nlist", "4"]) == 2
@@ -128,7 +130,7 @@ def test_encode_stopped_and_resumed_gives_the_identical_index(binarizer_run, tmp
     corpus = tmp_path / "corpus.npy"
     np.save(corpus, _inputs(60_000, seed=2).astype(np.float16))
     out = tmp_path / "index"
-    command = [sys.executable, "-m", "bebrjax.encode", "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "bebrjax", "encode", "--workdir", str(workdir)]
     command += ["--input", str(corpus), "--index", str(out), "--batch-size", "256"]
     progress = tmp_path / "index.partial" / "progress.json"
     proc = interruptible(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -155,7 +157,7 @@ def test_encode_stopped_and_resumed_gives_the_identical_index(binarizer_run, tmp
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert 0 < _last_json(done.stdout)["resumed_from"] < 60_000
-    encode.encode_corpus(
+    encode_corpus(
         str(workdir), str(corpus), str(tmp_path / "straight"), batch_size=256, progress=False
     )
     _same_files(out, tmp_path / "straight")
@@ -299,7 +301,7 @@ def bundle(binarizer_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundle")
     docs = _inputs(300, seed=3)
     np.save(tmp / "docs.npy", docs)
-    encode.encode_corpus(str(workdir), str(tmp / "docs.npy"), str(tmp / "index"), progress=False)
+    encode_corpus(str(workdir), str(tmp / "docs.npy"), str(tmp / "index"), progress=False)
     manifest = export_bundle(str(workdir), str(tmp / "bundle"), index=str(tmp / "index"))
     return tmp / "bundle", manifest
 
@@ -352,7 +354,7 @@ def test_search_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path
         (["--index", str(tmp_path)], "not a saved index"),
     ]:
         argv = ["--workdir", str(workdir), "--queries", queries, "--out", hits, *args]
-        assert query.main(argv) == 2
+        assert search.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
         assert not os.path.exists(hits)
@@ -371,7 +373,7 @@ def test_export_refuses_bad_requests_in_one_line(binarizer_run, bundle, tmp_path
         (["--index", str(tmp_path / "other")], "holds codes of width m=32"),
     ]:
         argv = ["--workdir", str(workdir), "--out", out, *extra]
-        assert export_main(argv) == 2
+        assert export.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
         assert not os.path.exists(out)
@@ -582,11 +584,11 @@ def test_export_refuses_bad_plans_in_one_line(binarizer_run, plan_bundle, tmp_pa
         (["--plan", str(plan_path), "--part", "new"], "--part new: a plan bundle"),
         (["--plan", str(tmp_path / "nope.json")], "no such scoring plan"),
     ]:
-        assert export_main(["--out", out, *args]) == 2
+        assert export.main(["--out", out, *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
         assert not os.path.exists(out)
-    assert export_main(["--out", out, "--plan", str(plan_path), "--platforms", "cpu"]) == 0
+    assert export.main(["--out", out, "--plan", str(plan_path), "--platforms", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert _last_json(printed)["kind"] == "plan" and "encoders/new.jax" in printed
     assert load_bundle(out).models == ("old", "new")
@@ -602,4 +604,4 @@ def test_asymmetric_rescoring_of_a_sharded_index_is_refused_in_one_line(binarize
     local = BinaryIndex(model.code_dim, model.loops)
     local.add(model.encode(x))
     with pytest.raises(DataError, match="--asymmetric decodes the shortlist's codes"):
-        query.search_index(ShardedIndex(local), x, k=5, workdir=str(workdir), asymmetric=True)
+        search_index(ShardedIndex(local), x, k=5, workdir=str(workdir), asymmetric=True)

@@ -14,7 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from conftest import ROOT, run_in_process, tiny_overrides
 
-from bebrjax import checkpoint, distributed, encode, export
+from bebrjax import checkpoint, distributed
+from bebrjax.commands import encode, export
+from bebrjax.inference import export as export_lib
 from bebrjax.search import BinaryIndex, safe_write
 from bebrjax.search.writer import IndexWriter
 from bebrjax.serving import load_bundle
@@ -37,7 +39,7 @@ def _encoded(workdir, tmp_path, n=48, name="index"):
 
 
 def _step(workdir, tmp_path, index, ids, seed, name):
-    """`python -m bebrjax.encode` arguments of a backfill step of `ids` to version "new"."""
+    """`bebrjax encode` arguments of a backfill step of `ids` to version "new"."""
     np.save(tmp_path / f"{name}-rows.npy", _rows(len(ids), seed))
     np.save(tmp_path / f"{name}-ids.npy", np.asarray(ids, np.int64))
     return [
@@ -124,7 +126,7 @@ def test_a_backfill_step_is_refused_while_another_writes_the_index_and_none_is_l
         assert entered.wait(WAIT)  # the first step holds the index: replaced in memory, not saved
         before = _snapshot(index)
         proc = subprocess.run(
-            [sys.executable, "-m", "bebrjax.encode", *second],
+            [sys.executable, "-m", "bebrjax", "encode", *second],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -184,7 +186,7 @@ def test_an_export_bundles_one_generation_of_an_index_being_backfilled(
     index = _encoded(workdir, tmp_path)
     steps = [_step(workdir, tmp_path, index, [0, 1, 2], seed=2 + i, name=f"s{i}") for i in (0, 1)]
     argv = ["--workdir", str(workdir), "--index", str(index), "--platforms", "cpu", "--out"]
-    real_copy, real_serialize, backfilled = shutil.copyfile, export.serialize, []
+    real_copy, real_serialize, backfilled = shutil.copyfile, export_lib.serialize, []
 
     def copy_then_backfill(src, dst, **kwargs):  # another writer, after the copy's first file
         out = real_copy(src, dst, **kwargs)
@@ -214,7 +216,7 @@ def test_an_export_bundles_one_generation_of_an_index_being_backfilled(
             backfilled.append(encode.main(steps[1]))
         return out
 
-    monkeypatch.setattr(export, "serialize", serialize_then_backfill)
+    monkeypatch.setattr(export_lib, "serialize", serialize_then_backfill)
     assert export.main([*argv, str(tmp_path / "after")]) == 0
     monkeypatch.undo()
     assert backfilled == [2, 0]

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from bebrjax import encode, heldout, query, sharding
+from bebrjax import sharding
+from bebrjax.commands import encode, heldout, search
 from bebrjax.config import ConfigError
 from bebrjax.data import get_data
 from bebrjax.trainers import binarizer
@@ -107,7 +108,7 @@ def test_the_command_line_scores_grouped_pairs_as_the_run_does(tiny_config, tmp_
     assert encode.main(["--workdir", workdir, "--input", pairs, "--index", index]) == 0
     capsys.readouterr()
     argv = ["--index", index, "--workdir", workdir, "--queries", pairs, "--k", "10"]
-    assert query.main([*argv, "--out", str(tmp_path / "hits.npz"), "--relevant", pairs]) == 0
+    assert search.main([*argv, "--out", str(tmp_path / "hits.npz"), "--relevant", pairs]) == 0
     recall = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["recall"]
     binary = results["retrieval"]["binary"]
     assert recall == {k: binary[k] for k in ("R@1", "R@5", "R@10")}

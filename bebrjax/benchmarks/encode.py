@@ -1,4 +1,4 @@
-r"""Encoding benchmark: `python -m bebrjax.encode` end to end against the bare forward pass.
+r"""Encoding benchmark: `bebrjax encode` end to end against the bare forward pass.
 
     python -m bebrjax.benchmarks.encode                     # 2M x 384 float16, d = m = 384, u = 1
     python -m bebrjax.benchmarks.encode --rows 200000       # a quicker look
@@ -133,7 +133,7 @@ def measured(command: list[str]) -> tuple[str, float, float]:
 
 def end_to_end(workdir: str, corpus: str, index: str, batch_size: int) -> tuple[dict, float]:
     """(the encode command's summary, its peak RSS in MB)."""
-    command = [sys.executable, "-m", "bebrjax.encode", "--workdir", workdir, "--input", corpus]
+    command = [sys.executable, "-m", "bebrjax", "encode", "--workdir", workdir, "--input", corpus]
     command += ["--index", index, "--batch-size", str(batch_size), "--overwrite"]
     out, peak_mb, _ = measured(command)
     return json.loads(out.splitlines()[-1]), peak_mb

@@ -59,8 +59,8 @@ from tqdm.auto import tqdm
 from bebrjax.benchmarks import ivf_report
 from bebrjax.benchmarks.search import best_times
 from bebrjax.data.synthetic import get_data
-from bebrjax.encode import as_binarizer
 from bebrjax.inference import Binarizer
+from bebrjax.inference.corpus import as_binarizer
 from bebrjax.search import BinaryIndex, kmeans
 from bebrjax.search.codes import query_codes
 from bebrjax.search.handoff import faiss_queries, to_faiss

@@ -12,9 +12,9 @@ for a few steps when no `--workdir` is given (its speed and memory are
 measured, not its quality), then runs each stage as the user would, as a
 command in a child process:
 
-  1. encode: `python -m bebrjax.encode` of the gallery into an index;
-  2. IVF lists: `python -m bebrjax.ivf` (`--nlist`, 64 training points per list);
-  3. exhaustive search: `python -m bebrjax.search`, k = 10;
+  1. encode: `bebrjax encode` of the gallery into an index;
+  2. IVF lists: `bebrjax ivf` (`--nlist`, 64 training points per list);
+  3. exhaustive search: `bebrjax search`, k = 10;
   4. IVF search: nprobe 1, 2, 4, ... until Recall@10 of the exhaustive top 10
      reaches `--target` (a document tied with the 10th counts); the table
      shows the first nprobe that does;
@@ -86,10 +86,10 @@ class Pipeline:
         """A file of the run's directory."""
         return os.path.join(self.root, name)
 
-    def stage(self, name: str, module: str, args: list[str], index: str, **extra) -> str:
-        """Runs `python -m module args`, records its row (judged on `index`); its stdout."""
+    def stage(self, name: str, command: str, args: list[str], index: str, **extra) -> str:
+        """Runs `bebrjax command args`, records its row (judged on `index`); its stdout."""
         _log(f"{name} ...")
-        out, peak_mb, seconds = measured([sys.executable, "-m", module, *args])
+        out, peak_mb, seconds = measured([sys.executable, "-m", "bebrjax", command, *args])
         limit = self.limit_gb + _size_gb(index)
         row = dict(stage=name, seconds=round(seconds, 1), peak_rss_gb=round(peak_mb / 1e3, 2))
         row.update(limit_gb=round(limit, 2), met=peak_mb / 1e3 <= limit, **extra)
@@ -101,7 +101,7 @@ class Pipeline:
         """A search stage of the queries, k = 10; its Recall@10 of `exhaustive` (1.0 without)."""
         args = ["--index", index, "--workdir", self.workdir, "--queries", self.queries]
         args += ["--k", str(K), "--out", hits, "--overwrite", *flags]
-        self.stage(name, "bebrjax.search", args, index)
+        self.stage(name, "search", args, index)
         if not exhaustive:
             return 1.0
         recall = recall_of_exhaustive(hits, exhaustive)
@@ -139,10 +139,10 @@ def run(args: argparse.Namespace) -> dict:
     p = Pipeline(root, workdir, corpus, queries, args.rss_gb)
     index, ivf, exhaustive = p.path("gallery.bebr"), p.path("gallery.ivf"), p.path("exh.npz")
     flags = ["--workdir", workdir, "--input", corpus, "--index", index, "--overwrite"]
-    summary = json.loads(p.stage("encode", "bebrjax.encode", flags, index).splitlines()[-1])
+    summary = json.loads(p.stage("encode", "encode", flags, index).splitlines()[-1])
     nlist = args.nlist or int(min(4096, 2 ** round(np.log2(4 * np.sqrt(args.rows)))))
     flags = ["--index", index, "--out", ivf, "--nlist", str(nlist), "--sample", str(64 * nlist)]
-    p.stage("IVF lists", "bebrjax.ivf", [*flags, "--overwrite"], ivf)
+    p.stage("IVF lists", "ivf", [*flags, "--overwrite"], ivf)
     p.search("search, exhaustive", index, exhaustive)
     nprobe, recall = 1, 0.0
     while True:
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     p.search(where, ivf, p.path("r.npz"), *probe, *rescore)
     ids, rows = backfill_files(root, corpus, args.backfill, args.seed)
     flags = ["--workdir", workdir, "--input", rows, "--ids", ids, "--index", ivf]
-    p.stage(f"backfill step ({args.backfill:.0%} of the documents)", "bebrjax.encode", flags, ivf)
+    p.stage(f"backfill step ({args.backfill:.0%} of the documents)", "encode", flags, ivf)
     where = f"search, IVF nprobe {nprobe}, after the backfill"
     p.search(where, ivf, p.path("after.npz"), *probe, exhaustive=exhaustive)
     return {

@@ -119,7 +119,8 @@ def train_runs(data: str | None, out: str) -> list[str]:
                 raise SystemExit(f"error: {workdir} holds a run on other data; pick another --out")
         else:
             print(f"training {workdir} ({spec})", file=sys.stderr, flush=True)
-            command = [sys.executable, "-m", "bebrjax.main", "--config", spec, "--workdir", workdir]
+            command = [sys.executable, "-m", "bebrjax", "train", "--config", spec]
+            command += ["--workdir", workdir]
             subprocess.run(command, check=True, cwd=ROOT)
         workdirs.append(workdir)
     return workdirs

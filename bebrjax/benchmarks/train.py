@@ -12,7 +12,7 @@ Models (the real configs, their step unchanged):
     the frozen old classifier, batch 256).
 Each runs as the real command in a child process, with the same total
 device count both ways:
-  * 1 process x 2D devices: `python -m bebrjax.main ...` with
+  * 1 process x 2D devices: `bebrjax train ...` with
     XLA_FLAGS=--xla_force_host_platform_device_count=2D;
   * 2 processes x D devices: `launch/multiprocess.sh 2 ...` with
     DEVICES_PER_PROCESS=D (CPU devices, jax.distributed over gloo).
@@ -172,7 +172,7 @@ def run_child(
     if processes == 1:
         count = f"--xla_force_host_platform_device_count={devices}"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {count}".strip()
-        command = [sys.executable, "-m", "bebrjax.main", "--config", path, "--workdir", workdir]
+        command = [sys.executable, "-m", "bebrjax", "train", "--config", path, "--workdir", workdir]
     else:
         env.update(DEVICES_PER_PROCESS=str(devices), PYTHON=sys.executable)
         command = ["bash", "launch/multiprocess.sh", str(processes), path, workdir]

@@ -33,6 +33,16 @@ uint8 images that the backbone scales), and psi the stored old embeddings.
 The normalization is the same operation as the loaders' numpy division; run
 inside XLA it can differ from numpy's in the last bit of a float, which
 flipped one code in 200,000 rows in a measurement (docs/serving.md).
+
+What is made with a finished run, each a function of plain arguments (for
+a notebook) behind a `bebrjax` command (`bebrjax.commands`), lives in its
+own module of this package, imported by name:
+  * `corpus.encode_corpus`: a corpus into a `BinaryIndex`, or a backfill step;
+  * `query.search_index`, `query.search_versions`: queries encoded and searched;
+  * `export.export_bundle`: a serving bundle (`bebrjax.serving` serves it);
+  * `heldout.held_out`: a binarizer run's held-out pairs;
+  * `gallery.upgrade_gallery`: stored old codes to the new version by psi;
+  * `describe.describe`: what a workdir, index, bundle or scoring plan holds.
 """
 
 from bebrjax.inference.loaders import LOADERS, load, read_config

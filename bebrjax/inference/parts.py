@@ -78,6 +78,13 @@ class Encoder:
                 )
         return sharding.batched_apply(self.forward, self.variables, x, self.mesh, batch_size)
 
+    def __repr__(self) -> str:
+        shape = ", ".join(map(str, self.input_shape))
+        return (
+            f"Encoder(name={self.name!r}, kind={self.kind!r}, step={self.step}, "
+            f"input=[N, {shape}] {np.dtype(self.input_dtype).name})"
+        )
+
     def output_spec(self) -> jax.ShapeDtypeStruct:
         """Shape (of one row) and dtype of the output."""
         out = jax.eval_shape(
@@ -127,6 +134,20 @@ class Loaded:
     config: ml_collections.ConfigDict
     parts: Mapping[str, Encoder]
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in self.summary().items())
+        return f"{type(self).__name__}({fields})"
+
+    def summary(self) -> dict[str, Any]:
+        """What the one-line repr shows: the workdir, the trainer, the step, the parts."""
+        steps = sorted({encoder.step for encoder in self.parts.values()})
+        return {
+            "workdir": self.workdir,
+            "trainer": self.trainer,
+            "step": steps[0] if len(steps) == 1 else steps,
+            "parts": list(self.parts),
+        }
+
     def part(self, name: str | None = None) -> Encoder:
         """The part called `name` (None: the run's main part, the first one).
 
@@ -165,6 +186,16 @@ class Binarizer(Loaded):
     def loops(self) -> int:
         """u: every code has u+1 bit planes."""
         return int(self.config.model.loops)
+
+    def summary(self) -> dict[str, Any]:
+        """The workdir, the step, d, m and u."""
+        return {
+            "workdir": self.workdir,
+            "step": self.encoder.step,
+            "d": self.dim,
+            "m": self.code_dim,
+            "u": self.loops,
+        }
 
     def provenance(self) -> dict[str, Any]:
         """Where its codes come from: {"workdir" (absolute), "step", "m", "u"}."""
@@ -225,6 +256,10 @@ class Upgrade(Loaded):
         """phi_new: inputs -> new embeddings."""
         return self.parts["new"]
 
+    def summary(self) -> dict[str, Any]:
+        """The workdir, the method, the step and the parts."""
+        return {**super().summary(), "method": self.method}
+
     def upgrade(self, stored: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """psi(stored old embeddings): the gallery moved to the new space, no raw data.
 
@@ -237,8 +272,11 @@ class Upgrade(Loaded):
 class Runs(dict):
     """The upgrades of a comparison or a sequence, by name."""
 
+    def __repr__(self) -> str:
+        return f"Runs({', '.join(self)})"
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Versions(Loaded):
     """A compatible-codes run: binarizers "old", "new", "independent", and psi.
 
@@ -248,6 +286,11 @@ class Versions(Loaded):
     """
 
     binarizers: Mapping[str, Binarizer] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The workdir, the step(s), the parts and each binarizer's m and u."""
+        codes = {name: f"m={run.code_dim}, u={run.loops}" for name, run in self.binarizers.items()}
+        return {**super().summary(), "codes": codes}
 
     def binarizer(self, name: str) -> Binarizer:
         """The binarizer run `name` ("old", "new" or "independent").

@@ -6,7 +6,7 @@ so whoever runs it needs jax and numpy only and any batch size works. The
 constants pass through `lax.optimization_barrier`, which keeps XLA from
 folding them (e.g. the BatchNorm scale into its rsqrt) at compile time: the
 function runs the very arithmetic the loaded part runs, and its outputs are
-bit-identical. `bebrjax.export` writes these functions into bundles.
+bit-identical. `bebrjax.inference.export` writes these functions into bundles.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bebrjax.errors import FaissMissingError
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.index import BinaryIndex
 from bebrjax.search.ivf import IVFIndex
@@ -51,10 +52,6 @@ if TYPE_CHECKING:
 KINDS = ("flat", "ivf", "hnsw")
 TRAIN_PER_LIST = 64  # k-means training codes per inverted list (faiss warns below 39)
 _CHUNK_BYTES = 1 << 26  # working memory per chunk of documents converted
-
-
-class FaissMissingError(ImportError):
-    """faiss is not installed: it is a bench/dev dependency of bebrjax, not a runtime one."""
 
 
 def import_faiss() -> Any:

@@ -122,6 +122,12 @@ class BinaryIndex(BlockedIndex):
         found = np.bincount(self._doc_versions, minlength=len(self._versions))
         return {name: int(n) for name, n in zip(self._versions, found, strict=True)}
 
+    def __repr__(self) -> str:
+        return (
+            f"BinaryIndex(count={self.ntotal}, m={self.m}, u={self.u}, "
+            f"metric={self.metric!r}, versions={self.counts()})"
+        )
+
     @property
     def bytes_per_doc(self) -> int:
         """Stored bytes per document: planes, float32 1/||b||, uint8 version if several."""

@@ -128,6 +128,9 @@ class IVFIndex:
         """Version name -> how many documents hold a code of that version."""
         return self.codes.counts()
 
+    def __repr__(self) -> str:
+        return f"IVFIndex(nlist={self.nlist}, codes={self.codes!r})"
+
     @property
     def lists(self) -> np.ndarray:
         """Each document's list, int32 [ntotal]."""
@@ -229,7 +232,7 @@ class IVFIndex:
         """An IVF index over the documents of `codes` (shared, not copied).
 
         Args:
-          codes: the documents, e.g. `BinaryIndex.load` of what `bebrjax.encode` wrote.
+          codes: the documents, e.g. `BinaryIndex.load` of what `bebrjax encode` wrote.
           nlist: inverted lists.
           train_on: points to train the quantizer on (see `train`); default
             a sample of the index's own decoded codes.

@@ -72,6 +72,10 @@ class ShardedIndex:
         self.offset = int(self._counts[: jax.process_index()].sum())
         self.ntotal = int(self._counts.sum())
 
+    def __repr__(self) -> str:
+        where = f"process {jax.process_index()} of {jax.process_count()}"
+        return f"ShardedIndex(count={self.ntotal}, {where}, local={self.local!r})"
+
     @property
     def m(self) -> int:
         """Code width (bits per plane)."""
@@ -85,7 +89,7 @@ class ShardedIndex:
         memory-mapped: it reads only its own rows from disk.
 
         Args:
-          path: an index directory written by `BinaryIndex.save` or `bebrjax.encode`.
+          path: an index directory written by `BinaryIndex.save` or `bebrjax encode`.
           **kwargs: as for `BinaryIndex.load` (kernel, layout).
 
         Raises:

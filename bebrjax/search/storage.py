@@ -275,7 +275,7 @@ def read_ivf_meta(path: str, m: int) -> dict:
     if not os.path.isfile(name):
         raise IndexFormatError(
             f"{path}: a BinaryIndex without inverted lists (no {IVF_FILE}); build them "
-            "with IVFIndex.from_index or python -m bebrjax.ivf"
+            "with IVFIndex.from_index or `bebrjax ivf`"
         )
     meta = read_json(name, IndexFormatError)
     if not isinstance(meta, dict) or meta.get("format") != IVF_FORMAT:

@@ -1,6 +1,6 @@
-"""Fit a scoring plan for version-aware search over finished binarizer runs.
+"""`bebrjax fit-plan`: a scoring plan for version-aware search over finished binarizer runs.
 
-    python -m bebrjax.fit_plan --run old=W/old --run independent=W/independent \
+    bebrjax fit-plan --run old=W/old --run independent=W/independent \
         [--score old=new:0.5] --out plan.json [--pairs 4000] \
         [--calibration negatives|margin] [--seed 0] [--overwrite]
 
@@ -11,19 +11,19 @@ lets another model's queries score that version too, with weight W (e.g.
 a compatible new model's queries on the old documents). The calibrations
 are fitted on a seeded sample of the runs' training pairs, which must be
 the same pairs (`bebrjax.inference.plans.fit_runs`). The plan is written
-whole or not at all; `python -m bebrjax.search --plan` and
-`python -m bebrjax.export --plan` take it.
+whole or not at all; `bebrjax search --plan` and `bebrjax export --plan`
+take it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 from bebrjax import cli, report
 from bebrjax import workdir as wd
+from bebrjax.commands import command_parser
 from bebrjax.errors import PlanError
 from bebrjax.inference.plans import fit_runs
 
@@ -58,10 +58,7 @@ def parse_scores(values: Sequence[str]) -> dict[str, dict[str, float]]:
 
 def parser() -> argparse.ArgumentParser:
     """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m bebrjax.fit_plan",
-        description="Fit a scoring plan (version-aware search) over finished binarizer runs.",
-    )
+    p = command_parser("fit-plan")
     p.add_argument("--run", action="append", required=True, help="NAME=WORKDIR, repeated")
     p.add_argument("--score", action="append", default=[], help="VERSION=MODEL:WEIGHT,...")
     p.add_argument("--out", required=True, help="the plan .json to write")
@@ -97,10 +94,6 @@ def _command(args: argparse.Namespace) -> None:
     cli.print_summary(report.table(head, rows), {"plan": args.out, **plan.to_dict()})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bebrjax.fit_plan`; returns the exit status."""
+def main(argv: Sequence[str]) -> int:
+    """`bebrjax fit-plan`; returns the exit status."""
     return cli.run(parser(), _command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,39 +1,35 @@
 """Upgrade the stored codes of an index to the new version, from the codes alone.
 
-    python -m bebrjax.upgrade --workdir W --index OUT [--ids PATH[:key]] \
-        [--from old] [--version psi] [--batch-size 8192]
+    upgrade_gallery(W, "gallery.bebr")      # what `bebrjax upgrade-gallery` does
 
 W is a finished compatible-codes run (`configs/bebr/compatible.py`). Every
-document of OUT whose codes are of version `--from` (or only the given
-`--ids`) gets new-version codes computed from its stored old codes, with no
-raw data and no float embeddings: psi maps each decoded old code to a
-prediction of the new binarizer's code and requantizes it (see
-`bebrjax.models.code_adapter`). The `--from` codes must be the codes of the
-run's old binarizer: the index records each version's name and loops, not
-the model that made it, so only their shape is checked. They are recorded as version `--version`
-("psi" by default, so an index tells which documents were moved this way).
-The index is rewritten crash-safely (`bebrjax.search.backfill`): killed at
-any point, OUT holds either the old index or the upgraded one.
+document of the index whose codes are of version `source` (or only the
+given `ids`) gets new-version codes computed from its stored old codes,
+with no raw data and no float embeddings: psi maps each decoded old code
+to a prediction of the new binarizer's code and requantizes it (see
+`bebrjax.models.code_adapter`). The `source` codes must be the codes of
+the run's old binarizer: the index records each version's name and loops,
+not the model that made it, so only their shape is checked. They are
+recorded as version `version` ("psi" by default, so an index tells which
+documents were moved this way). The index is rewritten crash-safely
+(`bebrjax.search.backfill`): interrupted at any point, it holds either the
+old index or the upgraded one.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
-from bebrjax import cli
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
-from bebrjax.encode import backfill_step, print_backfill
 from bebrjax.inference import LoadError, Versions, load
+from bebrjax.inference.corpus import backfill_step
 from bebrjax.search import BinaryIndex
 
 
-def upgrade_codes(
+def upgrade_gallery(
     model: Versions | str,
     index_path: str,
     *,
@@ -59,9 +55,12 @@ def upgrade_codes(
     Raises:
       LoadError: when `model` is not a finished compatible-codes run;
       DataError: when the index has no version `source`, the ids are not of
-        that version, or its codes are not the shape psi reads.
+        that version, its codes are not the shape psi reads, or the batch
+        size is not positive.
     """
     clock = time.perf_counter()
+    if batch_size <= 0:
+        raise DataError(f"batch size {batch_size}: must be > 0")
     if source == version:
         raise DataError(
             f"{index_path}: the stored codes' version and the new one are both {source!r}"
@@ -92,41 +91,3 @@ def upgrade_codes(
     planes = index.planes(ids)[:, : want[0]]
     upgraded = psi(planes, batch_size) if len(ids) else planes  # an empty step writes nothing
     return backfill_step(index, index_path, ids, upgraded, version, clock)
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m bebrjax.upgrade",
-        description="Move an index's stored old codes to the new version with psi (no raw data).",
-    )
-    p.add_argument("--workdir", required=True, help="a finished compatible-codes run")
-    p.add_argument("--index", required=True, help="the index to upgrade in place")
-    p.add_argument("--ids", help="PATH[:key]: only these documents (default: all of --from)")
-    p.add_argument("--from", dest="source", default="old", help="the old codes' version (old)")
-    p.add_argument("--version", default="psi", help="the upgraded codes' version (psi)")
-    p.add_argument("--batch-size", type=int, default=8192, help="rows per batch (8192)")
-    return p
-
-
-def _command(args: argparse.Namespace) -> None:
-    if args.batch_size <= 0:
-        raise DataError(f"batch size {args.batch_size}: must be > 0")
-    summary = upgrade_codes(
-        args.workdir,
-        args.index,
-        ids=args.ids,
-        source=args.source,
-        version=args.version,
-        batch_size=args.batch_size,
-    )
-    print_backfill(summary)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bebrjax.upgrade`; returns the exit status."""
-    return cli.run(parser(), _command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,54 +1,50 @@
-"""Encode a corpus into a `BinaryIndex` on disk, batch by batch, resumably.
+"""Encode a corpus into a `BinaryIndex` on disk, batch by batch, resumably (`bebrjax encode`).
 
-    python -m bebrjax.encode --workdir W --input PATH [--key doc] --index OUT \
-        [--batch-size 8192] [--overwrite] [--version NAME]
-    python -m bebrjax.encode --workdir W --input PATH --index OUT --ids PATH[:key]  # backfill
+    encode_corpus(workdir, "docs.npy", "gallery.bebr")              # a new index
+    encode_corpus(workdir, "step.npz", "gallery.bebr", ids="step.npz:ids")  # a backfill step
 
-PATH is an .npy file, an .npz archive (the array `--key`) or a directory of
-`<key>.npy` files, of float embeddings [N, d] (any float dtype, any scale:
-rows are normalized as in training). Rows are read by file offset a batch
-at a time, encoded by the binarizer of W, packed and written at their place
-in OUT (see `bebrjax.search.writer`), so memory stays O(batch) whatever N.
-Killed at any point, the same command continues where it stopped and ends
-with the same index as an uninterrupted run; until it finishes, OUT does not
-exist (the rows are in OUT.partial). An existing OUT is kept unless
-`--overwrite`. A bad input (wrong width, a non-finite or all-zero row, no
-rows) is one line on stderr, exit status 2, and leaves nothing behind.
+The input is an .npy file, an .npz archive (the array `key`) or a directory
+of `<key>.npy` files, of float embeddings [N, d] (any float dtype, any
+scale: rows are normalized as in training). Rows are read by file offset a
+batch at a time, encoded by the binarizer, packed and written at their
+place in the index (see `bebrjax.search.writer`), so memory stays
+O(batch) whatever N. Interrupted at any point, the same call continues
+where it stopped and ends with the same index as an uninterrupted one;
+until it finishes, the index does not exist (the rows are in
+`<index>.partial`). An existing index is kept unless `overwrite`. A bad
+input (wrong width, a non-finite or all-zero row, no rows) raises
+`DataError` and leaves nothing behind.
 
-On N processes (the start-up flags of `bebrjax.distributed`) every
-process encodes its part of each batch on its devices and process 0 writes
-the index, which is the one process's, byte for byte.
+On N processes (`bebrjax.distributed`) every process encodes its part of
+each batch on its devices and process 0 writes the index, which is the
+one process's, byte for byte.
 
-The codes are recorded in the index as version `--version` (default: the
-workdir's name). With `--ids`, the input's rows are the new embeddings of
-those documents of the existing index OUT (row r is document ids[r]): a
+The codes are recorded in the index as version `version` (default: the
+workdir's name). With `ids`, the input's rows are the new embeddings of
+those documents of the existing index (row r is document ids[r]): a
 backfill step that replaces their codes by this model's, as a new version
 beside the old codes (a compatible binarizer's queries search both,
-`configs/bebr/compatible.py`). The step rewrites OUT crash-safely: killed at
-any point, OUT holds either the old index or the new one.
+`configs/bebr/compatible.py`). The step rewrites the index crash-safely:
+interrupted at any point, it holds either the old index or the new one.
 
-One writer at a time (`bebrjax.search.safe_write.index_lock`): a second encode
-into OUT.partial, or a backfill step while another writer (a step, an
-encode's final rename, an export's copy) holds OUT, is refused in one line
-naming the holder and its pid, exit status 2, having written nothing; run it
-again when the other has finished.
+One writer at a time (`bebrjax.search.safe_write.index_lock`): a second
+encode into `<index>.partial`, or a backfill step while another writer (a
+step, an encode's final rename, an export's copy) holds the index, raises
+`IndexLockedError` naming the holder and its pid, having written nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
-import sys
 import time
-from collections.abc import Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from bebrjax import cli, distributed, report, sharding
+from bebrjax import distributed, sharding
 from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError, row_norms
 from bebrjax.data.rows import RowSource, open_rows, read_ids
@@ -301,14 +297,6 @@ def _step_summary(index: BinaryIndex, path: str, replaced: int, version: str, cl
     }
 
 
-def print_backfill(summary: dict) -> None:
-    """A backfill step's summary as a table and a JSON line."""
-    counts = ", ".join(f"{name}: {n}" for name, n in summary["versions"].items())
-    head = ["index", "version", "replaced", "docs per version", "seconds"]
-    row = [summary["index"], summary["version"], summary["replaced"], counts, summary["seconds"]]
-    cli.print_summary(report.table(head, [row]), summary)
-
-
 def _missing_parent(path: str) -> str | None:
     """The outermost missing directory above `path`, which writing `path` would create."""
     missing, parent = None, os.path.dirname(path)
@@ -356,65 +344,3 @@ def _write(writer: IndexWriter | None, bar, planes, rows: int) -> None:
     if writer is not None:
         writer.write(planes)
     bar.update(rows)
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m bebrjax.encode",
-        description="Encode float embeddings into a binary index with a trained binarizer.",
-    )
-    p.add_argument("--workdir", required=True, help="a finished binarizer run")
-    p.add_argument("--input", required=True, help=".npy, .npz, or a directory of <key>.npy")
-    p.add_argument("--key", default="doc", help="the array in an .npz or directory (doc)")
-    p.add_argument("--index", required=True, help="the index directory to write")
-    p.add_argument("--batch-size", type=int, default=8192, help="rows per batch (8192)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
-    p.add_argument(
-        "--ids",
-        help="PATH[:key]: a backfill step: the input's rows replace these docs of --index",
-    )
-    p.add_argument("--version", help="the codes' version name (default: the workdir's name)")
-    p.add_argument("--stored-bits", type=int, help="store the codes' first N planes (default: all)")
-    distributed.add_arguments(p)
-    return p
-
-
-def _command(args: argparse.Namespace) -> None:
-    distributed.initialize_from(args)
-    summary = encode_corpus(
-        args.workdir,
-        args.input,
-        args.index,
-        key=args.key,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        ids=args.ids,
-        version=args.version,
-        stored_bits=args.stored_bits,
-    )
-    if not distributed.is_primary():
-        return
-    if args.ids is not None:
-        print_backfill(summary)
-        return
-    head = ["index", "rows", "resumed from", "bits/doc", "MB", "seconds", "rows/s"]
-    row = [
-        summary["index"],
-        summary["rows"],
-        summary["resumed_from"],
-        summary["m"] * (summary["u"] + 1),
-        f"{summary['bytes'] / 1e6:.1f}",
-        summary["seconds"],
-        f"{summary['rows_per_sec']:.0f}",
-    ]
-    cli.print_summary(report.table(head, [row]), summary)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bebrjax.encode`; returns the exit status."""
-    return cli.run(parser(), _command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

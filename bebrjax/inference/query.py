@@ -1,62 +1,48 @@
-"""Search a saved index with queries encoded by a trained binarizer or a bundle.
+"""Search a saved index with queries encoded by a trained binarizer or a bundle (`bebrjax search`).
 
-    python -m bebrjax.search --index OUT (--workdir W | --bundle B) --queries PATH \
-        [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite] \
-        [--nprobe N] [--rescore DOCS.npy | --asymmetric] [--oversample 4]
-    python -m bebrjax.search --index OUT (--plan P | --bundle B) \
-        --queries MODEL=PATH [--queries MODEL=PATH ...] --k 10 --out hits.npz ...
+    ids, scores = search_index("gallery.bebr", "queries.npy", k=10, workdir=W)
+    ids, scores = search_versions("gallery.bebr", {"old": x_old, "new": x_new}, k=10, plan=P)
 
-The queries (float embeddings [Q, d] in an .npy, an .npz key or a directory
-of <key>.npy) are encoded by the model of a workdir or an exported bundle:
-the one that encoded the index's documents, or a compatible newer version
-(`configs/bebr/compatible.py`) whose codes search an old or a mixed-version
-index; each document is scored with the code of its own version, exactly
-(SDC, ties to the lower id). A query code wider than the index's is
-compared on the index's width (the shared prefix). With `--nprobe N` an
-IVF index (`python -m bebrjax.ivf`) is searched in each query's N nearest
-lists; `--rescore DOCS.npy` ranks the top k x `--oversample` again by the
+`search_index` encodes float queries [Q, d] (an array, or an .npy, an .npz
+key or a directory of <key>.npy) with the model of a workdir or an exported
+bundle: the one that encoded the index's documents, or a compatible newer
+version (`configs/bebr/compatible.py`) whose codes search an old or a
+mixed-version index; each document is scored with the code of its own
+version, exactly (SDC, ties to the lower id). A query code wider than the
+index's is compared on the index's width (the shared prefix). With
+`nprobe` an IVF index (`bebrjax ivf`) is searched in each query's nprobe
+nearest lists; `rescore_docs` ranks the top k x `oversample` again by the
 float inner product with the documents' float embeddings (only those rows
-are read), `--asymmetric` by the float query against the decoded codes
-(see `bebrjax.search.rescore`). `--engine faiss` serves an index of
-u = 0 codes, flat or IVF, with faiss's binary kernels, the same answer
-(`bebrjax.search.handoff.FaissSearch`). hits.npz holds `ids`
-int64 [Q, k] and `scores` float32 [Q, k], written whole or not at all.
-With `--relevant` (one relevant doc id per query, an integer array [Q], or
-[Q, R] padded with -1 for several) Recall@1/5/10 is printed as a table
-(Recall@j for the j <= k only: a smaller k cannot tell the others).
+are read), `asymmetric` by the float query against the decoded codes (see
+`bebrjax.search.rescore`). `engine="faiss"` serves an index of u = 0
+codes, flat or IVF, with faiss's binary kernels, the same answer
+(`bebrjax.search.handoff.FaissSearch`).
 
-With `--plan P` (`python -m bebrjax.fit_plan`, or a compatible run's
-W/plans/<policy>.json) the search is version-aware (`bebrjax.search.fusion`):
-`--queries MODEL=PATH` once per query model of the plan (old and new
-encoders take different embeddings), each encoded by its model (loaded
-from the run the plan records), every document scored by the queries of
-the models that score its version, calibrated and fused, exactly. A
-bundle exported with `--plan` does the same with `--bundle B`.
+`search_versions` is version-aware search (`bebrjax.search.fusion`) under a
+scoring plan (`bebrjax fit-plan`, or a compatible run's
+W/plans/<policy>.json) or a bundle exported with one: each query model
+encodes its own queries (old and new encoders take different embeddings),
+loaded from the run the plan records, and every document is scored by the
+queries of the models that score its version, calibrated and fused,
+exactly.
 
-On N processes (the start-up flags of `bebrjax.distributed`, e.g.
-`MODULE=bebrjax.search launch/multiprocess.sh N --index ...`) each process
-keeps its own part of the index's documents (`search.sharded`), the
-answer is the one a single process gives, bit for bit, and process 0
-prints and writes it.
+On N processes (`bebrjax.distributed`) `load_index` gives each process its
+own part of the index's documents (`search.sharded`), and the answer is the
+one a single process gives, bit for bit.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax
 import numpy as np
 
-from bebrjax import cli, distributed, report
-from bebrjax import workdir as wd
 from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
-from bebrjax.encode import as_binarizer, open_embeddings, read_checked
-from bebrjax.errors import PlanError
-from bebrjax.evaluators.retrieval import recall_of
+from bebrjax.errors import FaissMissingError, PlanError
+from bebrjax.inference.corpus import as_binarizer, open_embeddings, read_checked
 from bebrjax.inference.plans import query_models
 from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex, handoff
 from bebrjax.search import plan as plan_lib
@@ -65,8 +51,6 @@ from bebrjax.search.fusion import search_fused
 from bebrjax.search.plan import ScoringPlan
 from bebrjax.search.rescore import rescore
 from bebrjax.serving import load_bundle
-
-RECALL_KS = (1, 5, 10)
 
 
 def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
@@ -261,7 +245,7 @@ def faiss_engine(
         raise DataError(f"{refused}: not {what}")
     try:
         return handoff.FaissSearch(index)
-    except (ValueError, handoff.FaissMissingError) as e:
+    except (ValueError, FaissMissingError) as e:
         raise DataError(f"{refused}: {e}") from None
 
 
@@ -284,128 +268,3 @@ def load_index(path: str, ivf: bool = False) -> BinaryIndex | IVFIndex | Sharded
             raise DataError("an IVF index is searched on one process (--nprobe without start-up)")
         return IVFIndex.load(path)
     return BinaryIndex.load(path) if jax.process_count() == 1 else ShardedIndex.load(path)
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m bebrjax.search",
-        description="Search a binary index with queries encoded by its model or a compatible one.",
-    )
-    p.add_argument("--index", required=True, help="a saved BinaryIndex directory")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--workdir", help="the binarizer run that encoded the index (or a compatible newer one)"
-    )
-    model.add_argument("--bundle", help="its exported serving bundle (or one with a plan)")
-    model.add_argument("--plan", help="a scoring plan: version-aware search (fit_plan)")
-    p.add_argument(
-        "--queries",
-        action="append",
-        required=True,
-        help=".npy, .npz, or a directory of <key>.npy; with a plan: MODEL=PATH, one per model",
-    )
-    p.add_argument("--key", default="query", help="the array in an .npz or directory (query)")
-    p.add_argument("--k", type=int, default=100, help="results per query (100)")
-    p.add_argument("--out", required=True, help="hits.npz to write (ids, scores)")
-    p.add_argument("--relevant", help="PATH[:key], the relevant doc id per query: print Recall@k")
-    p.add_argument("--batch-size", type=int, default=8192, help="queries per encoded batch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--nprobe", type=int, help="search an IVF index's N nearest lists")
-    p.add_argument(
-        "--rescore", metavar="DOCS.npy", help="rank the shortlist by float inner products"
-    )
-    p.add_argument(
-        "--asymmetric", action="store_true", help="rank the shortlist by float query vs codes"
-    )
-    p.add_argument("--oversample", type=int, default=4, help="shortlist = k x this (4)")
-    p.add_argument(
-        "--query-bits", type=int, help="query precision: 0 codes, B bits (default: the index's)"
-    )
-    p.add_argument(
-        "--engine",
-        choices=("bebrjax", "faiss"),
-        default="bebrjax",
-        help="who scans: bebrjax (XLA) or faiss (u = 0 codes; the same answer)",
-    )
-    distributed.add_arguments(p)
-    return p
-
-
-def _per_model(values: Sequence[str]) -> dict[str, str]:
-    """--queries MODEL=PATH values as {model: path}."""
-    out = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path or name in out:
-            raise DataError(
-                f"--queries {value!r}: with a plan, give MODEL=PATH once for each query model"
-            )
-        out[name] = path
-    return out
-
-
-def _command(args: argparse.Namespace) -> None:
-    distributed.initialize_from(args)
-    wd.refuse_existing(args.out, args.overwrite)  # checked before the work, not after
-    versioned = args.plan is not None or (
-        args.bundle is not None and any("=" in q for q in args.queries)
-    )
-    if versioned and args.engine == "faiss":
-        raise DataError("--engine faiss serves u = 0 codes with code queries, not a --plan")
-    if versioned and (args.nprobe is not None or args.rescore or args.asymmetric):
-        raise DataError(
-            "version-aware search scores every document of the index (an IVF index's "
-            "directory opens whole): --nprobe, --rescore and --asymmetric do not go with it"
-        )
-    if not versioned and len(args.queries) > 1:
-        raise DataError("one --queries file per search (several: MODEL=PATH, with --plan)")
-    index = load_index(args.index, ivf=args.nprobe is not None)
-    relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
-    if versioned:
-        ids, scores = search_versions(
-            index,
-            _per_model(args.queries),
-            k=args.k,
-            plan=args.plan,
-            bundle=args.bundle,
-            key=args.key,
-            batch_size=args.batch_size,
-        )
-    else:
-        ids, scores = search_index(
-            index,
-            args.queries[0],
-            k=args.k,
-            workdir=args.workdir,
-            bundle=args.bundle,
-            key=args.key,
-            batch_size=args.batch_size,
-            nprobe=args.nprobe,
-            rescore_docs=args.rescore,
-            asymmetric=args.asymmetric,
-            oversample=args.oversample,
-            query_bits=args.query_bits,
-            engine=args.engine,
-        )
-    summary = {"hits": args.out, "queries": len(ids), "k": args.k}
-    head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]
-    if relevant is not None:
-        if len(relevant) != len(ids):
-            raise DataError(f"{args.relevant}: {len(relevant)} relevant ids for {len(ids)} queries")
-        ks = [j for j in RECALL_KS if j <= args.k]  # R@j needs j results per query
-        summary["recall"] = recall_of(ids, relevant, ks)
-        head += list(summary["recall"])
-        row += [f"{v:.4f}" for v in summary["recall"].values()]
-    wd.write_npz(args.out, {"ids": ids, "scores": scores}, overwrite=True)
-    if distributed.is_primary():
-        cli.print_summary(report.table(head, [row]), summary)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bebrjax.search`; returns the exit status."""
-    return cli.run(parser(), _command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,7 @@
-"""Export a trained part as a self-contained serving bundle (see `bebrjax.serving`).
+"""Export a trained part as a self-contained serving bundle (`bebrjax export`; `bebrjax.serving`).
 
-    python -m bebrjax.export --workdir W --out B [--index OUT] [--part new|old|psi] \
-        [--platforms cpu,cuda,tpu] [--overwrite]
-    python -m bebrjax.export --plan PLAN.json --out B [--index OUT] [--platforms ...]
+    export_bundle(W, "bundle/", index="gallery.bebr")      # a run's part (and an index)
+    export_bundle(None, "bundle/", plan="plan.json")        # a scoring plan's query models
 
 The function is the part's `forward` (input handling included: a binarizer
 bundle takes raw float32 [N, d] and L2-normalizes it itself) with the trained
@@ -14,30 +13,29 @@ lower for is left out and the manifest lists those it has).
 
 Choices: variables as constants rather than a second file, so the artifact
 is one function that cannot be paired with the wrong weights; the manifest
-hashes every file but itself; `--index` copies a `BinaryIndex` (checked to
+hashes every file but itself; `index` copies a `BinaryIndex` (checked to
 hold codes this binarizer's queries can search: no wider than its m, of any
 loops and versions, e.g. the old codes a compatible binarizer searches)
-into B/index. B is written aside and
-renamed into place, so an interrupted export leaves no half bundle. The
+into the bundle's `index/`. The bundle is written aside and renamed into
+place, so an interrupted export leaves no half bundle. The
 index is copied under its lock (`safe_write.index_lock`: a backfill step or
 save of it meanwhile is refused, and one under way refuses the export), so
 the copy is one generation of it; the copy is then checked again and the
 manifest hashes and describes what was copied.
 
-`--plan` (instead of `--workdir`) writes a plan bundle for version-aware
+`plan` (instead of a run) writes a plan bundle for version-aware
 search (see `bebrjax.serving`): every query model of the scoring plan
 (`bebrjax.search.plan`), loaded from the workdir the plan records and
 serialized as above into `encoders/<model>.jax`, and the plan as
 `plan.json`. A model is refused (one `LoadError`) when its workdir does not
 load or is no binarizer run, or when its checkpoint step, m or u is not the
 plan's record: the plan was fitted on the codes of that very checkpoint.
-An `--index` must be one the plan searches (`ScoringPlan.check_index`: its
+An `index` must be one the plan searches (`ScoringPlan.check_index`: its
 width m and exactly its versions).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.metadata
 import json
@@ -45,12 +43,10 @@ import os
 import platform
 import re
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bebrjax import cli, report
 from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.errors import CheckpointError, ConfigError, PlanError
@@ -320,83 +316,3 @@ def _write(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command's flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m bebrjax.export",
-        description="Export a trained encoder (and an index) as a jax-and-numpy serving bundle.",
-    )
-    p.add_argument("--workdir", help="a finished run (or --plan)")
-    p.add_argument(
-        "--plan", help="a scoring plan (JSON) instead: bundle every query model of the plan"
-    )
-    p.add_argument("--out", required=True, help="the bundle directory to write")
-    p.add_argument("--index", help="a BinaryIndex to ship with the encoder(s)")
-    p.add_argument(
-        "--part", help="binarizer; or new, old, psi of an upgrade or compatible run (default: main)"
-    )
-    p.add_argument("--platforms", default=",".join(PLATFORMS), help="cpu,cuda,tpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    return p
-
-
-def _shape(spec: dict) -> str:
-    return "[" + ", ".join(map(str, spec["shape"])) + f"] {spec['dtype']}"
-
-
-def _command(args: argparse.Namespace) -> None:
-    if (args.workdir is None) == (args.plan is None):
-        raise ConfigError("pass exactly one of --workdir and --plan")
-    manifest = export_bundle(
-        args.workdir,
-        args.out,
-        index=args.index,
-        part=args.part,
-        platforms=[p for p in args.platforms.split(",") if p],
-        overwrite=args.overwrite,
-        plan=args.plan,
-    )
-    docs = manifest.get("index", {}).get("count", "-")
-    if "plan" in manifest:
-        models = manifest["plan"]["models"]
-        rows = [
-            [
-                args.out,
-                name,
-                _shape(info["input"]),
-                _shape(info["output"]),
-                ",".join(info["platforms"]),
-                info["step"],
-                docs,
-            ]
-            for name, info in models.items()
-        ]
-        head = ["bundle", "model", "input", "output", "platforms", "step", "index docs"]
-        summary = {"kind": "plan", "plan": manifest["plan"]}
-        cli.print_summary(report.table(head, rows), summary)
-        return
-    fn = manifest["function"]
-    rows = [
-        [
-            args.out,
-            manifest["part"],
-            _shape(fn["input"]),
-            _shape(fn["output"]),
-            ",".join(fn["platforms"]),
-            manifest["checkpoint"]["step"],
-            docs,
-        ]
-    ]
-    head = ["bundle", "part", "input", "output", "platforms", "step", "index docs"]
-    cli.print_summary(report.table(head, rows), {k: manifest[k] for k in ("part", "function")})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bebrjax.export`; returns the exit status."""
-    return cli.run(parser(), _command, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -173,7 +173,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file '{path}': get_config returned {type(config).__name__}")
     if isinstance(config.get("trainer"), str):
-        trainer = import_plugin("bebrjax.trainers", config.trainer, "trainer")
+        trainer = import_trainer(config.trainer)
         if hasattr(trainer, "FIELDS"):
             check_fields(config, trainer.FIELDS)
     return config
@@ -236,6 +236,19 @@ def import_plugin(package: str, name: str, key: str):
         if e.name != module_name:
             raise
         raise ConfigError(f"config key '{key}' = {name!r}: no module {module_name}") from None
+
+
+# Config key `trainer` -> its module under `bebrjax.trainers` where that is not the name itself.
+TRAINER_MODULES = {"upgrade_compare": "upgrade.compare"}
+
+
+def import_trainer(name: str) -> types.ModuleType:
+    """The trainer module that config key `trainer` names (`TRAINER_MODULES`).
+
+    Raises:
+      ConfigError: when there is no such trainer.
+    """
+    return import_plugin("bebrjax.trainers", TRAINER_MODULES.get(name, name), "trainer")
 
 
 def lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from bebrjax.config import ConfigError
+from bebrjax.errors import ConfigError
 
 # The keys of an `optim` section and their types (`config.check_fields`); the
 # values are the config file's.

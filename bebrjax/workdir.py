@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from bebrjax import distributed
-from bebrjax.config import ConfigError, diff_keys
-from bebrjax.errors import LoadError, OutputExistsError
+from bebrjax.config import diff_keys
+from bebrjax.errors import ConfigError, LoadError, OutputExistsError
 
 
 def write_atomic(path: str, text: str) -> None:

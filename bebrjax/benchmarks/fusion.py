@@ -72,7 +72,7 @@ def differing_rows(index: BinaryIndex, new_q: np.ndarray, k: int) -> list[int]:
 
 def run(n: int, m: int, num_queries: int, k: int, repeats: int, kernel: str, seed: int) -> dict:
     """Builds the mixed index, checks the fused ids, times the rows; returns the figures."""
-    kernel = kernels.resolve(kernel, m, U + 1, "ip")
+    kernel = kernels.resolve(kernel, m, U + 1, "ip", BinaryIndex)
     rng = np.random.default_rng(seed)
     index = mixed_index(n, m, kernel, rng)
     old_q = random_planes(rng, num_queries, m, U + 1)

@@ -42,35 +42,30 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import bebrjax
 from bebrjax import inference
 from bebrjax.benchmarks import quantizers_report
-from bebrjax.benchmarks.search import best_times
+from bebrjax.benchmarks.quantizers_speed import K, speed_rows
 from bebrjax.config import load_config
 from bebrjax.data import get_data
 from bebrjax.evaluators.retrieval import code_recall, recall_at_k, unit_rows
 from bebrjax.inference import read_config
-from bebrjax.models.binarizer import query_planes
-from bebrjax.search import BinaryIndex, kernels
+from bebrjax.search import kernels
 from bebrjax.trainers.binarizer import split_pairs
 
 ROOT = Path(bebrjax.__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "bebr"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "foldoc_minilm.npz"
 KS = (1, 10)
-K = 10
 QUERY_BITS = (2, 3, 4, 8)  # asymmetric query precisions tried on every stored prefix
 RABITQ_QB = (0, 4, 8)
 TRAIN_BITS = (1, 2)  # the runs trained when no --workdir is given
-CHUNK = 65536  # gallery vectors generated and added at a time
 TARGET = 2.0  # bebrjax u=0 with 4-bit queries over faiss RaBitQFastScan 1-bit, q/s, at least
 THREADS = 2
 
@@ -129,8 +124,8 @@ def train_runs(data: str | None, out: str) -> list[str]:
 def _data_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config.data` with a relative path made absolute: from here, else from the repository root.
 
-    A run trained from the repository root (e.g. launch/foldoc.sh) records
-    "../shared/data/...", which then also reads from elsewhere.
+    A run trained from the repository root (e.g. launch/foldoc.sh) records the
+    data path relative to the root, which then also reads from elsewhere.
     """
     data = ml_collections.ConfigDict(config.data.to_dict())
     path = data.get("path")
@@ -258,117 +253,6 @@ def recall_rows(faiss, workdirs: list[str], notes: list[str]) -> list[dict]:
             notes.append(f"note: {workdir}'s held-out split differs from {workdirs[0]}'s")
         rows += bebrjax_rows(workdir, queries, docs, notes)
     return rows
-
-
-def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    return unit_rows(rng.standard_normal((n, d), dtype=np.float32))
-
-
-def _signs(x: np.ndarray) -> np.ndarray:
-    """The one-plane code sign(x): int8 [N, 1, d]."""
-    return np.where(x >= 0, 1, -1).astype(np.int8)[:, None, :]
-
-
-def _planes(x: np.ndarray, bits: int) -> np.ndarray:
-    return np.asarray(query_planes(jnp.asarray(x), bits))
-
-
-def speed_rows(
-    faiss, d: int, n: int, num_queries: int, repeats: int, seed: int
-) -> tuple[list[dict], dict]:
-    """Times every exhaustive method at k = K on random unit vectors; (rows, setup)."""
-    ip, rng = faiss.METRIC_INNER_PRODUCT, np.random.default_rng(seed)
-    kernel = {u: kernels.resolve("auto", d, u + 1, "ip") for u in (0, 1)}
-    flat = {
-        "faiss IndexFlatIP": ("float", "float32", faiss.IndexFlatIP(d)),
-        "faiss IndexScalarQuantizer 8-bit": (
-            "faiss int8 SQ",
-            "float32",
-            faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip),
-        ),
-    }
-    for nb in (1, 2):
-        index = faiss.IndexRaBitQ(d, ip, nb)
-        index.qb = 4
-        flat[f"faiss IndexRaBitQ {nb}-bit"] = ("faiss RaBitQ", "4-bit", index)
-    for nb in (1, 2):
-        index = faiss.IndexRaBitQFastScan(d, ip, 32, nb)
-        flat[f"faiss IndexRaBitQFastScan {nb}-bit"] = (
-            "faiss RaBitQFastScan",
-            f"{index.qb}-bit",
-            index,
-        )
-    signs = faiss.IndexBinaryFlat(d)
-    codes = {u: BinaryIndex(d, u, kernel=kernel[u]) for u in (0, 1)}
-    for start in range(0, n, CHUNK):
-        x = _unit(rng, min(CHUNK, n - start), d)
-        for _, _, index in flat.values():
-            if not index.is_trained:
-                index.train(x)
-            index.add(x)
-        signs.add(np.packbits(x > 0, axis=1))
-        codes[0].add(_signs(x))
-        codes[1].add(_planes(x, 2))
-    q = _unit(rng, num_queries, d)
-    q_signs, q2, q4 = np.packbits(q > 0, axis=1), _planes(q, 2), _planes(q, 4)
-    cases: dict[str, tuple[str, str, float, Callable[[], object]]] = {
-        name: (
-            family,
-            query,
-            index.code_size,
-            lambda index=index: index.search(q, K),
-        )
-        for name, (family, query, index) in flat.items()
-    }
-    cases["faiss IndexBinaryFlat (signs)"] = (
-        "faiss sign Hamming",
-        "1-bit (sign)",
-        d / 8,
-        lambda: signs.search(q_signs, K),
-    )
-    for u, qs in ((0, _signs(q)), (1, q2)):
-        index = codes[u]
-        cases[f"bebrjax u={u} symmetric"] = (
-            "bebrjax symmetric",
-            f"{u + 1}-bit code",
-            index.bytes_per_doc,
-            lambda index=index, qs=qs: index.search(qs, K),
-        )
-        cases[f"bebrjax u={u} + 4-bit queries"] = (
-            "bebrjax asymmetric",
-            "4-bit",
-            index.bytes_per_doc,
-            lambda index=index: index.search(q4, K),
-        )
-    warm = q[: min(50, num_queries)]
-    for name, (_, _, _, fn) in cases.items():
-        if name.startswith("bebrjax"):
-            fn()  # compiles
-        elif name in flat:
-            flat[name][2].search(warm, K)
-        else:
-            signs.search(q_signs[: len(warm)], K)
-    times = best_times({name: case[3] for name, case in cases.items()}, repeats)
-    rows = [
-        {
-            "family": family,
-            "method": name,
-            "query": query,
-            "bytes": float(nbytes),
-            "qps": round(num_queries / times[name], 1),
-            "seconds": round(times[name], 4),
-        }
-        for name, (family, query, nbytes, _) in cases.items()
-    ]
-    setup = {
-        "n": n,
-        "d": d,
-        "queries": num_queries,
-        "k": K,
-        "repeats": repeats,
-        "kernels": {f"u{u}": k for u, k in kernel.items()},
-    }
-    return rows, setup
 
 
 def main(argv: list[str] | None = None) -> int:

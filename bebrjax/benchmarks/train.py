@@ -134,9 +134,9 @@ def upgrade_flops(config) -> float:
     from bebrjax.data.upgrade_splits import load_labelled
     from bebrjax.optim import make_optimizer
     from bebrjax.trainers.loop import init_state
-    from bebrjax.trainers.upgrade_methods import METHODS
-    from bebrjax.trainers.upgrade_models import build
-    from bebrjax.trainers.upgrade_step import make_train_step
+    from bebrjax.trainers.upgrade.methods import METHODS
+    from bebrjax.trainers.upgrade.models import build
+    from bebrjax.trainers.upgrade.step import make_train_step
 
     method = METHODS[config.method]
     if method.adapter == "joint":

@@ -2,7 +2,7 @@
 
     bebrjax search --index OUT (--workdir W | --bundle B) --queries PATH \
         [--key query] --k 100 --out hits.npz [--relevant PATH[:key]] [--overwrite] \
-        [--nprobe N] [--rescore DOCS.npy | --asymmetric] [--oversample 4]
+        [--nprobe N|all] [--rescore DOCS.npy | --asymmetric] [--oversample 4]
     bebrjax search --index OUT (--plan P | --bundle B) \
         --queries MODEL=PATH [--queries MODEL=PATH ...] --k 10 --out hits.npz ...
 
@@ -14,6 +14,16 @@ integer array [Q], or [Q, R] padded with -1 for several) Recall@1/5/10 is
 printed as a table (Recall@j for the j <= k only: a smaller k cannot tell
 the others). `--engine faiss` serves an index of u = 0 codes with faiss's
 binary kernels, the same answer.
+
+An IVF index (`bebrjax ivf`) is searched in each query's nprobe nearest
+lists: `--nprobe N`, or by default the nprobe the index stores (every list
+for one saved without it); `--nprobe all` searches every document. The
+table and the JSON line say how it searched ("nprobe": "4 of 64 lists
+(the index's default)" or "all (exhaustive)"; JSON "mode" "ivf" with
+"nprobe", "nlist" and "nprobe_default", or "exhaustive") and how long it
+took: the wall seconds of encoding the queries and of the search (its
+compilation and any rescoring included), and queries per second of the
+search.
 
 On N processes (the start-up flags, e.g. `COMMAND=search
 launch/multiprocess.sh N --index ...`) each process keeps its own part of
@@ -31,7 +41,15 @@ from bebrjax import workdir as wd
 from bebrjax.commands import command_parser
 from bebrjax.errors import DataError
 from bebrjax.evaluators.retrieval import recall_of
-from bebrjax.inference.query import load_index, read_relevant, search_index, search_versions
+from bebrjax.inference.query import (
+    EXHAUSTIVE,
+    load_index,
+    open_for_search,
+    read_relevant,
+    search_index,
+    search_versions,
+)
+from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
 
 RECALL_KS = (1, 5, 10)
 
@@ -58,7 +76,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--relevant", help="PATH[:key], the relevant doc id per query: print Recall@k")
     p.add_argument("--batch-size", type=int, default=8192, help="queries per encoded batch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--nprobe", type=int, help="search an IVF index's N nearest lists")
+    p.add_argument(
+        "--nprobe",
+        type=_nprobe,
+        help="an IVF index's lists per query (default: the index's); all: every document",
+    )
     p.add_argument(
         "--rescore", metavar="DOCS.npy", help="rank the shortlist by float inner products"
     )
@@ -77,6 +99,31 @@ def parser() -> argparse.ArgumentParser:
     )
     distributed.add_arguments(p)
     return p
+
+
+def _nprobe(value: str) -> int | str:
+    """--nprobe's value: a count of lists, or "all"."""
+    if value == EXHAUSTIVE:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of lists, or all") from None
+
+
+def _probing(
+    index: BinaryIndex | IVFIndex | ShardedIndex, nprobe: int | None, asked: int | str | None
+) -> tuple[str, dict]:
+    """How the search probed (`nprobe`, None: exhaustively): the table's text and the JSON's."""
+    if nprobe is None:
+        return "all (exhaustive)", {"mode": "exhaustive"}
+    fields = {"mode": "ivf", "nprobe": nprobe, "nlist": index.nlist}
+    fields["nprobe_default"] = asked is None
+    text = f"{nprobe} of {index.nlist} lists"
+    if asked is None:
+        stored = index.nprobe is not None
+        text += " (the index's default)" if stored else " (no default stored: every list)"
+    return text, fields
 
 
 def _per_model(values: Sequence[str]) -> dict[str, str]:
@@ -107,8 +154,11 @@ def _command(args: argparse.Namespace) -> None:
         )
     if not versioned and len(args.queries) > 1:
         raise DataError("one --queries file per search (several: MODEL=PATH, with --plan)")
-    index = load_index(args.index, ivf=args.nprobe is not None)
+    index, nprobe = (
+        (load_index(args.index), None) if versioned else open_for_search(args.index, args.nprobe)
+    )
     relevant = read_relevant(args.relevant, index.ntotal) if args.relevant else None
+    timings = {}
     if versioned:
         ids, scores = search_versions(
             index,
@@ -118,6 +168,7 @@ def _command(args: argparse.Namespace) -> None:
             bundle=args.bundle,
             key=args.key,
             batch_size=args.batch_size,
+            timings=timings,
         )
     else:
         ids, scores = search_index(
@@ -128,15 +179,25 @@ def _command(args: argparse.Namespace) -> None:
             bundle=args.bundle,
             key=args.key,
             batch_size=args.batch_size,
-            nprobe=args.nprobe,
+            nprobe=nprobe,
             rescore_docs=args.rescore,
             asymmetric=args.asymmetric,
             oversample=args.oversample,
             query_bits=args.query_bits,
             engine=args.engine,
+            timings=timings,
         )
-    summary = {"hits": args.out, "queries": len(ids), "k": args.k}
-    head, row = ["hits", "queries", "k"], [args.out, len(ids), args.k]
+    probed, fields = _probing(index, nprobe, args.nprobe)
+    encode, seconds = timings["encode_seconds"], timings["search_seconds"]
+    summary = {"hits": args.out, "queries": len(ids), "k": args.k, **fields}
+    summary.update(
+        encode_seconds=round(encode, 3),
+        search_seconds=round(seconds, 3),
+        queries_per_second=round(len(ids) / seconds, 1),
+    )
+    head = ["hits", "queries", "k", "nprobe", "encode s", "search s", "queries/s"]
+    row = [args.out, len(ids), args.k, probed, f"{encode:.3f}", f"{seconds:.3f}"]
+    row.append(f"{len(ids) / seconds:,.0f}")
     if relevant is not None:
         if len(relevant) != len(ids):
             raise DataError(f"{args.relevant}: {len(relevant)} relevant ids for {len(ids)} queries")

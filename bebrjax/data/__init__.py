@@ -7,8 +7,9 @@ import inspect
 
 import ml_collections
 
-from bebrjax.config import ConfigError, import_plugin
-from bebrjax.data.pairs import DataError, PairedEmbeddings
+from bebrjax.config import import_plugin
+from bebrjax.data.pairs import PairedEmbeddings
+from bebrjax.errors import ConfigError, DataError
 
 __all__ = ["DataError", "PairedEmbeddings", "get_data"]
 

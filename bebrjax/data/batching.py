@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bebrjax.config import ConfigError
+from bebrjax.errors import ConfigError
 
 _ROUNDS = 8
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bebrjax.data.labelled import Labelled, make_labelled
-from bebrjax.data.pairs import DataError
+from bebrjax.errors import DataError
 
 
 def get_data() -> Labelled:

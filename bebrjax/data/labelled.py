@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from bebrjax.data.npz import NamedArrays
-from bebrjax.data.pairs import DataError
+from bebrjax.errors import DataError
 
 _CHUNK = 65536
 

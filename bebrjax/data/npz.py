@@ -20,7 +20,8 @@ import zipfile
 
 import numpy as np
 
-from bebrjax.data.pairs import DataError, PairedEmbeddings, make_pairs
+from bebrjax.data.pairs import PairedEmbeddings, make_pairs
+from bebrjax.errors import DataError
 
 
 class NamedArrays:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from bebrjax.data.pairs import DataError
+from bebrjax.errors import DataError
 
 
 class RowSource:

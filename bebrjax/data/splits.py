@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from bebrjax.data.pairs import DataError
+from bebrjax.errors import DataError
 
 
 def _read_indices(path: str) -> np.ndarray:

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bebrjax.data.pairs import DataError, PairedEmbeddings, make_pairs
+from bebrjax.data.pairs import PairedEmbeddings, make_pairs
+from bebrjax.errors import DataError
 
 
 def get_data(

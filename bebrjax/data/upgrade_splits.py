@@ -31,10 +31,9 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from bebrjax.config import ConfigError
 from bebrjax.data import get_data
 from bebrjax.data.labelled import Labelled
-from bebrjax.data.pairs import DataError
+from bebrjax.errors import ConfigError, DataError
 
 KINDS = ("extended_data", "extended_class", "open_data", "open_class")
 

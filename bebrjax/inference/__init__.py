@@ -1,10 +1,12 @@
 """What a run trained, loaded back: `load(workdir)` gives plain numpy-in, numpy-out objects.
 
-    model = bebrjax.inference.load("/tmp/bebr_demo")      # a binarizer run
+    from bebrjax.inference import load
+
+    model = load("/tmp/bebr_demo")      # a binarizer run
     planes = model.encode(x)            # int8 [N, u+1, m] bit planes of +-1
     vectors = model.vectors(x)          # float32 [N, m], the recurrent codes b
 
-    upgrade = bebrjax.inference.load("/tmp/upgrade_bict")  # an upgrade run
+    upgrade = load("/tmp/upgrade_bict")  # an upgrade run
     gallery = upgrade.old(x_gallery)    # phi_old embeddings
     queries = upgrade.new(x_queries)    # phi_new embeddings
     upgraded = upgrade.upgrade(gallery) # psi(stored old embeddings) (dmu, bict)
@@ -45,17 +47,18 @@ own module of this package, imported by name:
   * `describe.describe`: what a workdir, index, bundle or scoring plan holds.
 """
 
-from bebrjax.inference.loaders import LOADERS, load, read_config
-from bebrjax.inference.parts import (
+from bebrjax.errors import LoadError
+from bebrjax.inference.loaders import LOADERS, load
+from bebrjax.trainers.parts import (
     Binarizer,
     Encoder,
     Loaded,
-    LoadError,
     Runs,
     Upgrade,
     Versions,
     l2_normalize_rows,
 )
+from bebrjax.trainers.runs import read_config
 
 __all__ = [
     "LOADERS",

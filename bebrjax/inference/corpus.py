@@ -42,14 +42,15 @@ import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from bebrjax import distributed, sharding
 from bebrjax import workdir as wd
-from bebrjax.data.pairs import DataError, row_norms
+from bebrjax.data.pairs import row_norms
 from bebrjax.data.rows import RowSource, open_rows, read_ids
-from bebrjax.inference import Binarizer, Encoder, LoadError, load
-from bebrjax.search import BinaryIndex, IndexFormatError, backfill
+from bebrjax.errors import DataError, IndexFormatError, LoadError
+from bebrjax.inference import Binarizer, Encoder, load
+from bebrjax.progress import Bar
+from bebrjax.search import BinaryIndex, backfill
 from bebrjax.search.writer import IndexWriter
 
 
@@ -317,7 +318,7 @@ def _encode_rows(
     """
     apply = sharding.sharded_apply(encoder.forward, encoder.mesh, batch_size)
     n = len(source)
-    bar = tqdm(
+    bar = Bar(  # its rate and ETA leave out the compiling first batch
         total=n,
         initial=start,
         desc="encode",

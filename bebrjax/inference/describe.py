@@ -18,9 +18,9 @@ import numpy as np
 
 from bebrjax import checkpoint, serving
 from bebrjax.errors import BundleError, DataError, read_json
-from bebrjax.inference.loaders import read_config
 from bebrjax.search import BinaryIndex, IVFIndex, storage
 from bebrjax.search import plan as plan_lib
+from bebrjax.trainers.runs import read_config
 
 
 def describe(path: str) -> dict[str, Any]:
@@ -28,7 +28,8 @@ def describe(path: str) -> dict[str, Any]:
 
     Kinds: "workdir" (a run: trainer, code shape, checkpoint steps per
     stage, whether it finished, its metrics headline), "index" or "ivf
-    index" (count, m, u, metric, documents per version, bytes), "bundle"
+    index" (count, m, u, metric, documents per version, bytes; an IVF
+    index's nlist, list sizes and default nprobe), "bundle"
     (part, shapes, platforms, step, index), "scoring plan" (m, query models,
     versions and the models that score them). Every kind lists its files.
 
@@ -120,6 +121,8 @@ def _index(path: str) -> dict[str, Any]:
     if ivf:
         sizes = index.list_sizes()
         out["nlist"] = index.nlist
+        # the lists a search probes by default; nlist where the index stores none
+        out.update(nprobe=index.default_nprobe, nprobe_stored=index.nprobe is not None)
         out["list_sizes"] = [int(sizes.min()), float(np.median(sizes)), int(sizes.max())]
     return out
 

@@ -49,8 +49,8 @@ import numpy as np
 
 from bebrjax import workdir as wd
 from bebrjax.config import to_dict
-from bebrjax.errors import CheckpointError, ConfigError, PlanError
-from bebrjax.inference import Binarizer, Encoder, Loaded, LoadError, Upgrade, Versions, load
+from bebrjax.errors import CheckpointError, ConfigError, LoadError, PlanError
+from bebrjax.inference import Binarizer, Encoder, Loaded, Upgrade, Versions, load
 from bebrjax.inference.serialize import PLATFORMS, query_encoder, serialize
 from bebrjax.search import plan as plan_lib
 from bebrjax.search.index import BinaryIndex

@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
-from bebrjax.inference import LoadError, Versions, load
+from bebrjax.errors import DataError, LoadError
+from bebrjax.inference import Versions, load
 from bebrjax.inference.corpus import backfill_step
 from bebrjax.search import BinaryIndex
 

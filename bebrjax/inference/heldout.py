@@ -17,8 +17,9 @@ import numpy as np
 
 from bebrjax import workdir as wd
 from bebrjax.data import PairedEmbeddings, get_data
+from bebrjax.errors import LoadError
 from bebrjax.evaluators.retrieval import relevant_docs
-from bebrjax.inference import LoadError, read_config
+from bebrjax.inference import read_config
 from bebrjax.trainers.binarizer import split_pairs
 
 

@@ -23,9 +23,10 @@ from jax.sharding import Mesh
 
 from bebrjax.data import get_data
 from bebrjax.errors import DataError, LoadError, PlanError
-from bebrjax.inference.loaders import load, read_config
-from bebrjax.inference.parts import Binarizer
+from bebrjax.inference.loaders import load
 from bebrjax.search import plan as plan_lib
+from bebrjax.trainers.parts import Binarizer
+from bebrjax.trainers.runs import read_config
 
 
 def _binarizer(name: str, workdir: str, mesh: Mesh | None) -> Binarizer:

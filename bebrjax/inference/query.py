@@ -9,12 +9,13 @@ bundle: the one that encoded the index's documents, or a compatible newer
 version (`configs/bebr/compatible.py`) whose codes search an old or a
 mixed-version index; each document is scored with the code of its own
 version, exactly (SDC, ties to the lower id). A query code wider than the
-index's is compared on the index's width (the shared prefix). With
-`nprobe` an IVF index (`bebrjax ivf`) is searched in each query's nprobe
-nearest lists; `rescore_docs` ranks the top k x `oversample` again by the
-float inner product with the documents' float embeddings (only those rows
-are read), `asymmetric` by the float query against the decoded codes (see
-`bebrjax.search.rescore`). `engine="faiss"` serves an index of u = 0
+index's is compared on the index's width (the shared prefix). An IVF index
+(`bebrjax ivf`) is searched in each query's `nprobe` nearest lists, by
+default the number it stores (`open_for_search`; `nprobe="all"`: every
+document, exhaustively); `rescore_docs` ranks the top k x `oversample`
+again by the float inner product with the documents' float embeddings
+(only those rows are read), `asymmetric` by the float query against the
+decoded codes (see `bebrjax.search.rescore`). `engine="faiss"` serves an index of u = 0
 codes, flat or IVF, with faiss's binary kernels, the same answer
 (`bebrjax.search.handoff.FaissSearch`).
 
@@ -33,24 +34,28 @@ one a single process gives, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
 
-from bebrjax.data.pairs import DataError
 from bebrjax.data.rows import read_ids
-from bebrjax.errors import FaissMissingError, PlanError
+from bebrjax.errors import DataError, FaissMissingError, PlanError
 from bebrjax.inference.corpus import as_binarizer, open_embeddings, read_checked
 from bebrjax.inference.plans import query_models
-from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex, handoff
+from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex, handoff, storage
 from bebrjax.search import plan as plan_lib
 from bebrjax.search.codes import MAX_QUERY_PLANES
 from bebrjax.search.fusion import search_fused
 from bebrjax.search.plan import ScoringPlan
 from bebrjax.search.rescore import rescore
 from bebrjax.serving import load_bundle
+
+EXHAUSTIVE = "all"  # as nprobe: every document, whatever inverted lists the index has
 
 
 def read_queries(path: str, key: str | None, dim: int) -> np.ndarray:
@@ -81,12 +86,13 @@ def search_index(
     bundle: str | None = None,
     key: str | None = "query",
     batch_size: int = 8192,
-    nprobe: int | None = None,
+    nprobe: int | str | None = None,
     rescore_docs: str | None = None,
     asymmetric: bool = False,
     oversample: int = 4,
     query_bits: int | None = None,
     engine: str = "bebrjax",
+    timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encodes `queries` with the model of `workdir` or `bundle` and searches `index`.
 
@@ -99,7 +105,8 @@ def search_index(
       bundle: its exported bundle (or give `workdir`).
       key: the queries' array name in an .npz or a directory.
       batch_size: rows per encoded batch.
-      nprobe: search an IVF index's `nprobe` nearest lists (None: exhaustive).
+      nprobe: search an IVF index's `nprobe` nearest lists; None: the
+        index's default, "all": every document (see `open_for_search`).
       rescore_docs: the documents' float embeddings (.npy, row i of document
         i): rank the codes' top k x oversample again by the float inner
         product with the float queries (`bebrjax.search.rescore`).
@@ -110,6 +117,9 @@ def search_index(
         output at B bits); None: the index's, as it was evaluated.
       engine: "bebrjax" (XLA) or "faiss" (u = 0 codes, code queries, one
         process: faiss's binary kernels, the same answer).
+      timings: when given, gets the wall seconds of encoding the queries
+        ("encode_seconds") and of the search ("search_seconds", rescoring
+        and the first call's compilation included).
 
     Returns:
       (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
@@ -130,7 +140,7 @@ def search_index(
         model_shape = (model.loops + 1, model.code_dim)
     if rescore_docs is not None and asymmetric:
         raise DataError("rescore with the float documents or asymmetrically, not both")
-    index = load_index(index, ivf=nprobe is not None) if isinstance(index, str) else index
+    index, nprobe = open_for_search(index, nprobe)
     if asymmetric and isinstance(index, ShardedIndex):
         raise DataError(
             "--asymmetric decodes the shortlist's codes, which lie on several processes; "
@@ -150,15 +160,17 @@ def search_index(
         raise DataError(f"query bits {bits}: must be in [0, {MAX_QUERY_PLANES}] (0: codes)")
     if engine == "faiss":
         index = faiss_engine(index, asymmetric=asymmetric, bits=bits)
-    planes = model.encode_query(queries, batch_size, bits=bits)
+    with _timed(timings, "encode_seconds"):
+        planes = model.encode_query(queries, batch_size, bits=bits)
     probing = {} if nprobe is None else {"nprobe": nprobe}
     try:
-        if rescore_docs is None and not asymmetric:
-            scores, ids = index.search(planes, k, **probing)
-        else:
-            scores, ids = rescore(
-                index, planes, queries, k, docs=rescore_docs, oversample=oversample, **probing
-            )
+        with _timed(timings, "search_seconds"):
+            if rescore_docs is None and not asymmetric:
+                scores, ids = index.search(planes, k, **probing)
+            else:
+                scores, ids = rescore(
+                    index, planes, queries, k, docs=rescore_docs, oversample=oversample, **probing
+                )
     except ValueError as e:  # the arguments' values, named by the search
         raise DataError(str(e)) from None
     return ids, scores
@@ -173,6 +185,7 @@ def search_versions(
     bundle: str | None = None,
     key: str | None = "query",
     batch_size: int = 8192,
+    timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Version-aware search: each query model encodes its own queries, the index is scored fused.
 
@@ -187,6 +200,7 @@ def search_versions(
       bundle: an exported bundle carrying a plan and its query encoders.
       key: the queries' array name in an .npz or a directory.
       batch_size: rows per encoded batch.
+      timings: as for `search_index`.
 
     Returns:
       (ids int64 [Q, k], scores float32 [Q, k]), best first, ties to the lower id.
@@ -218,12 +232,15 @@ def search_versions(
         )
     if not 1 <= k <= index.ntotal:
         raise DataError(f"k={k} must be in [1, {index.ntotal}] (the documents in the index)")
-    planes = {}
-    for name, x in queries.items():
-        x = read_queries(x, key, dims[name]) if isinstance(x, str) else x
-        planes[name] = encoders[name](x, batch_size)
+    queries = {
+        name: read_queries(x, key, dims[name]) if isinstance(x, str) else x
+        for name, x in queries.items()
+    }
+    with _timed(timings, "encode_seconds"):
+        planes = {name: encoders[name](x, batch_size) for name, x in queries.items()}
     try:
-        return tuple(reversed(search_fused(index, planes, fusion, k)))
+        with _timed(timings, "search_seconds"):
+            return tuple(reversed(search_fused(index, planes, fusion, k)))
     except ValueError as e:
         raise DataError(str(e)) from None
 
@@ -254,6 +271,46 @@ def served_bits(index: BinaryIndex | IVFIndex | ShardedIndex) -> int:
     if isinstance(index, IVFIndex):
         return index.codes.query_bits
     return index.local.query_bits if isinstance(index, ShardedIndex) else index.query_bits
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Records the wall seconds of the block as `timings[name]` (when `timings` is given)."""
+    start = time.perf_counter()
+    yield
+    if timings is not None:
+        timings[name] = time.perf_counter() - start
+
+
+def open_for_search(
+    index: str | BinaryIndex | IVFIndex | ShardedIndex, nprobe: int | str | None = None
+) -> tuple[BinaryIndex | IVFIndex | ShardedIndex, int | None]:
+    """The index to search and the lists each query probes (None: every document).
+
+    Args:
+      index: a saved index directory, or an open index.
+      nprobe: an IVF index's lists per query; "all" (`EXHAUSTIVE`): every
+        document, its codes searched exhaustively; None: an IVF index's
+        default (`IVFIndex.default_nprobe`: the one `bebrjax ivf` stored, or
+        nlist), or exhaustive for an index without inverted lists. On
+        several processes a directory opens exhaustively (each process its
+        part) unless nprobe is given, which `load_index` refuses there.
+
+    Raises:
+      DataError: for nprobe with an open index without inverted lists;
+        IndexFormatError: for nprobe with such a directory.
+    """
+    if nprobe == EXHAUSTIVE:
+        index = load_index(index) if isinstance(index, str) else index
+        return (index.codes if isinstance(index, IVFIndex) else index), None
+    if isinstance(index, str):
+        lists = os.path.isfile(os.path.join(index, storage.IVF_FILE))
+        index = load_index(index, ivf=nprobe is not None or (lists and jax.process_count() == 1))
+    if isinstance(index, IVFIndex):
+        return index, index.default_nprobe if nprobe is None else nprobe
+    if nprobe is not None:
+        raise DataError(f"nprobe={nprobe}: the index has no inverted lists (see `bebrjax ivf`)")
+    return index, None
 
 
 def load_index(path: str, ivf: bool = False) -> BinaryIndex | IVFIndex | ShardedIndex:

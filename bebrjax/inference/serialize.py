@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from bebrjax.errors import ConfigError, LoadError
-from bebrjax.inference.parts import Binarizer, Encoder
 from bebrjax.models.binarizer import query_planes
+from bebrjax.trainers.parts import Binarizer, Encoder
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")

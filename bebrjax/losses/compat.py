@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bebrjax.losses.pair_contrastive import MASKED, positive_cross_entropy, weighted_mean
-from bebrjax.models.binarizer import l2_normalize
+from bebrjax.models.common import l2_normalize
 from bebrjax.models.heads import classifier_logits
 
 

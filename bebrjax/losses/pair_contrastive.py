@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bebrjax.models.binarizer import l2_normalize
+from bebrjax.models.common import l2_normalize
 
 # A finite stand-in for -inf: exp() of it is exactly 0 and its gradient is clean.
 MASKED = -1e9

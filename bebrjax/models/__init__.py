@@ -1,1 +1,1 @@
-"""Models (flax linen); each module exposes `Model`."""
+"""Models (flax linen); each model module exposes `Model` (common.py: what they share)."""

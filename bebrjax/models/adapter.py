@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bebrjax.models.binarizer import MLPBlock, l2_normalize
+from bebrjax.models.binarizer import MLPBlock
+from bebrjax.models.common import l2_normalize
 from bebrjax.sharding import apply_model
 
 

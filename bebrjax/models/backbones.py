@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bebrjax.models.binarizer import xavier_normal
+from bebrjax.models.common import xavier_normal
 
 
 class MLP(nn.Module):

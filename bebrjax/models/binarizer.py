@@ -38,8 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's xavier_normal_ (flax's glorot_normal is truncated).
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+from bebrjax.models.common import l2_normalize, xavier_normal
 
 
 @jax.custom_vjp
@@ -57,11 +56,6 @@ def _sign_bwd(x, g):
 
 
 sign_ste.defvjp(_sign_fwd, _sign_bwd)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Scales each row of `x` to unit L2 norm."""
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def lift_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bebrjax.models.binarizer import l2_normalize, xavier_normal
+from bebrjax.models.common import l2_normalize, xavier_normal
 
 CLASSIFIERS = ("linear", "cosine", "arcface", "cosface")
 

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from bebrjax.search import band, kernels, scoring, storage, topk
+from bebrjax.errors import IndexFormatError
+from bebrjax.search import band, code_versions, kernels, scoring, storage, topk
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.blocked import BlockedIndex
-from bebrjax.search.storage import CODES, NORMS, VERSIONS, IndexFormatError
+from bebrjax.search.storage import CODES, NORMS, VERSIONS
 
-__all__ = ["BinaryIndex", "IndexFormatError"]
+__all__ = ["BinaryIndex"]
 
 
 class BinaryIndex(BlockedIndex):
@@ -94,7 +95,7 @@ class BinaryIndex(BlockedIndex):
         self._inv_norms = np.zeros((0,), np.float32)
         self._doc_versions = np.zeros((0,), np.uint8)
         self.revision = 0  # counts the changes, for what is derived from the codes (IVF lists)
-        self._check_version(version, u)
+        code_versions.check(version, u, metric, 0)
         self._register(version, int(u))
 
     @property
@@ -133,19 +134,6 @@ class BinaryIndex(BlockedIndex):
         """Stored bytes per document: planes, float32 1/||b||, uint8 version if several."""
         return (self.u + 1) * codes_lib.num_words(self.m) * 4 + 4 + (len(self._versions) > 1)
 
-    def _check_version(self, name: str, u: int) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"version={name!r} must be a non-empty string")
-        if not isinstance(u, int | np.integer) or not 0 <= u <= 3:
-            raise ValueError(f"u={u} must be an integer in [0, 3] (version {name!r})")
-        if self.metric == "hamming" and u != 0:
-            raise ValueError(
-                f"metric='hamming' needs u=0 (one plane) for every version; "
-                f"version {name!r} has u={u}"
-            )
-        if len(self._versions) >= storage.MAX_VERSIONS:
-            raise ValueError(f"an index holds at most {storage.MAX_VERSIONS} versions")
-
     def _register(self, name: str, u: int) -> None:
         """Adds version `name` of loops `u`, widening the stored planes if it has more."""
         self._versions[name] = u
@@ -154,26 +142,6 @@ class BinaryIndex(BlockedIndex):
             wider[:, : self._words.shape[1]] = self._words
             self._words = wider
         self._invalidate()
-
-    def _resolve(self, planes: np.ndarray, version: str | None) -> tuple[str, int, np.ndarray]:
-        """(name, u, checked planes) of codes given for `version` (None: the first one).
-
-        An unknown name is checked as a new version whose u is the planes'
-        (3-D [N, u+1, m]), but not yet registered.
-        """
-        name = next(iter(self._versions)) if version is None else version
-        if name in self._versions:
-            u = self._versions[name]
-        else:
-            planes = np.asarray(planes)
-            if planes.ndim != 3:
-                raise ValueError(
-                    f"planes of the new version {name!r} must have shape [N, u+1, {self.m}]; "
-                    f"got {list(planes.shape)}"
-                )
-            u = planes.shape[1] - 1
-            self._check_version(name, u)
-        return name, u, codes_lib.check_planes(planes, self.m, u)
 
     def _stored(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(words [N, U+1, W] with zero words past the code's planes, 1/||b|| [N])."""
@@ -189,7 +157,9 @@ class BinaryIndex(BlockedIndex):
           version: the codes' version; None is the first version. A new name
             registers a version with u = planes.shape[1] - 1.
         """
-        name, u, planes = self._resolve(planes, version)
+        name, u, planes = code_versions.resolve(
+            self._versions, planes, version, self.m, self.metric
+        )
         if name not in self._versions:
             self._register(name, u)
         words, inv_norms = self._stored(planes)
@@ -217,7 +187,9 @@ class BinaryIndex(BlockedIndex):
             that differs from the ids'); nothing is changed then.
         """
         ids = self._check_ids(ids)
-        name, u, planes = self._resolve(planes, version)
+        name, u, planes = code_versions.resolve(
+            self._versions, planes, version, self.m, self.metric
+        )
         if len(planes) != len(ids):
             raise ValueError(f"planes hold {len(planes)} codes for {len(ids)} ids")
         if name not in self._versions:
@@ -369,7 +341,7 @@ class BinaryIndex(BlockedIndex):
 
     def _kernel(self) -> str:
         """The kernel the scan runs ("auto" resolved for this backend, CPU and code shape)."""
-        return kernels.resolve(self.kernel, self.m, self.u + 1, self.metric)
+        return kernels.resolve(self.kernel, self.m, self.u + 1, self.metric, BinaryIndex)
 
     def _score_key(self) -> tuple:
         return (self.m, self.metric, self._kernel())
@@ -440,7 +412,7 @@ class BinaryIndex(BlockedIndex):
             kwargs.setdefault("query_bits", stored.query_bits)
             index = cls(stored.m, u, stored.metric, version=first, **kwargs)
             for name, u in rest:
-                index._check_version(name, u)
+                code_versions.check(name, u, index.metric, len(index._versions))
                 index._register(name, u)
         except ValueError as e:
             raise IndexFormatError(f"{path}: header.json: {e}") from None

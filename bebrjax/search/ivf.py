@@ -8,40 +8,36 @@ or from scratch: `IVFIndex(m, u, nlist=...)`, `train(planes)`, `add(planes)`;
 `replace(ids, planes, version)` as `BinaryIndex.replace`.
 
 Coarse quantizer: `nlist` unit centroids from spherical k-means
-(`bebrjax.search.kmeans`) over decoded codes b = sum_i 2^-i s_i (or any
-float vectors of width m given to `train`; `bebrjax.search.ivf_train`
-samples and assigns in bounded memory). Each document lives in the list of
-its nearest centroid by cosine, and a query scans the `nprobe` lists whose
-centroids are nearest its own decoded code.
+(`bebrjax.search.kmeans`) over decoded codes b = sum_i 2^-i s_i (or float
+vectors of width m; `bebrjax.search.ivf_train`). Each document lives in the
+list of its nearest centroid by cosine; a query scans the `nprobe` lists
+nearest its own decoded code.
 
 Versions and backfill: a replaced document (`replace`, or a backfill step
 on a saved IVF index, `bebrjax.search.backfill`) moves to the list of its
 new code's nearest centroid; the centroids stay. The codes may be shared
 with a `BinaryIndex` (`from_index`): a change made to them directly is seen
-by the codes' revision at the next use, and then every document is
-assigned again. Either way the next search builds the device tiles anew
-from the codes and lists of the moment, so it equals a fresh IVF index of
-the same codes and centroids.
+by the codes' revision at the next use, which assigns every document again.
+The next search builds the device tiles anew, so it equals a fresh IVF
+index of the same codes and centroids.
 
 Within the probed lists the answer is exact, as `BinaryIndex.search` is
-over the whole gallery: SDC scores (Hamming for metric "hamming") on the
-packed codes, by either kernel, each document in its own version, ranked
-by the exact score with ties to the lower id. With nprobe = nlist every
-list is probed and the answer equals `BinaryIndex.search` bit for bit.
+over the whole gallery: SDC scores (Hamming for metric "hamming"), each
+document in its own version, ties to the lower id. With nprobe = nlist the
+answer equals `BinaryIndex.search` bit for bit.
 
 Search: the queries' nearest lists are found a chunk of queries at a time
 (`kmeans.probe`) and their documents scanned on the device in tiles
-(`bebrjax.search.ivf_scan`), both in a few compiled shapes whatever the
-number of queries and the list sizes. The device returns each query's
-float top k + `topk.SPARE` (k + max(SPARE, k) for Hamming and u = 0, whose
-integer scores tie often; `bebrjax.search.probed`); the host ranks them
-exactly (`topk.exact_topk`, or an exact-float sort for Hamming and u = 0),
-and a query whose k-th score is tied past its spare candidates is ranked
-over all its probed documents.
+(`bebrjax.search.ivf_scan`), in a few compiled shapes; the device returns
+each query's float top k + spare candidates (`bebrjax.search.probed`), and
+the host ranks them exactly (`bebrjax.search.ivf_exact`).
+
+Default nprobe: `search` without nprobe probes the index's `nprobe` (chosen
+by `bebrjax ivf`, `bebrjax.search.ivf_nprobe`; None: every list).
 
 On disk an IVF index is a `BinaryIndex` directory (so `BinaryIndex.load`
 still opens it for an exhaustive search) plus `ivf.json`
-({"format": "bebrjax.IVFIndex", "version": 1, "nlist", "m"}),
+({"format": "bebrjax.IVFIndex", "version": 1, "nlist", "m", "nprobe"}),
 `centroids.npy` float32 [nlist, m] and `lists.npy` int32 [count], written
 together crash-safely (`bebrjax.search.storage.write_index`).
 """
@@ -54,9 +50,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax.errors import IndexFormatError
-from bebrjax.search import ivf_train, kmeans, scoring, storage, topk
+from bebrjax.search import ivf_exact, ivf_train, kmeans, scoring, storage, topk
 from bebrjax.search.index import BinaryIndex
-from bebrjax.search.ivf_scan import PADDING, ListScan
+from bebrjax.search.ivf_scan import ListScan
 
 
 class IVFIndex:
@@ -74,6 +70,10 @@ class IVFIndex:
       chunk: tiles a query gathers per scan step (a power of two).
       query_batch: queries searched at once.
       mesh: optional device mesh; the tiles are split over its `data` axis.
+
+    Attributes:
+      nprobe: the lists `search` probes when given none, 1..nlist, saved with
+        the index (`bebrjax.search.ivf_nprobe` chooses it); None: every list.
     """
 
     def __init__(
@@ -102,6 +102,7 @@ class IVFIndex:
         self.nlist, self.tile, self.group = int(nlist), tile, group
         self.chunk, self.query_batch = chunk, query_batch
         self.centroids: np.ndarray | None = None
+        self.nprobe: int | None = None
         self._set_lists(np.zeros(0, np.int32))
 
     @property
@@ -130,6 +131,11 @@ class IVFIndex:
 
     def __repr__(self) -> str:
         return f"IVFIndex(nlist={self.nlist}, codes={self.codes!r})"
+
+    @property
+    def default_nprobe(self) -> int:
+        """The lists `search` probes when given no nprobe: `nprobe`, or nlist when None."""
+        return self.nlist if self.nprobe is None else self.nprobe
 
     @property
     def lists(self) -> np.ndarray:
@@ -265,14 +271,15 @@ class IVFIndex:
     # --- search ------------------------------------------------------------------------------
 
     def search(
-        self, query_planes: np.ndarray, k: int, nprobe: int = 1
+        self, query_planes: np.ndarray, k: int, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The exact k nearest documents of each query within its `nprobe` nearest lists.
 
         Args:
           query_planes: as for `BinaryIndex.search` (any u_q, m_q >= m).
           k: results per query; at most the documents in a query's probed lists.
-          nprobe: lists scanned per query, 1..nlist (nlist: every document).
+          nprobe: lists scanned per query, 1..nlist (nlist: every document);
+            None: `default_nprobe`.
 
         Returns:
           (scores, ids) [Q, k] as `BinaryIndex.search` returns them.
@@ -288,6 +295,7 @@ class IVFIndex:
         if not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k={k} must be a positive integer")
         queries, u_q = self.codes._queries(query_planes)
+        nprobe = self.default_nprobe if nprobe is None else nprobe
         probes = self.probes(queries["ints"], nprobe)
         available = self.list_sizes()[probes].sum(1)
         if len(probes) and available.min() < k:
@@ -302,9 +310,11 @@ class IVFIndex:
         width = min(self.ntotal, k + max(topk.SPARE, k if exact_floats else 0))
         scores, ids = self._list_scan().candidates(queries, probes, width)
         complete = available <= width
-        words = queries["words"]
+        words, members = queries["words"], self._list_scan().placement.members
         if exact_floats:
-            scores, ids = self._exact_floats(scores, ids, k, complete, words, probes, u_q)
+            scores, ids = ivf_exact.exact_float_topk(
+                self.codes, members, scores, ids, k, complete, words, probes, u_q
+            )
             return (-scores if self.metric == "hamming" else scores), ids
         scale = 2.0**-u_q
         return topk.exact_topk(
@@ -314,7 +324,9 @@ class IVFIndex:
             bound=scoring.sdc_bound(scores),
             complete=complete,
             exact=lambda rows, d: topk.SdcScores(*self.codes.exact_ints(words[rows], d), scale),
-            exact_all=lambda row: self._exact_probed(words[row], probes[row], scale),
+            exact_all=lambda row: ivf_exact.probed_scores(
+                self.codes, members, words[row], probes[row], scale
+            ),
         )
 
     def probes(self, query_ints: np.ndarray, nprobe: int) -> np.ndarray:
@@ -333,32 +345,6 @@ class IVFIndex:
         if nprobe == self.nlist:  # every list: no need to rank them
             return np.broadcast_to(np.arange(self.nlist), (len(query_ints), self.nlist))
         return kmeans.probe(query_ints.astype(np.float32), self.centroids, int(nprobe))
-
-    def _exact_probed(self, query_words: np.ndarray, lists: np.ndarray, scale: float):
-        """(exact scores, ids) of one query against every document of its probed lists."""
-        ids = self._list_scan().placement.members(lists)
-        return topk.SdcScores(*self.codes.exact_ints(query_words, ids), scale), ids
-
-    def _exact_floats(self, scores, ids, k, complete, words, probes, u_q):
-        """The top k under (float score desc, id asc) when the floats are exact (Hamming, u = 0).
-
-        A query whose k-th score also belongs to a document past its candidates
-        is scored on the host over all its probed documents, with the device's
-        float arithmetic (`scoring.code_scores`).
-        """
-        certified = complete | (scores[:, k - 1] > scores[:, -1])
-        for row in np.flatnonzero(~certified):
-            every = self._list_scan().placement.members(probes[row])
-            ip, _ = self.codes.exact_ints(words[row], every)
-            if self.metric == "hamming":
-                floats = -((self.m - ip) // 2).astype(np.float32)
-            else:
-                scale = self.codes._inv_norms[every] * np.float32(2.0 ** -(self.u + u_q))
-                floats = ip.astype(np.float32) * scale.astype(np.float32)
-            best = np.lexsort((every, -floats))[: scores.shape[1]]
-            scores[row], ids[row] = PADDING, -1
-            scores[row, : len(best)], ids[row, : len(best)] = floats[best], every[best]
-        return scores[:, :k], ids[:, :k]
 
     def _list_scan(self) -> ListScan:
         """The documents in the tiles of their lists on the device(s), built after each change."""
@@ -384,7 +370,7 @@ class IVFIndex:
         arrays[storage.CENTROIDS] = self.centroids
         arrays[storage.LISTS] = self._current_lists().astype("<i4")
         meta = {"format": storage.IVF_FORMAT, "version": storage.IVF_VERSION}
-        meta.update(nlist=self.nlist, m=self.m)
+        meta.update(nlist=self.nlist, m=self.m, nprobe=self.nprobe)
         storage.write_index(path, arrays, json_files={storage.IVF_FILE: meta}, **header)
 
     @classmethod
@@ -409,6 +395,6 @@ class IVFIndex:
                 f"{path}: {storage.LISTS} holds lists outside [0, {meta['nlist']})"
             )
         ivf = cls._over(codes, meta["nlist"], **kwargs)
-        ivf.centroids = np.asarray(centroids, np.float32)
+        ivf.centroids, ivf.nprobe = np.asarray(centroids, np.float32), meta.get("nprobe")
         ivf._set_lists(lists)
         return ivf

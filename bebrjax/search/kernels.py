@@ -69,7 +69,7 @@ def check(kernel: str) -> str:
     return kernel
 
 
-def resolve(kernel: str, m: int, planes: int, metric: str) -> str:
+def resolve(kernel: str, m: int, planes: int, metric: str, index_type: type) -> str:
     """The kernel to run for codes of width m with `planes` stored planes.
 
     Args:
@@ -77,6 +77,8 @@ def resolve(kernel: str, m: int, planes: int, metric: str) -> str:
       m: code width.
       planes: the stored planes (U+1); queries are measured with as many.
       metric: "ip" or "hamming".
+      index_type: the index whose search is measured (`BinaryIndex`), built
+        as `index_type(m, u, metric, kernel=...)`.
     """
     if kernel != "auto":
         return kernel
@@ -91,13 +93,13 @@ def resolve(kernel: str, m: int, planes: int, metric: str) -> str:
     if key not in _CHOSEN:
         cached = _read_cache()
         if cached.get(key) not in CPU_KERNELS:
-            cached[key] = _fastest(m, planes, metric)
+            cached[key] = _fastest(m, planes, metric, index_type)
             _write_cache({**_read_cache(), key: cached[key]})
         _CHOSEN[key] = cached[key]
     return _CHOSEN[key]
 
 
-def _fastest(m: int, planes: int, metric: str) -> str:
+def _fastest(m: int, planes: int, metric: str, index_type: type) -> str:
     """The CPU kernel under which a real search of a synthetic gallery is fastest.
 
     The whole search is timed (three default blocks of 65536 random codes,
@@ -107,8 +109,6 @@ def _fastest(m: int, planes: int, metric: str) -> str:
     (e.g. SWAR fastest alone but 4x slower inside the search at m = 128;
     carry-save adders level with popcount on one block, 2x slower on six).
     """
-    from bebrjax.search.index import BinaryIndex  # the index resolves kernels through here
-
     print(
         f"bebrjax: measuring the CPU search kernels for m={m}, u={planes - 1} "
         "(once per machine and code shape)",
@@ -119,7 +119,7 @@ def _fastest(m: int, planes: int, metric: str) -> str:
     queries = docs[rng.integers(0, len(docs), 512)]
     times = {}
     for kernel in CPU_KERNELS:
-        index = BinaryIndex(m, planes - 1, metric, kernel=kernel)
+        index = index_type(m, planes - 1, metric, kernel=kernel)
         index.add(docs)
         index.search(queries, 10)  # compiles
         start = time.perf_counter()

@@ -14,7 +14,9 @@
   * `inv_norms.npy`: float32 [count], 1/||b|| of each code;
   * `versions.npy` (only when there is more than one version): uint8
     [count], each document's index into "versions".
-An `IVFIndex` adds `ivf.json`, `centroids.npy` and `lists.npy` (see
+An `IVFIndex` adds `ivf.json` ({"format": "bebrjax.IVFIndex", "version":
+1, "nlist", "m", "nprobe"}; "nprobe", the default lists per query, may be
+null or absent: every list), `centroids.npy` and `lists.npy` (see
 `bebrjax.search.ivf`; `read_ivf_meta` checks the first). An index of one
 version writes exactly the first three files. Version-1
 directories (no "versions", no versions.npy) still load, as one version
@@ -270,7 +272,11 @@ def read_index(path: str) -> StoredIndex:
 
 
 def read_ivf_meta(path: str, m: int) -> dict:
-    """ivf.json of the index at `path`, checked against the codes' width m."""
+    """ivf.json of the index at `path`, checked against the codes' width m.
+
+    Its "nprobe" (the default lists per query, 1..nlist) is None where the
+    file has none (written before the field existed): every list.
+    """
     name = os.path.join(path, IVF_FILE)
     if not os.path.isfile(name):
         raise IndexFormatError(
@@ -293,4 +299,9 @@ def read_ivf_meta(path: str, m: int) -> dict:
             f"{path}: {IVF_FILE}: the lists were trained for m={meta.get('m')}, "
             f"the codes have m={m}"
         )
+    nprobe = meta.setdefault("nprobe", None)
+    if nprobe is not None and (
+        not isinstance(nprobe, int) or isinstance(nprobe, bool) or not 1 <= nprobe <= nlist
+    ):
+        raise IndexFormatError(f"{path}: {IVF_FILE}: nprobe={nprobe!r} is not in [1, {nlist}]")
     return meta

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, apply_overrides, import_plugin, load_config
+from bebrjax.config import apply_overrides, import_trainer, load_config
+from bebrjax.errors import ConfigError
 
 
 def train(config_spec: str, workdir: str, overrides: Sequence[str] = ()) -> dict | None:
@@ -34,5 +35,5 @@ def train(config_spec: str, workdir: str, overrides: Sequence[str] = ()) -> dict
     apply_overrides(config, overrides)
     if "trainer" not in config:
         raise ConfigError(f"config '{config_spec}' names no trainer (config.trainer)")
-    trainer = import_plugin("bebrjax.trainers", config.trainer, "trainer")
+    trainer = import_trainer(config.trainer)
     return trainer.train_and_evaluate(config, workdir)

@@ -29,11 +29,12 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import TRAIN_RULES, ConfigError, check_ks, check_rules, import_plugin, to_dict
+from bebrjax.config import TRAIN_RULES, check_ks, check_rules, import_plugin, to_dict
 from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.batching import batch_indices, steps_per_epoch, total_steps
 from bebrjax.data.splits import train_eval_split
 from bebrjax.distributed import local_rows
+from bebrjax.errors import ConfigError
 from bebrjax.evaluators import retrieval
 from bebrjax.optim import OPTIM_FIELDS, make_optimizer
 from bebrjax.search import codes as codes_lib

@@ -59,14 +59,14 @@ from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.data import PairedEmbeddings
 from bebrjax.evaluators import versions
-from bebrjax.inference import Binarizer, load
-from bebrjax.inference.loaders import code_upgrade, save_psi
 from bebrjax.losses.pair_contrastive import cross_version_loss
 from bebrjax.models.code_adapter import fit_ridge
 from bebrjax.search import codes as codes_lib
 from bebrjax.trainers import binarizer, version_plans
 from bebrjax.trainers.compatible_preflight import STAGES, finished, preflight, stage_dir
 from bebrjax.trainers.loop import Laps
+from bebrjax.trainers.parts import Binarizer
+from bebrjax.trainers.runs import code_upgrade, load_binarizer, read_config, save_psi
 
 # A stage's recipe: the binarizer sections it trains with.
 _STAGE_FIELDS = {key: binarizer.FIELDS[key] for key in ("model", "loss", "optim", "train")}
@@ -95,11 +95,16 @@ FIELDS = dict(
 )
 
 
+def load_stage(directory: str, mesh) -> Binarizer:
+    """The finished binarizer run of a stage, loaded on `mesh`."""
+    return load_binarizer(directory, read_config(directory), None, mesh, finished(directory))
+
+
 def run_stage(stage: ml_collections.ConfigDict, directory: str, mesh) -> Binarizer:
     """A binarizer stage: trained (or resumed) unless finished, then loaded."""
     if not finished(directory):
         binarizer.train_and_evaluate(stage, directory)
-    return load(directory, mesh=mesh)
+    return load_stage(directory, mesh)
 
 
 def train_new(
@@ -146,7 +151,7 @@ def train_new(
 
         state = binarizer.fit(stage, split[0], directory, mesh, extra=old_codes, cross=cross)
         binarizer.write_results(stage, directory, state, split, mesh)
-    return load(directory, mesh=mesh)
+    return load_stage(directory, mesh)
 
 
 def float_psi(splits: dict, alpha: float) -> np.ndarray:

@@ -17,13 +17,14 @@ import ml_collections
 import numpy as np
 
 from bebrjax import sharding
-from bebrjax.config import ConfigError, check_rules, diff_keys, to_dict
-from bebrjax.data import DataError, PairedEmbeddings, get_data
+from bebrjax.config import check_rules, diff_keys, to_dict
+from bebrjax.data import PairedEmbeddings, get_data
 from bebrjax.data.pairs import grouping_conflict
-from bebrjax.inference.loaders import read_config
+from bebrjax.errors import ConfigError, DataError
 from bebrjax.losses.pair_contrastive import CROSS_DIRECTIONS
 from bebrjax.search import plan as plan_lib
 from bebrjax.trainers import binarizer
+from bebrjax.trainers.runs import read_config
 
 STAGES = ("old", "independent", "new")
 

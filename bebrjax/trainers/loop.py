@@ -5,8 +5,10 @@ metrics)`; `train_loop` restores the newest readable orbax checkpoint of
 `workdir`, feeds the batches of `batch_fn(step)` (a pure function of the
 step, so that resuming equals not stopping; on N processes each gives its
 own rows, `distributed.local_rows`), writes metrics.jsonl and a
-progress bar, checkpoints on schedule and at the end, and records its wall
-time in train_time.json (`workdir.train_time` reads the total and the parts).
+progress bar (whose rate and ETA leave out the first, compiling step:
+`bebrjax.progress`), checkpoints on schedule and at the end, and records
+its wall time in train_time.json (`workdir.train_time` reads the total and
+the parts).
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from bebrjax import checkpoint, distributed, sharding
+from bebrjax import checkpoint, distributed, progress, sharding
 from bebrjax import workdir as wd
 
 State = dict[str, Any]
@@ -214,7 +215,7 @@ def train_loop(
     log = wd.MetricsLog(workdir, start)
     clock = wd.TrainTime(workdir, start)
     put = functools.partial(distributed.global_batch, sharding.batch_sharded(mesh))
-    bar = tqdm(
+    bar = progress.Bar(  # its rate and ETA leave out the compiling first step
         total=total,
         initial=start,
         desc=os.path.basename(workdir) or "train",

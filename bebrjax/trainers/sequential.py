@@ -12,7 +12,7 @@ The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 3. For each method of `methods` and each step t >= 2: phi_t trained with the
    method against the frozen phi_{t-1} of the same method (always the
    previous model: a model knows only its predecessor), in
-   workdir/<method>/step<t> (`upgrade_stages.train_new`). Methods with a forward
+   workdir/<method>/step<t> (`upgrade.stages.train_new`). Methods with a forward
    adapter (dmu, bict) replace the stored gallery by psi_t(G); the others
    (bct) leave it as it is, so it stays phi1's.
 4. At every step: new/new (phi_t on both sides, the backfilled ideal),
@@ -36,15 +36,16 @@ import numpy as np
 
 from bebrjax import report, sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, check_ks, to_dict
+from bebrjax.config import check_ks, to_dict
 from bebrjax.data.batching import steps_per_epoch
 from bebrjax.data.upgrade_splits import labelled_data, sequence_split
+from bebrjax.errors import ConfigError
 from bebrjax.evaluators.compatibility import retrieval_metrics
 from bebrjax.sharding import apply_model
-from bebrjax.trainers import upgrade_checks
 from bebrjax.trainers.loop import Laps, variables_of
-from bebrjax.trainers.upgrade_models import Frozen, build, check_model
-from bebrjax.trainers.upgrade_stages import fit_stage, train_new
+from bebrjax.trainers.upgrade import checks
+from bebrjax.trainers.upgrade.models import Frozen, build, check_model
+from bebrjax.trainers.upgrade.stages import fit_stage, train_new
 
 
 def stage_config(config: ml_collections.ConfigDict, step: int) -> ml_collections.ConfigDict:
@@ -88,7 +89,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config key 'methods' is empty")
     for method in config.methods:
         for step in range(1, len(seq.ratios)):
-            upgrade_checks.validate(method_config(config, method, step))
+            checks.validate(method_config(config, method, step))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Fitted on a seeded sample of `version_aware.pairs` training pairs, each model
 encoding its own embeddings of the same pairs; saved as workdir/plans/<policy>.json,
-so that `python -m bebrjax.search --plan` and `export --plan` take them as they are.
+so that `bebrjax search --plan` and `bebrjax export --plan` take them as they are.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 
 from bebrjax import workdir as wd
-from bebrjax.inference import Binarizer
 from bebrjax.search import plan as plan_lib
+from bebrjax.trainers.parts import Binarizer
 
 
 def fit_plans(

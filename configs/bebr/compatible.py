@@ -1,6 +1,6 @@
 r"""Compatible binary codes: a new binarizer whose codes search the old one's, and psi.
 
-    python -m bebrjax.main --workdir DIR --config configs/bebr/compatible.py:\
+    bebrjax train --workdir DIR --config configs/bebr/compatible.py:\
 path=pairs.npz,old_query_key=query_old,old_doc_key=doc_old,query_key=query_new,doc_key=doc_new
 
 `path` holds the new model's embeddings `query_key`/`doc_key` [N, d_new] of N

@@ -1,6 +1,6 @@
 r"""BEBR on your own paired embeddings.
 
-    python -m bebrjax.main --config configs/bebr/npz.py:path=pairs.npz,bits=2 --workdir DIR
+    bebrjax train --config configs/bebr/npz.py:path=pairs.npz,bits=2 --workdir DIR
 
 `path` is an .npz file (or a directory of <key>.npy files) holding `query`
 [N, d] and `doc` [N, d], row i of one pairing with row i of the other, and
@@ -30,9 +30,10 @@ each other) plus similarity distillation; SGD at lr 0.002 (Nesterov 0.9,
 weight decay 1e-3 on weight matrices, clip 5, x0.1 at 60%), batches of 512
 pairs for 10 epochs; Recall@1/5/10 beside a same-bits random hash.
 
-The FOLDOC pairs of the README (launch/foldoc.sh runs 1, 2 and 3 bits):
-  python -m bebrjax.main --workdir /tmp/bebr_foldoc --config \
-    configs/bebr/npz.py:path=../shared/data/foldoc_minilm.npz,query_key=query_new,doc_key=doc_new
+The FOLDOC pairs of docs/binarizer.md (foldoc_minilm.npz, built by launch/make_foldoc.sh,
+docs/foldoc.md; launch/foldoc.sh runs 1, 2 and 3 bits):
+  bebrjax train --workdir /tmp/bebr_foldoc --config \
+    configs/bebr/npz.py:path=foldoc_minilm.npz,query_key=query_new,doc_key=doc_new
 """
 
 import ml_collections

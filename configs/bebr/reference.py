@@ -1,7 +1,9 @@
 r"""BEBR under the authors' own recipe, to set beside the defaults.
 
-    python -m bebrjax.main --workdir DIR --config configs/bebr/reference.py:\
-path=../shared/data/foldoc_minilm.npz,query_key=query_new,doc_key=doc_new
+    bebrjax train --workdir DIR --config configs/bebr/reference.py:\
+path=foldoc_minilm.npz,query_key=query_new,doc_key=doc_new
+
+(foldoc_minilm.npz: the FOLDOC pairs, built by launch/make_foldoc.sh; docs/foldoc.md.)
 
 The recipe of the paper's public code (its configs bebr.yaml and hash.yaml),
 where it differs from ours (configs/bebr/npz.py):
@@ -35,7 +37,7 @@ Arguments after ':' (as in configs/bebr/npz.py):
 It prints Recall@1/5/10 of the raw float embeddings, the binary codes, the
 random-projection hash and the trained hash (the synthetic default: about 4
 minutes on 2 CPU cores, most of it the trained hash's 3 x 1536 blocks).
-FOLDOC figures beside the defaults': README "Results" and
+FOLDOC figures beside the defaults': docs/binarizer.md ("Results") and
 docs/reference_recipe.md.
 """
 

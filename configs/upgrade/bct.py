@@ -1,6 +1,6 @@
 r"""BCT: the influence loss through the frozen old classifier (synthesized rows for new classes).
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/bct.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/bct.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """

@@ -1,6 +1,6 @@
 r"""BiCT: BCT at lambda_bc (compat.weight), then psi upgrades the stored old gallery.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/bict.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/bict.py:split=extended_class
 
 Stage 2 trains psi on embeddings only, both models frozen, through the new
 classifier plus forward.l2 x L2. The report adds new -> psi(old).

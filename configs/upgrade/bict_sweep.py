@@ -1,6 +1,6 @@
 r"""BiCT's lambda_bc (compat.weight) swept: backward against forward compatibility.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/bict_sweep.py
+    bebrjax train --workdir DIR --config configs/upgrade/bict_sweep.py
 
 One old model and one paragon; BiCT at every lambda_bc of sweep.grid, in
 DIR/bict@<value>. The table shows, per lambda_bc, new/new (what backward

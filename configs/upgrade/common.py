@@ -26,7 +26,8 @@ Arguments after ':' of every upgrade config (e.g. `split=open_class,steps=300`):
 
 import ml_collections
 
-from bebrjax.config import ConfigError, parse_arg
+from bebrjax.config import parse_arg
+from bebrjax.errors import ConfigError
 
 ARGS = dict(split="extended_class", data="classes", path="", backbone="", steps=0, devices=0)
 
@@ -39,7 +40,7 @@ def recipe(method: str, split: str, steps: int, devices: int) -> ml_collections.
     stage, cosine classifiers with s = 16.
 
     Args:
-      method: the compatibility method (`bebrjax.trainers.upgrade_methods.METHODS`).
+      method: the compatibility method (`bebrjax.trainers.upgrade.methods.METHODS`).
       split: the split's kind.
       steps: training steps of every stage; 0 means `train.epochs` epochs.
       devices: devices of the mesh; 0 means all.

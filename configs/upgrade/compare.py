@@ -1,6 +1,6 @@
 r"""Every compatibility method on one split, in one table.
 
-    python -m bebrjax.main --workdir DIR \
+    bebrjax train --workdir DIR \
       --config configs/upgrade/compare.py:split=extended_class
 
 Trains one old model and one paragon, then a new model per method

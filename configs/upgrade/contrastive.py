@@ -1,6 +1,6 @@
 r"""Contrastive compatibility: new anchors, old positives, old negatives of other classes.
 
-    python -m bebrjax.main --workdir DIR \
+    bebrjax train --workdir DIR \
       --config configs/upgrade/contrastive.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.

@@ -1,6 +1,6 @@
 r"""DMU: selective backward compatibility plus a forward adapter psi evolving the old gallery.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/dmu.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/dmu.py:split=extended_class
 
 The compatibility loss (dmu.loss) is weighted per sample by the old
 feature's discriminativeness (dmu.measure); psi is trained with the new

@@ -1,6 +1,6 @@
 r"""No compatibility term: the new model alone (the paragon, the upper bound of new/new).
 
-    python -m bebrjax.main --workdir DIR \
+    bebrjax train --workdir DIR \
       --config configs/upgrade/independent.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.

@@ -1,6 +1,6 @@
 r"""The L2 baseline: ||phi_new(x) - phi_old(x)||^2 beside the new model's own loss.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/l2.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/l2.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """

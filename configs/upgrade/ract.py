@@ -1,6 +1,6 @@
 r"""RACT (Hot-Refresh): contrastive compatibility with new-model negatives as well.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/ract.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/ract.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """

@@ -1,7 +1,7 @@
 r"""Sequential upgrades phi1 -> phi2 -> phi3: BCT, DMU and BiCT side by side.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/sequential.py
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/sequential.py:data=digits
+    bebrjax train --workdir DIR --config configs/upgrade/sequential.py
+    bebrjax train --workdir DIR --config configs/upgrade/sequential.py:data=digits
 
 Each step brings more classes (sequence.ratios: 30%, 60%, then all) and a
 larger model of one family (sequence.backbone_args, sequence.embedding_dims:

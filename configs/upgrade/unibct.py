@@ -1,6 +1,6 @@
 r"""UniBCT: the influence loss on structurally refined old prototypes.
 
-    python -m bebrjax.main --workdir DIR --config configs/upgrade/unibct.py:split=extended_class
+    bebrjax train --workdir DIR --config configs/upgrade/unibct.py:split=extended_class
 
 The recipe and the arguments after ':' are configs/upgrade/common.py's.
 """

@@ -21,10 +21,11 @@ import ml_collections
 
 from bebrjax import report
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError, apply_overrides, to_dict
+from bebrjax.config import apply_overrides, to_dict
+from bebrjax.errors import ConfigError
 from bebrjax.trainers import upgrade
-from bebrjax.trainers.upgrade_checks import preflight
-from bebrjax.trainers.upgrade_stages import stage_record
+from bebrjax.trainers.upgrade.checks import preflight
+from bebrjax.trainers.upgrade.stages import stage_record
 
 
 def method_configs(config: ml_collections.ConfigDict, workdir: str):

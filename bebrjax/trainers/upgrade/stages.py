@@ -20,18 +20,18 @@ import numpy as np
 
 from bebrjax import sharding
 from bebrjax import workdir as wd
-from bebrjax.config import ConfigError
 from bebrjax.data.batching import batch_indices, total_steps
 from bebrjax.data.labelled import Labelled
 from bebrjax.distributed import local_rows
+from bebrjax.errors import ConfigError
 from bebrjax.losses import compat
 from bebrjax.models.adapter import Adapter, WithAdapter, split_variables
 from bebrjax.optim import make_optimizer
 from bebrjax.sharding import apply_model
 from bebrjax.trainers.loop import State, cadence, init_state, train_loop, variables_of
-from bebrjax.trainers.upgrade_methods import METHODS, Method
-from bebrjax.trainers.upgrade_models import Frozen, build, build_adapter
-from bebrjax.trainers.upgrade_step import make_forward_step, make_train_step
+from bebrjax.trainers.upgrade.methods import METHODS, Method
+from bebrjax.trainers.upgrade.models import Frozen, build, build_adapter
+from bebrjax.trainers.upgrade.step import make_forward_step, make_train_step
 
 
 def claim_stage(workdir: str, record: dict) -> None:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bebrjax.config import ConfigError
+from bebrjax.errors import ConfigError
 from bebrjax.models.adapter import Adapter
 from bebrjax.models.embedder import Model
 from bebrjax.sharding import apply_model

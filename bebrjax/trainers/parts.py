@@ -14,8 +14,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bebrjax import sharding
-from bebrjax.data.pairs import DataError, row_norms
-from bebrjax.errors import LoadError
+from bebrjax.data.pairs import row_norms
+from bebrjax.errors import DataError, LoadError
 from bebrjax.models.binarizer import query_planes
 from bebrjax.search import codes as codes_lib
 
@@ -41,7 +41,7 @@ class Encoder:
       kind: "binarizer" (float rows -> int8 planes), "embedder" (inputs ->
         float embeddings) or "adapter" (old embeddings -> new-space embeddings).
       forward: a pure, jit-able `(variables, x[N, ...]) -> y[N, ...]`,
-        input handling included (see the module docstring).
+        input handling included (see `bebrjax.inference`).
       variables: the trained flax variables, replicated on `mesh`.
       input_shape: the shape of one input row.
       input_dtype: the dtype the function takes.

@@ -13,8 +13,8 @@ from bebrjax.losses import compat
 from bebrjax.models.backbones import BACKBONES
 from bebrjax.models.heads import CLASSIFIERS
 from bebrjax.optim import make_optimizer
-from bebrjax.trainers.upgrade_methods import METHODS
-from bebrjax.trainers.upgrade_models import check_model
+from bebrjax.trainers.upgrade.methods import METHODS
+from bebrjax.trainers.upgrade.models import check_model
 
 
 def _model_rules(stage: str) -> tuple:

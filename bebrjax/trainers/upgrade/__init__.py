@@ -2,14 +2,14 @@
 
 The contract of a trainer module: `train_and_evaluate(config, workdir)`.
 The recipe is the config file's (configs/upgrade/common.py and the method's
-file); the methods are one table (`upgrade_methods.METHODS`). Top to bottom:
+file); the methods are one table (`methods.METHODS`). Top to bottom:
 
 1. Load and validate the labelled data, draw the universal split
-   (`split.kind`), validate the config (`upgrade_checks`) and record it.
+   (`split.kind`), validate the config (`checks`) and record it.
    Nothing is written before the data and config have passed.
 2. Stage `old`: phi_old on the old training set with its classifier (cross
    entropy), in `<old_workdir or workdir/old>`; a finished stage is reused
-   (`upgrade_stages`: a stage directory records what its model depends on).
+   (`stages`: a stage directory records what its model depends on).
 3. Stage `new` (workdir/new): phi_new on the new training set, cross entropy
    plus `compat.weight` x the compatibility term of `method` against the
    frozen old model. A method with a forward adapter psi trains it too:
@@ -41,9 +41,9 @@ from bebrjax import workdir as wd
 from bebrjax.config import to_dict
 from bebrjax.evaluators.compatibility import evaluate_upgrade
 from bebrjax.trainers.loop import Laps, variables_of
-from bebrjax.trainers.upgrade_checks import preflight
-from bebrjax.trainers.upgrade_models import Frozen, build
-from bebrjax.trainers.upgrade_stages import fit_stage, train_new
+from bebrjax.trainers.upgrade.checks import preflight
+from bebrjax.trainers.upgrade.models import Frozen, build
+from bebrjax.trainers.upgrade.stages import fit_stage, train_new
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -15,7 +15,7 @@ import optax
 
 from bebrjax.losses import compat
 from bebrjax.trainers.loop import State, jit_train_step, optimizer_step
-from bebrjax.trainers.upgrade_methods import Inputs, Method
+from bebrjax.trainers.upgrade.methods import Inputs, Method
 
 
 def make_train_step(

@@ -3,13 +3,13 @@
 A `Method` says what a new model trained with it needs (the frozen old
 model's embeddings of each batch, the old classifier, a refresh of that
 classifier, a forward adapter psi) and the compatibility term it adds to the
-new model's cross entropy. The train step (`upgrade_step`) and the stages
-(`upgrade_stages`) read these fields; nothing else branches on a method's
+new model's cross entropy. The train step (`step`) and the stages
+(`stages`) read these fields; nothing else branches on a method's
 name. A new method is a term function and one row of `METHODS`.
 
 DMU and BiCT are public only as abstracts; what they do here is our reading
 (see `compat.discriminativeness`, `compat.darwinian_weights`,
-`compat.forward_loss` and the README's "Our reading"):
+`compat.forward_loss` and docs/upgrades.md, "Our reading"):
   * DMU: the per-sample compatibility loss (`dmu.loss`: influence or
     contrastive) weighted by w = d / mean(d), d the old feature's
     discriminativeness (`dmu.measure`); psi trained jointly, through the new

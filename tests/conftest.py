@@ -144,10 +144,10 @@ def small_compare_config(*extra: str):
 @pytest.fixture(scope="session")
 def compare_run(tmp_path_factory):
     """(workdir, results) of the small comparison, trained once for every test that reads it."""
-    from bebrjax.trainers import upgrade_compare
+    from bebrjax.trainers.upgrade import compare
 
     workdir = tmp_path_factory.mktemp("compare")
-    return workdir, upgrade_compare.train_and_evaluate(small_compare_config(), str(workdir))
+    return workdir, compare.train_and_evaluate(small_compare_config(), str(workdir))
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ def test_query_planes_are_the_nearest_odd_levels(bits):
     assert np.all(np.abs(levels - scaled) <= 1.0 + 1e-5)  # odd levels are 2 apart: the nearest
 
 
+@pytest.mark.slow
 def test_the_run_reports_the_served_mode_and_every_budget(asymmetric_run):
     workdir, results = asymmetric_run
     retrieval, budgets = results["retrieval"], results["budgets"]
@@ -60,6 +61,7 @@ def test_the_run_reports_the_served_mode_and_every_budget(asymmetric_run):
     assert model.encode_query(x, bits=0).shape == (5, 2, 16)
 
 
+@pytest.mark.slow
 def test_index_command_and_bundle_serve_queries_as_evaluated(asymmetric_run, tmp_path, capsys):
     workdir, results = asymmetric_run
     pairs = str(tmp_path / "eval.npz")

@@ -25,6 +25,7 @@ def demo_run(tmp_path_factory):
     return workdir, run_train(*DEMO, "--workdir", str(workdir))
 
 
+@pytest.mark.slow
 def test_demo_run_writes_every_file(demo_run):
     workdir, proc = demo_run
     assert proc.returncode == 0, proc.stderr
@@ -158,6 +159,7 @@ def _files(directory):
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     import signal
     import time
@@ -185,6 +187,7 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     assert len(json.loads((workdir / "results.json").read_text())["train"]["parts"]) == 2
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_does_not_stop_a_resume(demo_run, tmp_path):
     from bebrjax.workdir import read_metrics
 
@@ -205,6 +208,7 @@ def test_a_torn_metrics_line_does_not_stop_a_resume(demo_run, tmp_path):
     assert status == 2 and "metrics.jsonl: line 7 is not JSON" in err, err
 
 
+@pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_is_skipped_and_the_run_ends_the_same(demo_run, tmp_path):
     from bebrjax import checkpoint
     from bebrjax.workdir import read_metrics
@@ -303,6 +307,7 @@ def test_importing_the_report_keeps_a_notebooks_backend():
         matplotlib.use(before)
 
 
+@pytest.mark.slow
 def test_a_workdir_belongs_to_one_running_process(tmp_path):
     from bebrjax import workdir as wd
 

@@ -1,4 +1,4 @@
-"""The one `bebrjax` command: its subcommands, help, version, `info`, and short reprs."""
+"""The one `bebrjax` command: subcommands, help, version, `info`, reprs, search output, bars."""
 
 import importlib
 import importlib.metadata
@@ -13,9 +13,11 @@ import pytest
 from conftest import ROOT, run_in_process
 
 import bebrjax
-from bebrjax.commands import COMMANDS, info
+from bebrjax.commands import COMMANDS, encode, info, search
+from bebrjax.commands import ivf as ivf_command
 from bebrjax.inference import Binarizer, Encoder, Runs, Versions, load
 from bebrjax.inference.export import export_bundle
+from bebrjax.inference.query import search_index
 from bebrjax.search import BinaryIndex, IVFIndex, ShardedIndex
 from bebrjax.search.plan import ScoringPlan, Term, VersionPlan
 
@@ -186,3 +188,166 @@ def test_python_dash_m_bebrjax_runs_a_subcommand(tmp_path):
     proc = _run(sys.executable, "-m", "bebrjax", "info", str(tmp_path / "index"), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["metric"] == "hamming"
+
+
+@pytest.fixture
+def slow_first_step(monkeypatch):
+    """(clock, bars): a fake clock for progress bars, and every `progress.Bar` made, shown.
+
+    Work advances the clock by hand (30 s for a compiling first step, 0.1 s
+    for each one after), so a bar's elapsed time, rate and ETA are exact.
+    """
+    import tqdm.std
+
+    from bebrjax import progress
+    from bebrjax.inference import corpus
+
+    clock, bars = [1000.0], []
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # no thread on the real clock
+
+    class Shown(progress.Bar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False})  # a terminal or not
+            bars.append(self)
+
+    monkeypatch.setattr(progress, "Bar", Shown)
+    monkeypatch.setattr(corpus, "Bar", Shown)
+    return clock, bars
+
+
+def _step_time(clock, first):
+    clock[0] += 30.0 if first else 0.1
+
+
+def test_the_training_bar_leaves_the_compiling_first_step_out_of_its_eta(tmp_path, slow_first_step):
+    import jax.numpy as jnp
+
+    from bebrjax import sharding
+    from bebrjax.trainers import loop
+
+    clock, bars = slow_first_step
+    seen = {}
+
+    def train_step(state, batch):
+        step = int(state["step"])
+        if step == 21:  # 21 steps done: 20 of 0.1 s after the first
+            seen.update(bars[0].format_dict)
+        _step_time(clock, step == 0)
+        return {"step": state["step"] + 1}, {"loss": jnp.zeros(())}
+
+    state = {"step": jnp.zeros((), jnp.int32)}
+    loop.train_loop(
+        state,
+        train_step,
+        lambda step: {"x": np.zeros((8, 2), np.float32)},
+        workdir=str(tmp_path),
+        total=41,
+        schedule=lambda step: 0.1,
+        mesh=sharding.make_mesh(1),
+        log_every=100,
+        checkpoint_every=1000,
+        keep_checkpoints=1,
+    )
+    assert seen["n"] == 21 and seen["elapsed"] == pytest.approx(2.0)  # not 32 s
+    assert seen["rate"] == pytest.approx(10.0)  # steps per second
+    assert (seen["total"] - seen["n"]) / seen["rate"] == pytest.approx(2.0)  # the ETA, in s
+    assert bars[0].format_dict["elapsed"] == pytest.approx(4.0)
+
+
+def test_the_encode_bar_leaves_the_compiling_first_batch_out_of_its_rate(
+    tmp_path, slow_first_step, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from bebrjax.inference import corpus
+
+    clock, bars = slow_first_step
+    calls, seen = [], {}
+
+    def apply(variables, rows):
+        if len(calls) == 30:  # batch j is written once batch j + 1 is sent: 29 written
+            seen.update(bars[0].format_dict)
+        _step_time(clock, not calls)
+        calls.append(len(rows))
+        return np.ones((len(rows), 2, 8), np.int8)
+
+    monkeypatch.setattr(corpus.sharding, "sharded_apply", lambda fn, mesh, batch: apply)
+    np.save(tmp_path / "rows.npy", np.ones((410, 4), np.float32))
+    source = corpus.open_embeddings(str(tmp_path / "rows.npy"), None, 4)
+    written = []
+    writer = SimpleNamespace(write=written.append)
+    corpus._encode_rows(
+        SimpleNamespace(forward=None, mesh=None, variables=None), source, writer, 0, 10, True
+    )
+    assert len(calls) == len(written) == 41 and bars[0].n == 410
+    # The clock restarted when batch 0 was written, after batch 1 was sent: 28 batches of
+    # 0.1 s since, whatever the first one's 30 s.
+    assert seen["n"] == 290 and seen["elapsed"] == pytest.approx(2.8)
+    assert seen["rate"] == pytest.approx(100.0)  # rows per second
+    assert (seen["total"] - seen["n"]) / seen["rate"] == pytest.approx(1.2)  # the ETA, in s
+
+
+def test_info_of_an_ivf_index_shows_its_default_nprobe(tmp_path, capsys):
+    index = BinaryIndex(24, 1)
+    index.add(_codes(300))
+    ivf = IVFIndex.from_index(index, 4)
+    ivf.save(str(tmp_path / "none"))  # none chosen: every list
+    ivf.nprobe = 2
+    ivf.save(str(tmp_path / "two"))
+    for name, nprobe, stored in [("none", 4, False), ("two", 2, True)]:
+        summary = json.loads(_info(tmp_path / name, capsys, "--json"))
+        assert (summary["nprobe"], summary["nprobe_stored"]) == (nprobe, stored)
+    lines = [line.split() for line in _info(tmp_path / "two", capsys).splitlines()]
+    assert ["nprobe", "2"] in lines and ["nprobe", "stored", "True"] in lines
+
+
+def test_search_says_how_it_probed_and_uses_the_ivf_default(binarizer_run, tmp_path, capsys):
+    workdir = str(binarizer_run[0])
+    rng = np.random.default_rng(4)
+    docs, queries = tmp_path / "docs.npy", tmp_path / "queries.npy"
+    np.save(docs, rng.standard_normal((300, 16)).astype(np.float32))
+    np.save(queries, rng.standard_normal((30, 16)).astype(np.float32))
+    plain, path, hits = (str(tmp_path / name) for name in ("docs.bebr", "docs.ivf", "hits.npz"))
+    assert encode.main(["--workdir", workdir, "--input", str(docs), "--index", plain]) == 0
+    assert ivf_command.main(["--index", plain, "--out", path, "--nlist", "8", "--nprobe", "2"]) == 0
+    capsys.readouterr()
+    argv = ["--workdir", workdir, "--queries", str(queries), "--k", "5", "--overwrite"]
+
+    def run(*flags):
+        assert search.main([*argv, *flags, "--out", hits]) == 0
+        *table, line = capsys.readouterr().out.strip().splitlines()
+        with np.load(hits) as found:
+            return "\n".join(table), json.loads(line), found["ids"]
+
+    table, summary, ids = run("--index", path)  # no --nprobe: the index's default
+    assert "2 of 8 lists (the index's default)" in table and "queries/s" in table
+    assert {k: summary[k] for k in ("mode", "nprobe", "nlist", "nprobe_default")} == {
+        "mode": "ivf",
+        "nprobe": 2,
+        "nlist": 8,
+        "nprobe_default": True,
+    }
+    assert summary["search_seconds"] > 0 and summary["encode_seconds"] > 0
+    assert summary["queries_per_second"] == pytest.approx(30 / summary["search_seconds"], 0.01)
+    expected, _ = search_index(IVFIndex.load(path), str(queries), k=5, workdir=workdir, nprobe=2)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(search_index(path, str(queries), k=5, workdir=workdir)[0], ids)
+    table, summary, ids = run("--index", path, "--nprobe", "3")
+    assert "3 of 8 lists" in table and "default" not in table
+    assert (summary["nprobe"], summary["nprobe_default"]) == (3, False)
+    exhaustive = search_index(plain, str(queries), k=5, workdir=workdir)[0]
+    for where in ([path, "--nprobe", "all"], [plain]):
+        table, summary, ids = run("--index", *where)
+        assert "all (exhaustive)" in table and summary["mode"] == "exhaustive"
+        assert "nprobe" not in summary
+        np.testing.assert_array_equal(ids, exhaustive)
+    meta = json.loads((tmp_path / "docs.ivf" / "ivf.json").read_text())
+    del meta["nprobe"]  # an index saved before the default existed: every list
+    (tmp_path / "docs.ivf" / "ivf.json").write_text(json.dumps(meta))
+    table, summary, ids = run("--index", path)
+    assert "8 of 8 lists (no default stored: every list)" in table
+    np.testing.assert_array_equal(ids, exhaustive)
+    with pytest.raises(SystemExit, match="2"):  # a usage error, as argparse's own
+        search.main([*argv, "--index", path, "--nprobe", "few", "--out", hits])
+    assert "--nprobe: 'few': a number of lists, or all" in capsys.readouterr().err

@@ -28,6 +28,7 @@ def _config(*extra):
     return config
 
 
+@pytest.mark.slow
 def test_the_run_reports_the_matrix_and_the_backfill_curves(compatible_run):
     workdir, results = compatible_run
     for kind in ("binary", "float"):
@@ -60,6 +61,7 @@ def test_the_run_reports_the_matrix_and_the_backfill_curves(compatible_run):
     assert set(loaded.parts) == {"old", "new", "independent", "psi"}
 
 
+@pytest.mark.slow
 def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run, tmp_path, capsys):
     workdir, results = compatible_run
     old_pairs, new_pairs = held_out(str(workdir / "old")), held_out(str(workdir / "new"))
@@ -115,6 +117,7 @@ def test_backfill_and_upgrade_commands_give_the_curves_of_the_run(compatible_run
     assert "--overwrite does not go with --ids" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_old_data_is_refused_before_anything_is_written(compatible_run, tmp_path):
     workdir, _ = compatible_run
     out = tmp_path / "run"
@@ -171,6 +174,7 @@ def test_psi_is_fitted_from_compact_codes_in_bounded_memory():
     np.testing.assert_allclose(params["bias"], y64.mean(0) - x64.mean(0) @ kernel, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_groups_of_one_part_split_both_parts_alike(tmp_path):
     pairs = synthetic.get_data(num_pairs=640, dim=16, latent_dim=4, num_clusters=10, siblings=4)
     arrays = dict(query=pairs.query, doc=pairs.doc, labels=pairs.labels)

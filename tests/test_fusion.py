@@ -174,6 +174,7 @@ def test_plan_round_trip_and_bad_files(tmp_path):
         plan_lib.load(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow
 def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path, capsys):
     workdir, results = compatible_run
     plan_path = str(workdir / "plans" / "version_aware.json")
@@ -232,6 +233,7 @@ def test_the_command_path_reproduces_the_trainers_curve(compatible_run, tmp_path
     assert "fitted on codes of width m=8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fit_plan_command_over_independent_runs(compatible_run, tmp_path, capsys):
     workdir, _ = compatible_run
     out = str(tmp_path / "plan.json")

@@ -242,6 +242,7 @@ def one_plane_run(tmp_path_factory):
     return str(run), pairs, index
 
 
+@pytest.mark.slow
 def test_search_command_with_faiss_equals_bebrjax_flat_and_ivf(one_plane_run, tmp_path, capsys):
     run, pairs, index = one_plane_run
     ivf_index = str(tmp_path / "docs.ivf")
@@ -259,6 +260,7 @@ def test_search_command_with_faiss_equals_bebrjax_flat_and_ivf(one_plane_run, tm
             assert (np.diff(want["scores"], axis=1) == 0).mean() > 0.5  # 16 bits: ties abound
 
 
+@pytest.mark.slow
 def test_search_command_refuses_what_faiss_cannot_serve(
     one_plane_run, tmp_path, capsys, monkeypatch
 ):

@@ -10,7 +10,15 @@ from bebrjax import sharding
 from bebrjax.commands import encode, search
 from bebrjax.commands import ivf as ivf_command
 from bebrjax.inference.query import search_index
-from bebrjax.search import BinaryIndex, IndexFormatError, IVFIndex, ivf_train, kmeans, topk
+from bebrjax.search import (
+    BinaryIndex,
+    IndexFormatError,
+    IVFIndex,
+    ivf_nprobe,
+    ivf_train,
+    kmeans,
+    topk,
+)
 from bebrjax.search import codes as codes_lib
 from bebrjax.search.compiled import CompiledCache
 from bebrjax.search.rescore import rescore
@@ -43,6 +51,7 @@ def galleries():
     return out
 
 
+@pytest.mark.slow
 def test_every_list_probed_equals_the_binary_index_on_1_and_8_devices(galleries):
     assert jax.device_count() == 8
     mesh = sharding.make_mesh(8)
@@ -122,6 +131,32 @@ def test_kmeans_is_seeded_and_fills_every_list():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, rtol=1e-5)
     assert len(np.unique(kmeans.assign(iter([points]), a))) == 16
+
+
+def spherical_objective(points, centroids):
+    """The spherical k-means objective: each unit point's cosine to its best centroid, summed."""
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    return float((unit.astype(np.float64) @ centroids.astype(np.float64).T).max(1).sum())
+
+
+def test_lloyd_never_lowers_the_spherical_objective_and_beats_its_start():
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((8, 6))
+    points = centres[rng.integers(0, 8, 500)] + 0.5 * rng.standard_normal((500, 6))
+    # iters=0 is the seeded random start (8 of the points); each count continues it.
+    objective = [
+        spherical_objective(points, kmeans.train(points, 8, iters=i, seed=2)) for i in range(6)
+    ]
+    for before, after in zip(objective, objective[1:], strict=False):
+        assert after >= before - 1e-3, objective
+    assert objective[-1] > objective[0] + 0.05 * len(points), objective
+    # And every centroid is its cluster's normalized mean (a fixed point after enough steps).
+    centroids = kmeans.train(points, 8, iters=30, seed=2)
+    assign = kmeans.assign(iter([points]), centroids)
+    unit = kmeans.normalize(points)
+    for c in range(8):
+        mean = unit[assign == c].sum(0)
+        np.testing.assert_allclose(centroids[c], mean / np.linalg.norm(mean), atol=1e-4)
 
 
 def test_kmeans_assigns_in_blocks_without_changing_the_centroids(monkeypatch):
@@ -279,3 +314,66 @@ def test_kmeans_products_run_at_the_highest_precision():
     for jaxpr in map(str, jaxprs):
         highest = jaxpr.count("precision=(Precision.HIGHEST, Precision.HIGHEST)")
         assert jaxpr.count("dot_general") == highest > 0, jaxpr
+
+
+def test_the_default_nprobe_is_the_fewest_lists_recalling_095_and_search_uses_it(galleries):
+    _, queries, index, trained = galleries[(1, "ip")]
+    ivf = IVFIndex.from_index(index, NLIST, centroids=trained.centroids)
+    nprobe, recall = ivf_nprobe.choose(ivf)
+    assert ivf_nprobe.choose(ivf) == (nprobe, recall)  # seeded
+    own = np.sort(np.random.default_rng(0).choice(index.ntotal, 256, replace=False))
+
+    def recall_at(probes):  # R@10 of the exhaustive answer, each query's own document left out
+        planes = index.planes(own)
+        found, truth = ivf.search(planes, 11, probes)[1], index.search(planes, 11)[1]
+        rows = zip(found, truth, own, strict=True)
+        other = [(f[f != i][:10], t[t != i][:10]) for f, t, i in rows]
+        return np.mean([len(np.intersect1d(f, t)) for f, t in other]) / 10
+
+    assert nprobe == 2 and recall == pytest.approx(recall_at(2)) and recall >= 0.95
+    assert recall_at(1) < 0.95  # the power of two below falls short
+    assert ivf_nprobe.choose(ivf, target=1.01) == (NLIST, 1.0)  # none reaches it: every list
+    assert ivf.nprobe is None and ivf.default_nprobe == NLIST  # none chosen: every list
+    for a, b in zip(ivf.search(queries, 5), index.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ivf.nprobe = nprobe
+    for a, b in zip(ivf.search(queries, 5), ivf.search(queries, 5, 2), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ivf_json_stores_the_default_nprobe_and_an_old_one_without_it_loads(galleries, tmp_path):
+    _, queries, index, trained = galleries[(1, "ip")]
+    ivf = IVFIndex.from_index(index, NLIST, centroids=trained.centroids)
+    ivf.nprobe = 3
+    path, name = str(tmp_path / "gallery.ivf"), tmp_path / "gallery.ivf" / "ivf.json"
+    ivf.save(path)
+    meta = json.loads(name.read_text())
+    assert meta["nprobe"] == 3 and meta["version"] == 1
+    loaded = IVFIndex.load(path)
+    assert loaded.nprobe == 3
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], ivf.search(queries, 5, 3)[1])
+    del meta["nprobe"]  # as written before the field existed
+    name.write_text(json.dumps(meta))
+    assert IVFIndex.load(path).nprobe is None and IVFIndex.load(path).default_nprobe == NLIST
+    for bad in (0, NLIST + 1, True, "4"):
+        name.write_text(json.dumps({**meta, "nprobe": bad}))
+        with pytest.raises(IndexFormatError, match=r"nprobe=.* is not in \[1, 12\]"):
+            IVFIndex.load(path)
+
+
+def test_the_ivf_command_measures_or_takes_the_default_nprobe(galleries, tmp_path, capsys):
+    _, _, index, _ = galleries[(1, "ip")]
+    plain, out = str(tmp_path / "plain"), str(tmp_path / "out.ivf")
+    index.save(plain)
+    argv = ["--index", plain, "--out", out, "--nlist", str(NLIST), "--overwrite"]
+    assert ivf_command.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["nprobe"] == IVFIndex.load(out).nprobe >= 1
+    assert summary["nprobe_recall"] >= 0.95 and "R@10" in lines[-2]
+    assert ivf_command.main([*argv, "--nprobe", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["nprobe"], summary["nprobe_recall"]) == (5, None)
+    assert IVFIndex.load(out).nprobe == 5
+    assert ivf_command.main([*argv, "--nprobe", "13"]) == 2
+    assert "nprobe=13 must be in [1, 12]" in capsys.readouterr().err

@@ -110,6 +110,7 @@ def two_process_demo(tmp_path_factory):
     return one, two, finish(launched)
 
 
+@pytest.mark.slow
 def test_binarizer_demo_equals_one_process_and_resumes(two_process_demo):
     one, two, stdout = two_process_demo
     same_losses(one, two)
@@ -119,6 +120,7 @@ def test_binarizer_demo_equals_one_process_and_resumes(two_process_demo):
     kill_and_resume(two, (".",), lambda: launch(2, "configs/bebr/demo.py", str(two), *overrides))
 
 
+@pytest.mark.slow
 def test_upgrade_method_equals_one_process(tmp_path):
     """BCT's own stage, the new model against the old, on both; the others are shared.
 
@@ -134,6 +136,7 @@ def test_upgrade_method_equals_one_process(tmp_path):
     assert results(one) == results(two)
 
 
+@pytest.mark.slow
 def test_search_split_over_two_processes_equals_one(two_process_demo, tmp_path):
     _, run, _ = two_process_demo
     pairs, index = str(tmp_path / "eval.npz"), str(tmp_path / "docs.bebr")
@@ -188,6 +191,7 @@ def exact_top(index, query_planes, k):
     return np.array(tops)
 
 
+@pytest.mark.slow
 def test_sharded_search_of_duplicates_equals_brute_force(two_process_demo, tmp_path):
     """Best codes stored more than k + SPARE times: each process sends bounded candidates."""
     _, run, _ = two_process_demo
@@ -211,6 +215,103 @@ def test_sharded_search_of_duplicates_equals_brute_force(two_process_demo, tmp_p
         np.testing.assert_array_equal(got["ids"], exact_top(gallery, planes, 10))
 
 
+# The gallery of `test_sharded_collectives_equal_one_process`: random codes of two versions.
+_GALLERY = """
+import numpy as np
+from bebrjax.search import BinaryIndex
+
+rng = np.random.default_rng(0)
+m = 45
+sign = np.array([-1, 1], np.int8)
+wide, narrow = rng.choice(sign, (170, 3, m)), rng.choice(sign, (131, 2, m))
+queries = rng.choice(sign, (7, 3, m))
+whole = BinaryIndex(m, 2, version="a", block_size=64)
+for start in range(0, 170, 40):  # both versions on both shards
+    whole.add(wide[start : start + 40])
+    whole.add(narrow[start : start + 31], version="b")
+hamming = BinaryIndex(m, 0, "hamming", block_size=64)
+hamming.add(wide[:, :1])
+ids = rng.permutation(whole.ntotal)[:50]  # on both shards
+rows = np.arange(50) % len(queries)
+"""
+
+_COLLECTIVES = """
+import sys
+from bebrjax import distributed
+distributed.initialize()  # from the environment, as the launcher's processes do
+import jax
+from bebrjax.search import ShardedIndex
+exec(sys.argv[2])
+me = jax.process_index()
+index = ShardedIndex(whole.rows(*[(0, 180), (180, whole.ntotal)][me]))  # uneven shards
+words = index.local._queries(queries)[0]["words"]
+found = {
+    "count": (np.array([index.ntotal, index.offset]),),
+    "ip": index.exact_ints(words[rows], ids),
+    "all": index.exact_ints(words[3]),
+    "versions": (index.versions_of(ids),),
+    "search": index.search(queries, 25),
+    "hamming": ShardedIndex(hamming.rows(*[(0, 90), (90, 170)][me])).search(queries[:, :1], 10),
+}
+np.savez(sys.argv[1], **{f"{k}_{i}": x for k, v in found.items() for i, x in enumerate(v)})
+"""
+
+_FREE_PORT = (
+    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+)
+
+
+@pytest.mark.slow
+def test_sharded_collectives_equal_one_process(tmp_path):
+    """Each collective of `ShardedIndex` on 2 processes equals one `BinaryIndex` over all docs.
+
+    Random codes (no ties to lean on), two versions on uneven shards:
+    `exact_ints` over ids of both shards and over all, `versions_of`, SDC and
+    Hamming `search`; both processes get the whole answer.
+    """
+    port = subprocess.run(
+        [sys.executable, "-c", _FREE_PORT], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = {
+        **os.environ,
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COLLECTIVES, str(tmp_path / f"p{i}.npz"), _GALLERY],
+            cwd=ROOT,
+            env={**env, "JAX_PROCESS_ID": str(i)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errors)
+    g = {}
+    exec(_GALLERY, g)  # the same gallery here, one index over every document
+    whole, queries, ids, rows = (g[k] for k in ("whole", "queries", "ids", "rows"))
+    words = whole._queries(queries)[0]["words"]
+    expected = {
+        "ip": whole.exact_ints(words[rows], ids),
+        "all": whole.exact_ints(words[3]),
+        "versions": (whole.doc_versions[ids],),
+        "search": whole.search(queries, 25),
+        "hamming": g["hamming"].search(queries[:, :1], 10),
+    }
+    assert set(expected["versions"][0].tolist()) == {0, 1}
+    for i in range(2):
+        with np.load(tmp_path / f"p{i}.npz") as got:
+            assert got["count_0"].tolist() == [whole.ntotal, (0, 180)[i]]
+            for key, arrays in expected.items():
+                for j, x in enumerate(arrays):
+                    np.testing.assert_array_equal(got[f"{key}_{j}"], x, err_msg=f"{key} {i}")
+
+
 def test_start_up_names_what_is_missing(monkeypatch):
     for name in distributed.ENV:
         monkeypatch.delenv(name, raising=False)
@@ -221,12 +322,56 @@ def test_start_up_names_what_is_missing(monkeypatch):
         distributed.initialize("127.0.0.1:1234", 2, 2)
 
 
-@pytest.mark.parametrize("script", LAUNCHERS)
+SCRIPTS = sorted(
+    f for f in os.listdir(os.path.join(ROOT, "launch")) if f.endswith((".sh", ".sbatch"))
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_launchers_parse(script):
+    """Each launcher is valid bash, and its `bebrjax` lines name real commands and flags."""
+    from test_docs import check_command, commands
+
     path = os.path.join(ROOT, "launch", script)
     assert subprocess.run(["bash", "-n", path]).returncode == 0
     with open(path) as f:
-        assert "bebrjax" in f.read()
+        text = f.read()
+    assert "bebrjax" in text
+    found = commands(text)
+    for words in found:
+        check_command(words, f"{script}: {' '.join(words)}")
+    if script in ("local.sh", "slurm.sbatch", "serving.sh", "compatible.sh"):
+        assert found, script  # (the others build their command line in a variable)
+
+
+@pytest.mark.slow
+def test_local_launcher_trains_a_tiny_run(tmp_path):
+    """launch/local.sh, run as a user would, on 2 forced CPU devices: a finished run."""
+    overrides = [f"--config.{o}" for o in tiny_overrides(steps=4)]
+    done = subprocess.run(
+        ["bash", os.path.join(ROOT, "launch", "local.sh"), "configs/bebr/demo.py"]
+        + [str(tmp_path / "run"), "--cpu-devices", "2", *overrides],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "XLA_FLAGS": "",
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "run" / "results.json") as f:
+        run = json.load(f)
+    assert run["train"]["devices"] == 2 and run["train"]["steps"] == 4
+    assert 0 < run["retrieval"]["binary"]["R@10"] <= 1
+    bad = subprocess.run(
+        ["bash", os.path.join(ROOT, "launch", "local.sh"), "c.py", "w", "--cpu-devices", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "positive integer" in bad.stderr
 
 
 def test_launcher_refuses_a_bad_count():

@@ -446,14 +446,14 @@ def test_auto_measures_the_cpu_kernel_once_and_remembers_it(tmp_path, monkeypatc
     monkeypatch.setattr(kernels, "_CHOSEN", {})
     monkeypatch.setattr(kernels, "_CALIBRATION_DOCS", 4096)
     monkeypatch.setattr(kernels, "CPU_KERNELS", ("popcount", "csa"))  # two compile faster
-    chosen = kernels.resolve("auto", 40, 2, "ip")
+    chosen = kernels.resolve("auto", 40, 2, "ip", BinaryIndex)
     assert chosen in kernels.CPU_KERNELS
     monkeypatch.setattr(kernels, "_CHOSEN", {})  # a new process: read back, not measured
     monkeypatch.setattr(kernels, "_fastest", lambda *shape: pytest.fail("measured again"))
-    assert kernels.resolve("auto", 40, 2, "ip") == chosen
+    assert kernels.resolve("auto", 40, 2, "ip", BinaryIndex) == chosen
     assert list(json.loads((tmp_path / "kernels.json").read_text()).values()) == [chosen]
     monkeypatch.setenv("BEBRJAX_KERNEL", "swar")
-    assert kernels.resolve("auto", 40, 2, "ip") == "swar"
+    assert kernels.resolve("auto", 40, 2, "ip", BinaryIndex) == "swar"
     with pytest.raises(ValueError, match="kernel='fast': expected 'auto' or one of popcount"):
         BinaryIndex(40, 1, kernel="fast")
 
@@ -744,6 +744,7 @@ def test_bad_version_files_are_named(tmp_path):
         BinaryIndex.load(str(path))
 
 
+@pytest.mark.slow
 def test_compiled_searches_are_bounded_and_a_dropped_one_comes_back():
     from bebrjax.search import blocked, compiled
 
@@ -819,3 +820,42 @@ def test_rows_are_taken_by_offset_in_runs_and_a_short_file_is_named(tmp_path):
     (tmp_path / "short.npy").write_bytes(whole[: len(whole) - 8])
     with pytest.raises(DataError, match="ends before row 19"):
         open_rows(str(tmp_path / "short.npy")).take(ids)
+
+
+@pytest.mark.parametrize("num_words", [31, 61, 64])
+def test_every_count_kernel_is_exact_past_30_words(num_words):
+    """SWAR sums bytes over 30 words at a time (<= 240 each): wider codes take several folds.
+
+    All-ones XORs (each doc the complement of a query) give every byte its
+    largest count, where an overflowing accumulator would show.
+    """
+    rng = np.random.default_rng(num_words)
+    q = rng.integers(0, 2**32, (3, num_words), dtype=np.uint32)
+    d = rng.integers(0, 2**32, (2, num_words, 8), dtype=np.uint32)  # [T, W, b]
+    d[0, :, 0], d[1, :, 3] = ~q[0], ~q[2]  # popcount 32 in every word
+    d[1, :, 5] = q[1]  # and 0
+    expected = np.bitwise_count(q[None, :, :, None] ^ d[:, None]).sum(2)  # [T, Q, b]
+    assert expected.max() == 32 * num_words and expected.min() == 0
+    for kernel, count in scoring.COUNTS.items():
+        got = np.asarray(count(jnp.asarray(q), jnp.asarray(d)))
+        np.testing.assert_array_equal(got, expected, err_msg=kernel)
+
+
+def test_kernels_agree_with_popcount_on_codes_over_960_bits():
+    m, tiles = 2001, 2  # 63 words per plane
+    docs = random_planes(64, 1, m)
+    docs[0] = -docs[1]  # the farthest code and the same code: extreme counts
+    q = np.concatenate([random_planes(3, 1, m), docs[1:2]])
+    block = {
+        "planes": tiled_block(codes_lib.pack(docs), tiles),
+        "scale": jnp.asarray(np.random.default_rng(1).random((tiles, 32), np.float32)),
+    }
+    queries = {
+        "words": jnp.asarray(codes_lib.pack(q)),
+        "ints": jnp.asarray(codes_lib.decode_int(q)),
+    }
+    got = {k: scoring.code_scores(queries, block, m=m, metric="ip", kernel=k) for k in KERNELS}
+    for kernel, scores in got.items():
+        np.testing.assert_array_equal(scores, got["popcount"], err_msg=kernel)
+    exact = codes_lib.decode_int(q).astype(np.int64) @ codes_lib.decode_int(docs).astype(np.int64).T
+    np.testing.assert_array_equal(kernel_ip("popcount", q, block["planes"], m), exact)

@@ -124,6 +124,7 @@ def test_the_index_writer_matches_a_save(tmp_path):
     assert not (tmp_path / "written.partial").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl_c"])
 def test_encode_stopped_and_resumed_gives_the_identical_index(binarizer_run, tmp_path, sig):
     workdir, _ = binarizer_run
@@ -306,6 +307,7 @@ def bundle(binarizer_run, tmp_path_factory):
     return tmp / "bundle", manifest
 
 
+@pytest.mark.slow
 def test_the_bundle_serves_with_jax_and_numpy_alone(binarizer_run, bundle, tmp_path):
     workdir, _ = binarizer_run
     path, manifest = bundle
@@ -409,6 +411,7 @@ def test_a_bundle_with_an_unlisted_file_is_refused(bundle, tmp_path):
         load_bundle(str(copy))
 
 
+@pytest.mark.slow
 def test_upgrade_runs_load_and_give_their_results_back(compare_run, tmp_path):
     workdir, results = compare_run
     runs = inference.load(str(workdir))  # trained on 1 device, loaded on 8

@@ -11,6 +11,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import ROOT
 
 from bebrjax import sharding
@@ -28,6 +29,7 @@ def _unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_one_bit_code_keeps_its_bits_on_pairs_with_a_common_mean():
     dim, n, steps, batch = 64, 3000, 60, 256
     data = synthetic.get_data(num_pairs=n, dim=dim, noise=1.2, seed=0)

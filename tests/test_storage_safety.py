@@ -12,6 +12,7 @@ import threading
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from conftest import ROOT, run_in_process, tiny_overrides
 
 from bebrjax import checkpoint, distributed
@@ -113,6 +114,7 @@ def test_a_failed_swap_that_cannot_be_undone_keeps_the_old_index_and_names_it(
     assert _snapshot(index) == before and BinaryIndex.load(str(index)).ntotal == 48
 
 
+@pytest.mark.slow
 def test_a_backfill_step_is_refused_while_another_writes_the_index_and_none_is_lost(
     binarizer_run, tmp_path, monkeypatch, capsys
 ):

@@ -12,7 +12,8 @@ from bebrjax import inference
 from bebrjax.config import ConfigError, apply_overrides, load_config
 from bebrjax.data.upgrade_splits import labelled_data, load_labelled, sequence_split
 from bebrjax.evaluators.compatibility import compatibility_matrix, retrieval_metrics
-from bebrjax.trainers import sequential, upgrade, upgrade_checks, upgrade_compare
+from bebrjax.trainers import sequential, upgrade
+from bebrjax.trainers.upgrade import checks, compare
 
 # Three gallery items on the unit circle; labels a=0, b=1.
 GALLERY = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
@@ -81,6 +82,7 @@ def test_update_gain_by_hand():
     assert out["negative_flip_rate"] == 0.0 and out["compatible"]
 
 
+@pytest.mark.slow
 def test_method_orderings_on_the_synthetic_default(compare_run):
     workdir, results = compare_run
     runs = results["methods"]
@@ -126,9 +128,10 @@ def test_method_orderings_on_the_synthetic_default(compare_run):
     )
 
 
+@pytest.mark.slow
 def test_a_stage_refuses_reuse_under_another_config(tmp_path):
     config = small_compare_config("train.steps=2")
-    sub, _ = upgrade_compare.method_configs(config, str(tmp_path))["independent"]
+    sub, _ = compare.method_configs(config, str(tmp_path))["independent"]
     upgrade.train_and_evaluate(sub, str(tmp_path / "a"))
     apply_overrides(sub, ["old.model.embedding_dim=16"])
     with pytest.raises(ConfigError, match="holds a model trained with another config"):
@@ -155,6 +158,7 @@ def test_bad_labelled_input_exits_nonzero_and_writes_nothing(tmp_path, arrays, m
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_bct_is_compatible_on_digits(tmp_path):
     pytest.importorskip("sklearn", reason="digits come with scikit-learn (the dev extra)")
     config = load_config(os.path.join(ROOT, "configs/upgrade/bct.py:data=digits,steps=100"))
@@ -184,7 +188,7 @@ def test_bct_is_compatible_on_digits(tmp_path):
 def test_upgrade_config_errors_name_the_key(config_file, override, message):
     config = load_config(os.path.join(ROOT, f"configs/upgrade/{config_file}.py"))
     apply_overrides(config, [override])
-    trainer = sequential if config_file == "sequential" else upgrade_checks
+    trainer = sequential if config_file == "sequential" else checks
     with pytest.raises(ConfigError) as info:
         trainer.validate(config)
     assert message in str(info.value)
@@ -206,6 +210,7 @@ def test_tar_at_far_is_nan_without_impostors():
     assert np.isnan(tar_at_far(x, np.zeros(3, int), x, np.zeros(3, int), [0.1])["TAR@FAR=0.1"])
 
 
+@pytest.mark.slow
 def test_sequential_upgrades_track_the_stored_gallery(tmp_path):
     config = load_config(os.path.join(ROOT, "configs/upgrade/sequential.py"))
     apply_overrides(
@@ -264,18 +269,18 @@ def test_sequential_upgrades_track_the_stored_gallery(tmp_path):
 
 def test_sweep_names_each_run_and_rejects_an_empty_grid(tmp_path):
     config = load_config(os.path.join(ROOT, "configs/upgrade/bict_sweep.py"))
-    runs = upgrade_compare.method_configs(config, str(tmp_path))
+    runs = compare.method_configs(config, str(tmp_path))
     assert list(runs)[0] == "bict@compat.weight=0.0"
     sub, path = runs["bict@compat.weight=0.3"]
     assert sub.compat.weight == 0.3 and path.endswith("bict@0.3")
     assert sub.old_workdir == str(tmp_path / "old")  # compat.weight leaves the old model alone
     apply_overrides(config, ["sweep.key=seed", "sweep.grid=(0,1)"])
-    runs = upgrade_compare.method_configs(config, str(tmp_path))
+    runs = compare.method_configs(config, str(tmp_path))
     assert runs["bict@seed=0"][0].old_workdir == str(tmp_path / "old")
     assert runs["bict@seed=1"][0].paragon_workdir == str(tmp_path / "paragon@1")
     apply_overrides(config, ["sweep.grid=()"])
     with pytest.raises(ConfigError, match="'sweep.grid' is empty"):
-        upgrade_compare.method_configs(config, str(tmp_path))
+        compare.method_configs(config, str(tmp_path))
     assert not list(tmp_path.iterdir())
 
 

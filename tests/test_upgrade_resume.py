@@ -8,14 +8,18 @@ prototypes of its checkpoint, DMU with its joint model and psi, BiCT in its
 forward stage, and (in test_upgrade.py) a sequence in its last step.
 """
 
+import pytest
 from conftest import kill_and_resume, small_compare_config
 
-from bebrjax.trainers import upgrade, upgrade_compare
+from bebrjax.trainers import upgrade
+from bebrjax.trainers.upgrade import compare
+
+pytestmark = pytest.mark.slow  # trains the comparison's methods
 
 
 def test_unibct_dmu_and_bict_resume_exactly(compare_run):
     workdir, _ = compare_run
-    runs = upgrade_compare.method_configs(small_compare_config(), str(workdir))
+    runs = compare.method_configs(small_compare_config(), str(workdir))
     for method, stage in (("unibct", "new"), ("dmu", "new"), ("bict", "forward")):
         sub, path = runs[method]
         kill_and_resume(

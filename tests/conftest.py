@@ -87,6 +87,12 @@ def run_in_process(*args: str) -> tuple[int, str]:
     return status, "".join(f"{line}\n" for line in lines if line and not _BAR.match(line))
 
 
+# The scoring kernels a search test runs with. The fast tier (`-m "not slow"`) runs
+# each such test with the suite's default kernel only; the other kernel's scores
+# are compared with it directly there (test_search's kernel-agreement tests).
+KERNEL_PARAMS = ["popcount", pytest.param("matmul", marks=pytest.mark.slow)]
+
+
 def tiny_overrides(steps: int = 12) -> list[str]:
     """Overrides that shrink the demo to a few seconds."""
     return [

@@ -68,9 +68,34 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, make_path, message
     status, stderr = run_in_process(*args)
     assert status == 2 and message in stderr and path in stderr
     assert not workdir.exists()
-    if message == "non-finite":  # and from the command: one line, no traceback
-        proc = run_train(*args)
-        assert proc.returncode == 2 and proc.stderr == stderr
+
+
+def _bad_data(tmp_path, trainer: str) -> tuple[str, str]:
+    """(config spec, expected message) of a data file `trainer` refuses."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"{trainer}.npz"
+    if trainer == "binarizer":
+        np.savez(path, query=ONES, doc=np.where(ONES > 0, np.inf, 0))
+        return f"configs/bebr/npz.py:path={path}", "non-finite"
+    if trainer == "compatible":
+        np.savez(path, **{k: rng.standard_normal((50, 8)) for k in ("query_new", "doc_new")})
+        return f"configs/bebr/compatible.py:path={path}", "no array 'query_old'"
+    if trainer == "bct":
+        np.savez(path, x=ONES, y=np.full(40, 7))
+        return f"configs/upgrade/bct.py:data=labelled,path={path}", "labels 'y' hold one class"
+    return "configs/upgrade/sequential.py:data=labelled,path=/nonexistent/data.npz", "no such file"
+
+
+@pytest.mark.slow  # a fresh interpreter each; the same refusals run in-process in the fast tier
+@pytest.mark.parametrize("trainer", ["binarizer", "compatible", "bct", "sequential"])
+def test_bad_data_from_the_command_is_the_in_process_line(tmp_path, trainer):
+    spec, message = _bad_data(tmp_path, trainer)
+    workdir = tmp_path / "run"
+    status, stderr = run_in_process("--config", spec, "--workdir", str(workdir))
+    assert status == 2 and message in stderr and len(stderr.splitlines()) == 1, stderr
+    proc = run_train("--config", spec, "--workdir", str(workdir))  # no traceback, no warning
+    assert (proc.returncode, proc.stderr) == (2, stderr)
+    assert not workdir.exists()
 
 
 @pytest.mark.parametrize("key", ["groups_key=group", "labels_key=label"])
@@ -261,9 +286,9 @@ def test_one_class_of_labelled_data_exits_2_before_writing(tmp_path):
     np.savez(path, x=np.ones((40, 4), np.float32), y=np.full(40, 7))
     workdir = tmp_path / "run"
     config = f"configs/upgrade/bct.py:data=labelled,path={path}"
-    proc = run_train("--workdir", str(workdir), "--config", config)
-    (error,) = _stderr_lines(proc)
-    assert proc.returncode == 2 and error.startswith(f"error: {path}: labels 'y' hold one class")
+    status, stderr = run_in_process("--workdir", str(workdir), "--config", config)
+    (error,) = stderr.splitlines()
+    assert status == 2 and error.startswith(f"error: {path}: labels 'y' hold one class")
     assert not workdir.exists()
 
 
@@ -325,6 +350,7 @@ def test_a_workdir_belongs_to_one_running_process(tmp_path):
     assert sorted(os.listdir(workdir)) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_no_arguments_and_a_file_as_workdir_are_one_line(tmp_path):
     proc = run_train()
     assert proc.returncode == 2 and proc.stderr.startswith("usage: bebrjax train")

@@ -181,6 +181,7 @@ def test_info_of_something_else_is_one_line(tmp_path, capsys, make, message):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
 
 
+@pytest.mark.slow
 def test_python_dash_m_bebrjax_runs_a_subcommand(tmp_path):
     index = BinaryIndex(24, 0, metric="hamming")
     index.add(_codes(50, u=0))
@@ -302,6 +303,7 @@ def test_info_of_an_ivf_index_shows_its_default_nprobe(tmp_path, capsys):
     assert ["nprobe", "2"] in lines and ["nprobe", "stored", "True"] in lines
 
 
+@pytest.mark.slow
 def test_search_says_how_it_probed_and_uses_the_ivf_default(binarizer_run, tmp_path, capsys):
     workdir = str(binarizer_run[0])
     rng = np.random.default_rng(4)

@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import ROOT, compatible_overrides, run_in_process, run_train
+from conftest import ROOT, compatible_overrides, run_in_process
 
 from bebrjax.commands import encode, export, upgrade_gallery
 from bebrjax.config import ConfigError, apply_overrides, load_config
@@ -143,10 +143,10 @@ def test_a_missing_old_key_is_one_line_and_exit_2(tmp_path):
         **{k: rng.standard_normal((50, 8)) for k in ("query_new", "doc_new", "query_old")},
     )
     spec = f"configs/bebr/compatible.py:path={tmp_path / 'pairs.npz'}"
-    proc = run_train("--config", spec, "--workdir", str(tmp_path / "w"))
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "no array 'doc_old'" in err[0], proc.stderr
+    status, stderr = run_in_process("--config", spec, "--workdir", str(tmp_path / "w"))
+    assert status == 2
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and "no array 'doc_old'" in err[0], stderr
     assert not (tmp_path / "w").exists()
 
 

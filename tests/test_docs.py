@@ -16,10 +16,13 @@ flags that the subcommand's parser knows.
 import contextlib
 import glob
 import io
+import json
 import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -221,3 +224,85 @@ def test_bash_blocks_name_real_commands_and_flags():
                     check_command(words, f"{path}:{line}: bebrjax {' '.join(words)}")
                     checked += 1
     assert checked >= 10
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The cells of every markdown table in `text`, in order."""
+    found = re.findall(r"^\|.*\|\n\|[-| ]+\|\n(?:\|.*\|\n?)+", text, re.M)
+    return [
+        [[c.strip() for c in row.strip("|").split("|")] for row in t.splitlines()] for t in found
+    ]
+
+
+def _tables_after(path: str, heading: str) -> list[list[list[str]]]:
+    """The tables of `path` after its first `heading`."""
+    with open(os.path.join(ROOT, path)) as f:
+        return _tables(f.read().split(heading, 1)[1])
+
+
+def _agree(quoted: list[list[str]], printed: list[list[str]], where: str) -> None:
+    """Two tables' cells: words equal, figures within a few queries of 4000."""
+    assert len(quoted) == len(printed), where
+    for a, b in zip(quoted, printed, strict=True):
+        for x, y in zip(a, b, strict=True):
+            if re.fullmatch(r"\d\.\d{3}", x):  # CPUs round differently in the last digits
+                assert abs(float(x) - float(y)) <= 0.002, (where, a, b)
+            else:
+                assert x == y, (where, a, b)
+
+
+@pytest.mark.slow  # the quickstart at its full size (under a minute) and the npz recipe, tiny
+def test_readme_commands_run_as_written_and_give_the_quoted_tables(tmp_path):
+    """Every `bebrjax` line of README.md's bash blocks, run as a user runs it.
+
+    Each runs in a fresh process on one CPU device, from a directory laid
+    out like the clone (its `configs/`), with `pairs.npz` a small file of
+    paired embeddings and `/tmp/bebr_demo` inside the test's directory. The
+    quickstart prints the tables that README.md and docs/binarizer.md quote.
+    """
+    from bebrjax.report import budgets_table, retrieval_table
+
+    os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((1000, 16)).astype(np.float32)
+    np.savez(tmp_path / "pairs.npz", query=query, doc=query + 0.5 * rng.standard_normal((1000, 16)))
+    lines = [words for _, source, _ in blocks("README.md", "bash") for words in commands(source)]
+    assert [words[0] for words in lines] == ["train", "train"]
+    results = []
+    for words in lines:
+        words = [w.replace("/tmp/bebr_demo", str(tmp_path / "bebr_demo")) for w in words]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bebrjax", *words],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "XLA_FLAGS": ""},
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with open(tmp_path / words[words.index("--workdir") + 1] / "results.json") as f:
+            results.append(json.load(f))
+        retrieval = results[-1]["retrieval"]
+        assert retrieval["binary"]["R@10"] > retrieval["hash"]["R@10"]
+    printed = [
+        *_tables(retrieval_table(results[0]["retrieval"])),
+        *_tables(budgets_table(results[0]["budgets"])),
+    ]
+    readme = _tables_after("README.md", "## Binary codes: the recurrent binarizer")[0]
+    _agree(readme, printed[0], "README.md")
+    demo = _tables_after("docs/binarizer.md", "**Demo**")[:2]
+    for quoted, table in zip(demo, printed, strict=True):
+        _agree(quoted, table, "docs/binarizer.md")
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """.ci/run installs and tests exactly as the README tells a user to."""
+    (line,) = [
+        line
+        for _, source, _ in blocks("README.md", "bash")
+        for line in source.splitlines()
+        if "pytest" in line
+    ]
+    assert "-c constraints.txt" in line
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert line in f.read().splitlines()

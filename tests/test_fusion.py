@@ -7,6 +7,7 @@ from fractions import Fraction
 import jax
 import numpy as np
 import pytest
+from conftest import KERNEL_PARAMS
 
 from bebrjax import sharding
 from bebrjax.commands import export, fit_plan, search
@@ -80,7 +81,7 @@ def build(m, old, new, upgraded, **kwargs):
     return index
 
 
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_fused_ranking_equals_fraction_brute_force(mixed, kernel):
     m, old, new, upgraded, queries, fusion = mixed
     one = build(m, old, new, upgraded, kernel=kernel)

@@ -237,6 +237,7 @@ def test_replaced_codes_are_searched_in_the_lists_of_their_new_codes():
     assert_same_search(index, fresh, queries, 5, (2, NLIST))
 
 
+@pytest.mark.slow
 def test_a_backfill_step_on_a_saved_ivf_index_keeps_its_lists(binarizer_run, tmp_path):
     workdir = str(binarizer_run[0])
     rng = np.random.default_rng(3)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import KERNEL_PARAMS
 
 from bebrjax import sharding
 from bebrjax.errors import DataError
@@ -77,7 +78,7 @@ def test_pack_unpack_round_trip_and_norms(m, u):
 @pytest.mark.parametrize(
     "m, u, metric", [(37, 0, "hamming"), (64, 0, "ip"), (70, 1, "ip"), (33, 2, "ip"), (50, 3, "ip")]
 )
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_search_equals_brute_force_including_ties(m, u, metric, kernel):
     docs = random_planes(1100, u, m)
     docs[[7, 300, 901]] = docs[500]  # exact ties across blocks
@@ -100,7 +101,7 @@ def scaled_codes(m, rng=RNG):
     return s, np.concatenate([s, s]), np.concatenate([s, -s])
 
 
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_equal_cosines_rank_by_id_across_blocks(kernel):
     m = 45  # the reported case: 1.5 s at doc 10 and 0.5 s at doc 51 came back [51, 10]
     s, big, small = scaled_codes(m)
@@ -163,7 +164,14 @@ def duplicated_gallery(u, n=2400, m=45, seed=5):
     return docs, queries
 
 
-@pytest.mark.parametrize("u, kernel", [(0, "popcount"), (1, "popcount"), (1, "matmul")])
+@pytest.mark.parametrize(
+    "u, kernel",
+    [
+        (0, "popcount"),
+        pytest.param(1, "popcount", marks=pytest.mark.slow),
+        pytest.param(1, "matmul", marks=pytest.mark.slow),
+    ],
+)
 def test_duplicates_past_the_spare_candidates_never_reach_the_whole_gallery(u, kernel, monkeypatch):
     docs, queries = duplicated_gallery(u)
     want = exact_ranking(*(codes_lib.decode_int(x).astype(np.int64) for x in (queries, docs)), 64)
@@ -202,7 +210,7 @@ def test_equal_scores_of_two_classes_are_paged_then_ranked_over_the_gallery(monk
     assert index.search(s[None], 40)[1][0].tolist() == want and whole.count(True) == 1
 
 
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_hamming_ties_go_to_the_lower_id_across_blocks(kernel):
     m = 40
     q = random_planes(1, 0, m)[0]
@@ -397,7 +405,7 @@ def kernel_ip(kernel, q, planes, m, loops=None):
     return np.asarray(got).transpose(1, 0, 2).reshape(len(q), -1)
 
 
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_sdc_is_exact_across_u_and_per_document_loops_mask_missing_planes(kernel):
     m = 45  # not a multiple of 32: the padding bits must not count
     docs = {u: random_planes(200, u, m) for u in range(4)}
@@ -505,7 +513,7 @@ def mixed_brute_force(q, planes, k):
     return np.take_along_axis(scores, ids, 1), ids
 
 
-@pytest.mark.parametrize("kernel", ["popcount", "matmul"])
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_mixed_versions_search_equals_brute_force_including_ties(kernel):
     m = 37
     planes, names = mixed_gallery(m=m)
@@ -822,7 +830,10 @@ def test_rows_are_taken_by_offset_in_runs_and_a_short_file_is_named(tmp_path):
         open_rows(str(tmp_path / "short.npy")).take(ids)
 
 
-@pytest.mark.parametrize("num_words", [31, 61, 64])
+@pytest.mark.parametrize(
+    "num_words",
+    [31, pytest.param(61, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow)],
+)
 def test_every_count_kernel_is_exact_past_30_words(num_words):
     """SWAR sums bytes over 30 words at a time (<= 240 each): wider codes take several folds.
 

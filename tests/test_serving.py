@@ -58,6 +58,7 @@ def test_load_encodes_as_trained_whatever_the_scale(binarizer_run):
     np.testing.assert_array_equal(model.vectors(x), np.asarray(code))
 
 
+@pytest.mark.slow
 def test_the_command_line_reproduces_the_runs_recall(binarizer_run, tmp_path, capsys):
     workdir, results = binarizer_run
     pairs, index, hits = (str(tmp_path / f) for f in ("eval.npz", "docs.bebr", "hits.npz"))
@@ -491,6 +492,7 @@ print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in 
 )
 
 
+@pytest.mark.slow
 def test_a_plan_bundle_searches_versions_as_the_library_does(binarizer_run, plan_bundle, tmp_path):
     workdir, _ = binarizer_run
     path, manifest, plan_path, index_path = plan_bundle

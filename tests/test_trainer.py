@@ -104,10 +104,15 @@ def test_training_time_of_every_stage_is_recorded(binarizer_run, compatible_run)
         assert recorded == train_time(str(workdir / stage)) and len(recorded["parts"]) == 1
 
 
-def test_workdir_refuses_a_different_config(tiny_config, tmp_path):
-    binarizer.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+def test_workdir_refuses_a_different_config(tiny_config, tmp_path, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(binarizer, "fit", lambda *args, **kwargs: fitted.append(args))
+    # The first run records its config and stops before any step (fit returns None).
+    assert binarizer.train_and_evaluate(tiny_config(steps=2), str(tmp_path)) is None
+    assert (tmp_path / "config.json").exists() and len(fitted) == 1
     with pytest.raises(ConfigError, match="differs in: optim.lr"):
         binarizer.train_and_evaluate(tiny_config("optim.lr=0.5", steps=2), str(tmp_path))
+    assert len(fitted) == 1  # refused before training
 
 
 def _numpy_recall(scores, items, ks):
@@ -157,6 +162,7 @@ def test_trained_hash_end_to_end(baselines_run):
     assert f"| {METHOD_NAMES['trained_hash']} | 32 | 4 | 16.0x | {recalls[0]:.3f} |" in table
 
 
+@pytest.mark.slow
 def test_evaluation_is_the_same_with_either_scoring_kernel(tiny_config, tmp_path):
     config = binarizer.resolve(tiny_config(steps=3), get_data(tiny_config().data))
     data = get_data(config.data)

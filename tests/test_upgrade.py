@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_in_process, run_train, small_compare_config
+from conftest import ROOT, run_in_process, small_compare_config
 from test_upgrade_resume import kill_and_resume
 
 from bebrjax import inference
@@ -308,6 +308,3 @@ def test_bad_sequential_input_exits_nonzero_and_writes_nothing(tmp_path, arg, ov
     status, stderr = run_in_process(*args)
     assert status == 2 and message in stderr
     assert not workdir.exists()
-    if not override:  # and from the command
-        proc = run_train(*args)
-        assert proc.returncode == 2 and proc.stderr == stderr

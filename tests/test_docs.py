@@ -1,13 +1,15 @@
-"""The documentation's code runs: every ```python block of README.md and docs/*.md, at tiny sizes.
+"""The documentation's code runs: README.md's commands as written, and every ```python block.
 
-Each file's python blocks run in order in one namespace (a later block may
-use an earlier one's names, as a reader would), in a temporary directory
-holding the files they name. `SETUP` gives each file's names and paths:
-the runs a block loads are tiny runs trained here (the session's, where
-their shapes fit), and `SUBSTITUTE` maps a file's absolute paths and
-full-size figures to them. A block that cannot run here is preceded in the
-markdown by `<!-- docs-test: skip (reason) -->`; `SKIPPED` lists them all,
-so a new one fails until it is listed.
+README.md's `bebrjax` commands run as a user runs them, the quickstart at
+its full size, and the tables it prints must be the ones README.md and
+docs/binarizer.md quote. Each file's python blocks (README.md and
+docs/*.md) run in order in one namespace (a later block may use an earlier
+one's names, as a reader would), in a temporary directory holding the
+files they name: `/tmp/bebr_demo` is the quickstart's run, the other runs
+a block loads are the session's tiny ones, and `SUBSTITUTE` maps a file's
+full-size figures to their sizes. A block that cannot run here is preceded
+in the markdown by `<!-- docs-test: skip (reason) -->`; `SKIPPED` lists
+them all, so a new one fails until it is listed.
 
 Every `bebrjax ...` line of a ```bash block names a subcommand and only
 flags that the subcommand's parser knows.
@@ -26,7 +28,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT
 
 from bebrjax import inference
 from bebrjax.commands import COMMANDS
@@ -66,16 +68,37 @@ def test_every_skip_is_listed():
 
 
 @pytest.fixture(scope="module")
-def demo128(tmp_path_factory):
-    """A finished tiny binarizer run on d = 128 (the README's and serving.md's `x`)."""
-    from bebrjax.config import apply_overrides, load_config
-    from bebrjax.trainers import binarizer
+def readme_runs(tmp_path_factory):
+    """(directory, results.json of each run): README.md's `bebrjax` commands, run as written.
 
-    config = load_config(os.path.join(ROOT, "configs/bebr/demo.py"))
-    apply_overrides(config, [*tiny_overrides(steps=4), "data.dim=128", "eval.hash=false"])
-    workdir = tmp_path_factory.mktemp("bebr_demo")
-    binarizer.train_and_evaluate(config, str(workdir))
-    return str(workdir)
+    Each runs in a fresh process on one CPU device, from a directory laid
+    out like the clone (its `configs/`), with `pairs.npz` a small file of
+    paired embeddings and `/tmp/bebr_demo` inside the directory: the
+    quickstart at its full size (the README's python blocks load it), and
+    the npz recipe on those pairs.
+    """
+    here = tmp_path_factory.mktemp("readme")
+    os.symlink(os.path.join(ROOT, "configs"), here / "configs")
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((1000, 16)).astype(np.float32)
+    np.savez(here / "pairs.npz", query=query, doc=query + 0.5 * rng.standard_normal((1000, 16)))
+    lines = [words for _, source, _ in blocks("README.md", "bash") for words in commands(source)]
+    assert [words[0] for words in lines] == ["train", "train"]
+    results = []
+    for words in lines:
+        words = [w.replace("/tmp/bebr_demo", str(here / "bebr_demo")) for w in words]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bebrjax", *words],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "XLA_FLAGS": ""},
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with open(here / words[words.index("--workdir") + 1] / "results.json") as f:
+            results.append(json.load(f))
+    return here, results
 
 
 def _search_files(run: str, here: str) -> dict:
@@ -141,19 +164,20 @@ SUBSTITUTE = {
 
 @pytest.mark.slow  # trains a run, and reads the session's compare and compatible runs
 @pytest.mark.parametrize("path", [p for p in DOCS if blocks(p, "python")])
-def test_python_blocks_run(path, demo128, compare_run, compatible_run, tmp_path, monkeypatch):
+def test_python_blocks_run(path, readme_runs, compare_run, compatible_run, tmp_path, monkeypatch):
+    demo = str(readme_runs[0] / "bebr_demo")  # the quickstart's run
     here = str(tmp_path)
     monkeypatch.chdir(here)
     paths = {
-        "/tmp/bebr_demo": demo128,
+        "/tmp/bebr_demo": demo,
         "/tmp/upgrade_compare": str(compare_run[0]),
         "/tmp/upgrade_bict": str(compare_run[0] / "bict"),
     }
     namespace = {}
     if path == "docs/search.md":
-        namespace.update(_search_files(demo128, here))
+        namespace.update(_search_files(demo, here))
     if path == "docs/serving.md":
-        namespace.update(_serving_files(demo128, str(compare_run[0]), here))
+        namespace.update(_serving_files(demo, str(compare_run[0]), here))
         namespace.update(_versions_files(str(compatible_run[0]), here))
     if path == "docs/compatible_codes.md":
         namespace.update(_versions_files(str(compatible_run[0]), here))
@@ -241,48 +265,28 @@ def _tables_after(path: str, heading: str) -> list[list[list[str]]]:
 
 
 def _agree(quoted: list[list[str]], printed: list[list[str]], where: str) -> None:
-    """Two tables' cells: words equal, figures within a few queries of 4000."""
+    """Two tables' cells: words equal, figures within 0.01.
+
+    A training run's figures differ between CPUs: the demo's trained rows
+    differ by up to 0.005 between an AVX-512 Xeon and an AVX2 EPYC (XLA
+    rounds its sums differently), while its float and hash rows agree.
+    """
     assert len(quoted) == len(printed), where
     for a, b in zip(quoted, printed, strict=True):
         for x, y in zip(a, b, strict=True):
-            if re.fullmatch(r"\d\.\d{3}", x):  # CPUs round differently in the last digits
-                assert abs(float(x) - float(y)) <= 0.002, (where, a, b)
+            if re.fullmatch(r"\d\.\d{3}", x):
+                assert abs(float(x) - float(y)) <= 0.01, (where, a, b)
             else:
                 assert x == y, (where, a, b)
 
 
 @pytest.mark.slow  # the quickstart at its full size (under a minute) and the npz recipe, tiny
-def test_readme_commands_run_as_written_and_give_the_quoted_tables(tmp_path):
-    """Every `bebrjax` line of README.md's bash blocks, run as a user runs it.
-
-    Each runs in a fresh process on one CPU device, from a directory laid
-    out like the clone (its `configs/`), with `pairs.npz` a small file of
-    paired embeddings and `/tmp/bebr_demo` inside the test's directory. The
-    quickstart prints the tables that README.md and docs/binarizer.md quote.
-    """
+def test_readme_commands_run_as_written_and_give_the_quoted_tables(readme_runs):
+    """The quickstart prints the tables that README.md and docs/binarizer.md quote."""
     from bebrjax.report import budgets_table, retrieval_table
 
-    os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
-    rng = np.random.default_rng(0)
-    query = rng.standard_normal((1000, 16)).astype(np.float32)
-    np.savez(tmp_path / "pairs.npz", query=query, doc=query + 0.5 * rng.standard_normal((1000, 16)))
-    lines = [words for _, source, _ in blocks("README.md", "bash") for words in commands(source)]
-    assert [words[0] for words in lines] == ["train", "train"]
-    results = []
-    for words in lines:
-        words = [w.replace("/tmp/bebr_demo", str(tmp_path / "bebr_demo")) for w in words]
-        proc = subprocess.run(
-            [sys.executable, "-m", "bebrjax", *words],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "XLA_FLAGS": ""},
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        with open(tmp_path / words[words.index("--workdir") + 1] / "results.json") as f:
-            results.append(json.load(f))
-        retrieval = results[-1]["retrieval"]
+    _, results = readme_runs
+    for retrieval in (run["retrieval"] for run in results):
         assert retrieval["binary"]["R@10"] > retrieval["hash"]["R@10"]
     printed = [
         *_tables(retrieval_table(results[0]["retrieval"])),

@@ -753,16 +753,18 @@ def test_bad_version_files_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_searches_are_bounded_and_a_dropped_one_comes_back():
+def test_compiled_searches_are_bounded_and_a_dropped_one_comes_back(monkeypatch):
     from bebrjax.search import blocked, compiled
 
+    assert blocked._SEARCH_FNS.max_entries == compiled.MAX_ENTRIES
+    monkeypatch.setattr(blocked._SEARCH_FNS, "max_entries", 4)  # 4, not 32: fewer compiles
     docs, queries = random_planes(300, 1, 24), random_planes(5, 1, 24)
     index = BinaryIndex(24, 1, block_size=128)
     index.add(docs)
     first = index.search(queries, 1)
-    for k in range(2, compiled.MAX_ENTRIES + 6):  # a server asked for many k
+    for k in range(2, 4 + 6):  # a server asked for many k
         index.search(queries, k)
-    assert len(blocked._SEARCH_FNS) <= compiled.MAX_ENTRIES
+    assert len(blocked._SEARCH_FNS) == 4
     for got, want in zip(index.search(queries, 1), first, strict=True):  # k = 1 was dropped
         np.testing.assert_array_equal(got, want)
 
